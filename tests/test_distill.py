@@ -1,0 +1,116 @@
+"""Tests for distill.py: layer choice, student construction, and each loss term by hand."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import distill as D
+import model as M
+
+TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    # A 6-layer teacher made from the 3-layer tiny model, so that odd and even differ.
+    t = M.from_pretrained(str(TINY), verbose=False)
+    six = M.BertForSequenceClassification(M.BertConfig(**{**t.config.__dict__, "num_hidden_layers": 6}))
+    six.load_state_dict(t.state_dict(), strict=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in six.bert.encoder.layer[3:].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return six.eval()
+
+
+@pytest.mark.parametrize("spec, n, expected", [
+    ("odd", 12, [1, 3, 5, 7, 9, 11]), ("even", 12, [2, 4, 6, 8, 10, 12]),
+    ("odd", 6, [1, 3, 5]), ("even", 6, [2, 4, 6]), ("1,2,12", 12, [1, 2, 12]), ([4], 6, [4]),
+])
+def test_parse_layers(spec, n, expected):
+    assert D.parse_layers(spec, n) == expected
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("", "no layers chosen"), ("0,1", "layer 0 out of range; the teacher has layers 1..6"),
+    ("1,7", "layer 7 out of range"), ("1,3,3", "repeated layer 3"), ("3,1", "increasing order"),
+    ("one,two", "expected 'odd', 'even' or comma-separated"),
+])
+def test_bad_layer_lists_are_clear_errors(spec, words):
+    with pytest.raises(ValueError, match=words):
+        D.parse_layers(spec, 6)
+
+
+@pytest.mark.parametrize("layers", [[1, 3, 5], [2, 4, 6], [1, 6]])
+def test_student_copies_exactly_the_named_layers(teacher, layers):
+    student = D.make_student(teacher, layers)
+    assert student.config.num_hidden_layers == len(layers) and teacher.config.num_hidden_layers == 6
+    t, s = teacher.state_dict(), student.state_dict()
+    for key, value in s.items():
+        if key.startswith("bert.encoder.layer."):
+            i, rest = key[len("bert.encoder.layer."):].split(".", 1)
+            source = f"bert.encoder.layer.{layers[int(i)] - 1}.{rest}"
+        else:
+            source = key  # embeddings, pooler, classifier
+        assert torch.equal(value, t[source]), key
+    # A copy, not shared storage: training the student must leave the teacher as it was.
+    assert student.bert.embeddings.word_embeddings.weight.data_ptr() != teacher.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_student_runs_like_the_teacher_on_the_kept_path(teacher):
+    # With every layer kept, the student is the teacher.
+    student = D.make_student(teacher, [1, 2, 3, 4, 5, 6]).eval()
+    ids = torch.randint(5, 900, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(student(ids, mask).logits, teacher(ids, mask).logits)
+
+
+def test_soft_kl_against_hand_computation():
+    s = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
+    t = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    T = 2.0
+    want = 0.0
+    for row_s, row_t in zip(s.tolist(), t.tolist()):
+        zs = [math.exp(x / T) for x in row_s]
+        zt = [math.exp(x / T) for x in row_t]
+        ps = [z / sum(zs) for z in zs]
+        pt = [z / sum(zt) for z in zt]
+        want += sum(p * math.log(p / q) for p, q in zip(pt, ps))
+    want = want / 2 * T * T
+    assert D.soft_kl(s, t, T).item() == pytest.approx(want, rel=1e-6)
+    assert D.soft_kl(t, t, T).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_hidden_loss_against_hand_computation():
+    # One layer kept (teacher layer 2 -> student layer 1), batch 1, 3 tokens of which 2 are real.
+    s = [None, torch.tensor([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]]])]
+    t = [None, None, torch.tensor([[[1.0, 1.0], [0.0, -1.0], [0.0, 1.0]]])]
+    mask = torch.tensor([[1, 1, 0]])
+    cos = (1 - 1 / math.sqrt(2)) + (1 - (-1))  # token 1: 45 degrees, token 2: opposite
+    assert D.hidden_loss(s, t, [2], mask, "cosine").item() == pytest.approx(cos / 2, rel=1e-6)
+    mse = ((0 + 1) / 2 + (0 + 9) / 2) / 2
+    assert D.hidden_loss(s, t, [2], mask, "mse").item() == pytest.approx(mse, rel=1e-6)
+    with pytest.raises(ValueError, match="expected 'cosine' or 'mse'"):
+        D.hidden_loss(s, t, [2], mask, "l1")
+
+
+def test_distill_loss_is_the_weighted_sum(teacher):
+    student = D.make_student(teacher, [2, 4, 6]).train()
+    ids = torch.randint(5, 900, (4, 7))
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    labels = torch.tensor([0, 1, 1, 0])
+    t_out = D.teacher_forward(teacher, ids, mask)
+    assert not teacher.training and t_out.logits.grad_fn is None  # eval mode, no graph
+    s_out = student(ids, mask)
+    loss, parts = D.distill_loss(s_out, t_out, labels, [2, 4, 6], mask, alpha=0.5, beta=0.3, gamma=0.2, T=3.0)
+    want = 0.5 * parts["ce"] + 0.3 * parts["kl"] + 0.2 * parts["hidden"]
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert parts["ce"] == pytest.approx(torch.nn.functional.cross_entropy(s_out.logits, labels).item(), rel=1e-6)
+    assert parts["hidden"] > 0  # dropout in the student makes it differ from the teacher
+    loss.backward()
+    assert student.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
