@@ -1,0 +1,775 @@
+"""Data for nanobert: the BERT tokenizer, the toxic-comment datasets, one fixed split, and batches.
+
+Read top to bottom:
+  1. the tokenizer, rebuilt from vocab.txt exactly like the reference BertTokenizer;
+  2. the datasets (Davidson et al. 2017, hate_speech18, any CSV/JSONL) as plain lists;
+  3. getting the files: an offline mirror, then a local cache, then a checked download;
+  4. one stratified train/validation/test split, saved as a manifest every model reuses;
+  5. batches: pre-tokenized once, bucketed by length so little compute goes to padding.
+
+This module imports nothing from the rest of nanobert, so it can be read and tested alone.
+"""
+
+import contextlib
+import csv
+import hashlib
+import html
+import http.client
+import io
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+try:  # a progress bar is nice to have, never required
+    from tqdm import tqdm
+except ImportError:
+    tqdm = None
+
+
+class DataError(ValueError):
+    """Input that cannot be used as it is; the message names the file, the row and what was expected."""
+
+
+def _write_atomic(path, data):
+    # A crash mid-write must never leave a half-written file that looks complete,
+    # so write beside the target and rename: os.replace is atomic on one filesystem.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode(raw):
+    """UTF-8 text and how many invalid byte sequences were replaced by U+FFFD."""
+    # Real-world dumps contain the odd stray byte; losing one character beats refusing the file.
+    # "utf-8-sig" also drops the byte-order mark that spreadsheet programs like to add.
+    text = raw.decode("utf-8-sig", errors="replace")
+    return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Tokenizer
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def load_tokenizer(model_dir):
+    """A BERT WordPiece tokenizer built from `model_dir`/vocab.txt (+ tokenizer_config.json if present)."""
+    # We build it from vocab.txt rather than tokenizer.json so that every step is visible here,
+    # and so that old checkpoints that ship only a vocabulary work too.
+    model_dir = Path(model_dir)
+    vocab_path = model_dir / "vocab.txt"
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"{vocab_path}: not found; expected a BERT model folder with a WordPiece vocab.txt")
+    # As in the reference implementation: one token per line, a repeated token keeps its last id.
+    with open(vocab_path, encoding="utf-8") as f:
+        vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise DataError(f"{vocab_path}: special token(s) {missing} missing; expected all of {SPECIAL_TOKENS}")
+
+    config = {}
+    config_path = model_dir / "tokenizer_config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{config_path}: not valid JSON ({e})") from None
+
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    # BertNormalizer: drop control characters, space out CJK ideographs (each becomes one word),
+    # strip accents (None = do it exactly when lower-casing, as the original BERT did), lower-case.
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),
+        lowercase=config.get("do_lower_case", True),
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
+    tokenizer.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    tokenizer.decoder = decoders.WordPiece()
+    # The reference tokenizer maps a literal "[SEP]" typed in the text to the special token; so do we.
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    return tokenizer
+
+
+def _token_ids(tokenizer, texts, max_length):
+    """Token ids per text, [CLS] ... [SEP], cut to at most max_length tokens."""
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length}: expected at least 2 (room for [CLS] and [SEP])")
+    # Truncation is a setting of the tokenizer object; set it for this call only, and put the
+    # caller's setting back, so that encoding never changes the tokenizer it was given.
+    previous = tokenizer.truncation
+    tokenizer.enable_truncation(max_length)  # counts [CLS] and [SEP], so they always survive
+    try:
+        return [e.ids for e in tokenizer.encode_batch(list(texts))]
+    finally:
+        if previous is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(**previous)
+
+
+def _pad(ids, tokenizer):
+    """(len(ids), longest) int32 array of the id lists, padded on the right with [PAD], and the lengths."""
+    lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+    array = np.full((len(ids), lengths.max(initial=0)), tokenizer.token_to_id("[PAD]"), dtype=np.int32)
+    for row, seq in enumerate(ids):
+        array[row, : len(seq)] = seq
+    return array, lengths
+
+
+def _tensors(ids, lengths):
+    # Dynamic padding: a batch is only as wide as its longest text; the mask marks the real tokens.
+    # One text per row, so every token is of segment 0.
+    width = int(lengths.max(initial=0))
+    input_ids = torch.from_numpy(ids[:, :width]).long()
+    attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def encode(tokenizer, texts, max_length):
+    """Tensors input_ids, attention_mask, token_type_ids of shape (B, T), T = longest text here."""
+    return _tensors(*_pad(_token_ids(tokenizer, texts, max_length), tokenizer))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Datasets
+
+
+@dataclass
+class Dataset:
+    """Texts with integer labels 0..len(label_names)-1, and notes saying what loading changed."""
+
+    name: str
+    texts: list
+    labels: list
+    label_names: list
+    notes: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # how it was loaded; recorded in split manifests
+
+    def __len__(self):
+        return len(self.texts)
+
+    def subset(self, indices, name=None):
+        return Dataset(name or self.name, [self.texts[i] for i in indices], [self.labels[i] for i in indices],
+                       self.label_names, [], self.options)
+
+    def class_counts(self):
+        counts = Counter(self.labels)
+        return [counts[i] for i in range(len(self.label_names))]
+
+
+_URL = re.compile(r"(?:https?://|www\.)\S+")
+_MENTION = re.compile(r"(?<!\w)@\w+")
+_RETWEET = re.compile(r"(?<!\w)RT(?!\w):?")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_tweet(text, *, html_entities=True, mentions=True, urls=True, retweets=True):
+    """Tweet clean-up as is usual for this data: &amp;->&, @someone->@user, links->http, RT dropped."""
+    # The scraped tweets still carry HTML escapes (&amp; &#8220;); a model should see the characters.
+    if html_entities:
+        text = html.unescape(text)
+    # Handles and links are near-unique strings: they teach a model nothing general, but let it
+    # memorise individual users. Links first, since a URL can contain an @.
+    if urls:
+        text = _URL.sub("http", text)
+    if mentions:
+        text = _MENTION.sub("@user", text)
+    if retweets:
+        text = _RETWEET.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def _csv_records(text, where, columns):
+    """(line number, row as dict) for each row of a CSV text with a header, after checking columns."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{where}: empty file; expected a CSV header with columns {columns}")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing}; expected {columns}, found {header}")
+    records = []
+    try:
+        for row in reader:
+            if not row:
+                continue  # blank line
+            if len(row) != len(header):
+                raise DataError(f"{where} line {reader.line_num}: {len(row)} fields, expected {len(header)} ({header})")
+            records.append((reader.line_num, dict(zip(header, row))))
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit(), or a NUL byte
+        raise DataError(f"{where} line {reader.line_num}: {e}; expected well-formed CSV") from None
+    return records
+
+
+def _jsonl_records(text, where, columns):
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where} line {number}: not valid JSON ({e.msg}); expected an object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where} line {number}: found {type(row).__name__}, expected a JSON object")
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"{where} line {number}: missing key(s) {missing}; expected {columns}, found {list(row)}")
+        records.append((number, row))
+    return records
+
+
+def _read_records(path, columns):
+    """Rows of a .csv or .jsonl file, and notes on anything repaired while reading."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    text, replaced = _decode(path.read_bytes())
+    notes = [f"{replaced} invalid UTF-8 byte sequence(s) replaced by U+FFFD"] if replaced else []
+    if path.suffix.lower() == ".jsonl":
+        return _jsonl_records(text, path, columns), notes
+    return _csv_records(text, path, columns), notes
+
+
+def _note_empty(notes, empty):
+    if empty:
+        notes.append(f"dropped {empty} empty or whitespace-only text(s)")
+
+
+def read_davidson(path, *, three_class=False, normalize=True):
+    """Davidson et al. 2017 labeled_data.csv: toxic (hate or offensive) vs not, or the 3 classes."""
+    records, notes = _read_records(path, ["class", "tweet"])
+    # The paper's classes: 0 hate speech, 1 offensive, 2 neither. Binary toxicity merges 0 and 1.
+    mapping = {"0": 0, "1": 1, "2": 2} if three_class else {"0": 1, "1": 1, "2": 0}
+    options = normalize if isinstance(normalize, dict) else {}
+    texts, labels, empty = [], [], 0
+    for line, row in records:
+        if row["class"].strip() not in mapping:
+            raise DataError(f"{path} line {line}: class is {row['class']!r}, expected 0, 1 or 2")
+        text = normalize_tweet(row["tweet"], **options) if normalize is not False else row["tweet"].strip()
+        if not text:
+            empty += 1
+            continue
+        texts.append(text)
+        labels.append(mapping[row["class"].strip()])
+    _note_empty(notes, empty)
+    names = ["hate", "offensive", "neither"] if three_class else ["not toxic", "toxic"]
+    return Dataset("davidson", texts, labels, names, [f"read {len(records)} tweets from {path}"] + notes,
+                   {"three_class": three_class, "normalize": normalize})
+
+
+HATE18_META = "annotations_metadata.csv"
+
+
+@contextlib.contextmanager
+def _hate_speech18_files(path):
+    """Yield read(name) -> bytes for files of the hate-speech-dataset repository, from its zip or a folder."""
+    # GitHub's archive puts everything under one top folder (hate-speech-dataset-master/); find it
+    # by where annotations_metadata.csv is instead of trusting the name.
+    path = Path(path)
+    if path.is_dir():
+        roots = [path] if (path / HATE18_META).is_file() else [p.parent for p in path.glob("*/" + HATE18_META)]
+        if not roots:
+            raise FileNotFoundError(f"{path}: no {HATE18_META} in this folder or one below it")
+        yield lambda name: (roots[0] / name).read_bytes()
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a valid zip archive ({e}); expected the hate-speech-dataset zip") from None
+    with archive:
+        metas = sorted((n for n in archive.namelist() if n.rsplit("/", 1)[-1] == HATE18_META), key=len)
+        if not metas:
+            raise DataError(f"{path}: no {HATE18_META} inside; expected the hate-speech-dataset repository zip")
+        prefix = metas[0][: -len(HATE18_META)]
+
+        def read(name):
+            try:
+                return archive.read(prefix + name)
+            except KeyError:
+                raise FileNotFoundError(f"{path}: member {prefix + name} not found in the archive") from None
+            except (zipfile.BadZipFile, zlib.error) as e:  # damaged bytes: bad CRC or bad deflate stream
+                raise DataError(f"{path}: member {prefix + name} is corrupt ({e}); the zip is damaged") from None
+
+        yield read
+
+
+def read_hate_speech18(path, *, drop=("relation", "idk/skip")):
+    """de Gibert et al. 2018 sentences: hate (1) vs noHate (0); labels in `drop` are left out."""
+    # "relation" sentences are hateful only together with their neighbours and "idk/skip" ones the
+    # annotators could not decide: neither has a label of its own, hence dropped by default.
+    names = ["noHate", "hate"] + [name for name in ("relation", "idk/skip") if name not in drop]
+    texts, labels, notes, dropped, empty, replaced = [], [], [], Counter(), 0, 0
+    with _hate_speech18_files(path) as read:
+        meta, bad = _decode(read(HATE18_META))
+        records = _csv_records(meta, f"{path}:{HATE18_META}", ["file_id", "label"])
+        for line, row in records:
+            if row["label"] in drop:
+                dropped[row["label"]] += 1
+                continue
+            if row["label"] not in names:
+                raise DataError(f"{path}:{HATE18_META} line {line}: label {row['label']!r}, "
+                                f"expected one of {names + list(drop)}")
+            text, bad_here = _decode(read(f"all_files/{row['file_id']}.txt"))
+            replaced += bad_here
+            if not text.strip():
+                empty += 1
+                continue
+            texts.append(text.strip())
+            labels.append(names.index(row["label"]))
+    notes.append(f"read {len(records)} annotated sentences from {path}")
+    if dropped:
+        notes.append("dropped " + ", ".join(f"{n} {label!r}" for label, n in sorted(dropped.items())) + " sentences")
+    if replaced + bad:
+        notes.append(f"{replaced + bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD")
+    _note_empty(notes, empty)
+    return Dataset("hate_speech18", texts, labels, names, notes, {"drop": list(drop)})
+
+
+def read_table(path, *, text_column="text", label_column="label", label_map=None):
+    """Any .csv or .jsonl file with a text and a label column: bring your own toxic-comment data.
+
+    Without label_map the labels must be the integers 0..K-1. With it, label_map maps the label as
+    written in the file (e.g. "toxic", or "1" for a JSON 1) to an id; an id of None drops the row.
+    """
+    records, notes = _read_records(path, [text_column, label_column])
+    texts, labels, bad, empty, dropped = [], [], [], 0, 0
+    for line, row in records:
+        value = row[label_column]
+        key = value.strip() if isinstance(value, str) else json.dumps(value)
+        if label_map is not None:
+            if key not in label_map:
+                bad.append(f"line {line}: {key!r}")
+                continue
+            label = label_map[key]
+            if label is None:
+                dropped += 1
+                continue
+        elif re.fullmatch(r"\d+", key):
+            label = int(key)
+        else:
+            bad.append(f"line {line}: {key!r}")
+            continue
+        text = row[text_column] or ""  # JSON null counts as empty
+        if not isinstance(text, str):
+            raise DataError(f"{path} line {line}: {text_column!r} is {type(text).__name__} {text!r}, expected a string")
+        if not text.strip():
+            empty += 1
+            continue
+        texts.append(text.strip())
+        labels.append(label)
+    if bad:
+        expected = f"one of {sorted(label_map)}" if label_map is not None else "an integer 0..K-1 (or pass label_map)"
+        raise DataError(f"{path}: {len(bad)} label(s) in column {label_column!r} not usable, e.g. "
+                        f"{', '.join(bad[:3])}; expected {expected}")
+    if dropped:
+        notes.append(f"dropped {dropped} row(s) whose label maps to None")
+    _note_empty(notes, empty)
+    if label_map is not None:
+        # Several file labels may share an id (e.g. hate and offensive -> toxic): name it after all of them.
+        ids = sorted({v for v in label_map.values() if v is not None})
+        if ids != list(range(len(ids))):
+            raise DataError(f"{path}: label_map ids {ids}, expected 0..K-1 without gaps")
+        names = ["/".join(k for k, v in label_map.items() if v == i) for i in ids]
+    else:
+        names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    options = {"text_column": text_column, "label_column": label_column, "label_map": label_map}
+    return Dataset(Path(path).name, texts, labels, names, [f"read {len(records)} rows from {path}"] + notes, options)
+
+
+def drop_duplicates(dataset):
+    """The dataset with each text once, so that no test text can also be in training."""
+    # Where copies disagree on the label we keep the majority label (ties: the first one seen):
+    # the crowd's vote is the better guess, and the text keeps the place of its first copy.
+    seen = {}
+    for text, label in zip(dataset.texts, dataset.labels):
+        seen.setdefault(text, []).append(label)
+    labels, conflicts = [], 0
+    for copies in seen.values():
+        counts = Counter(copies)
+        labels.append(counts.most_common(1)[0][0])  # ties are ordered by first appearance
+        conflicts += len(counts) > 1
+    removed = len(dataset) - len(seen)
+    note = f"removed {removed} duplicate text(s) ({conflicts} with conflicting labels: majority label kept)" \
+        if removed else "no duplicate texts"
+    return Dataset(dataset.name, list(seen), labels, dataset.label_names, dataset.notes + [note], dataset.options)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Getting the files: mirror folder, then local cache, then download
+
+# Where each file lives in a mirror or the cache, where it comes from, and how we know it is the
+# right one. hate_speech18 is checked by one member: zip bytes differ between archivers.
+FILES = {"davidson": "davidson/labeled_data.csv", "hate_speech18": "hate_speech18/hate-speech-dataset-master.zip"}
+URLS = {
+    "davidson": "https://raw.githubusercontent.com/t-davidson/hate-speech-and-offensive-language/master/data/"
+    "labeled_data.csv",
+    "hate_speech18": "https://github.com/Vicomtech/hate-speech-dataset/archive/refs/heads/master.zip",
+}
+SHA256 = {
+    "davidson": "fcb8bc7c68120ae4af04a5b9acd58585513ede11e1548ebf36a5c2040b6f6281",
+    "hate_speech18": "306bfaab400e1542529d1791b9ec68d70bed579c52fc7e255b0626ab7bc5c7c9",  # of annotations_metadata.csv
+}
+
+
+def verify(name, path):
+    """Raise DataError unless `path` holds the known content of dataset `name`."""
+    if name == "hate_speech18":
+        with _hate_speech18_files(path) as read:
+            actual, what = _sha256(read(HATE18_META)), f"sha256 of {HATE18_META}"
+    else:
+        actual, what = _sha256(Path(path).read_bytes()), "sha256"
+    if actual != SHA256[name]:
+        raise DataError(f"{path}: {what} is {actual}, expected {SHA256[name]}; "
+                        f"a different or damaged copy of {URLS[name]}")
+
+
+def download(url, dest, *, check=None, progress=True, timeout=60):
+    """Download url to dest; dest only ever appears complete (and accepted by check(path), if given)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers["Content-Length"]) if response.headers["Content-Length"] else None
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) if (progress and tqdm) else None
+            size = 0
+            try:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    size += len(chunk)
+                    if bar:
+                        bar.update(len(chunk))
+            except http.client.IncompleteRead as e:  # the server promised more bytes than it sent
+                size += len(e.partial)
+            finally:
+                if bar:
+                    bar.close()
+        # A dropped connection can look like a normal end of file: only the length tells.
+        if total is not None and size != total:
+            raise DataError(f"{url}: download truncated, got {size} of {total} bytes; nothing was saved, try again")
+        if check:
+            check(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def fetch(name, *, mirror=None, cache_dir=None, url=None, progress=True):
+    """Path to the checked file of dataset `name`: from the mirror, the cache, or downloaded into the cache."""
+    if name not in FILES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(FILES)}")
+    mirror = mirror or os.environ.get("NANOBERT_DATA")
+    candidates = [Path(mirror) / FILES[name]] if mirror else []
+    cache_dir = cache_dir or os.environ.get("NANOBERT_CACHE") or Path.home() / ".cache" / "nanobert"
+    cached = Path(cache_dir) / "data" / FILES[name]
+    for path in candidates + [cached]:
+        if path.is_file():
+            verify(name, path)
+            return path
+    url = url or URLS[name]
+    try:
+        return download(url, cached, check=lambda p: verify(name, p), progress=progress)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # offline, refused, HTTP error
+        raise DataError(f"could not download {url} ({e}); offline? set NANOBERT_DATA (or pass mirror=) "
+                        f"to a folder holding {FILES[name]}") from None
+
+
+def load_dataset(name_or_path, *, mirror=None, cache_dir=None, three_class=False, normalize=True,
+                 text_column="text", label_column="label", label_map=None):
+    """'davidson', 'hate_speech18' or a path to a .csv/.jsonl file, ready to split: duplicates removed.
+
+    normalize (Davidson only): True, False, or a dict of normalize_tweet switches.
+    """
+    if name_or_path in FILES:
+        path = fetch(name_or_path, mirror=mirror, cache_dir=cache_dir)
+        dataset = read_davidson(path, three_class=three_class, normalize=normalize) if name_or_path == "davidson" \
+            else read_hate_speech18(path)
+    elif Path(name_or_path).suffix.lower() in (".csv", ".jsonl"):
+        dataset = read_table(name_or_path, text_column=text_column, label_column=label_column, label_map=label_map)
+    else:
+        raise ValueError(f"{name_or_path!r}: expected 'davidson', 'hate_speech18' or a path to a .csv or .jsonl file")
+    return drop_duplicates(dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. One split for every model of a comparison
+
+MANIFEST_FORMAT = "nanobert-split-1"
+PARTS = ("train", "validation", "test")
+
+
+def dataset_hash(texts, labels):
+    """sha256 of the (text, label) pairs in order: changes if any text, label or the order changes."""
+    h = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        h.update(json.dumps([text, label], ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _manifest_hash(manifest):
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0):
+    """A stratified train/validation/test split of `dataset`, as a manifest dict (see save_manifest)."""
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions={fractions}: expected three non-negative numbers that sum to 1")
+    if len(set(dataset.texts)) != len(dataset):
+        raise DataError(f"{dataset.name}: has duplicate texts; expected them removed (load_dataset or drop_duplicates) "
+                        "so no test text is also in training")
+    # Class by class, so that every part keeps the class balance of the whole (stratification).
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset.labels)
+    parts = {part: [] for part in PARTS}
+    for label in range(len(dataset.label_names)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test, n_val = round(len(members) * fractions[2]), round(len(members) * fractions[1])
+        parts["test"] += members[:n_test].tolist()
+        parts["validation"] += members[n_test : n_test + n_val].tolist()
+        parts["train"] += members[n_test + n_val :].tolist()
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": dataset.name,
+        "options": dataset.options,
+        "label_names": dataset.label_names,
+        "data_sha256": dataset_hash(dataset.texts, dataset.labels),
+        "size": len(dataset),
+        "seed": seed,
+        "fractions": list(fractions),
+        "class_counts": {p: np.bincount(labels[parts[p]], minlength=len(dataset.label_names)).tolist() for p in PARTS},
+        # The training part is everything else: listing it too would triple the file for nothing.
+        "indices": {p: sorted(parts[p]) for p in ("validation", "test")},
+    }
+    manifest["manifest_sha256"] = _manifest_hash(manifest)
+    return manifest
+
+
+def save_manifest(manifest, path):
+    # One key per line, each list on a single line: diff-able and small.
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in manifest.items()]
+    _write_atomic(path, ("{\n" + ",\n".join(lines) + "\n}\n").encode())
+
+
+def check_manifest(manifest, dataset, where="split manifest"):
+    """Raise DataError unless `manifest` is intact and was made from exactly this dataset."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{where}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    if manifest.get("manifest_sha256") != _manifest_hash(manifest):
+        raise DataError(f"{where}: manifest_sha256 does not match its content; expected an unedited manifest")
+    if dataset is not None:
+        actual = dataset_hash(dataset.texts, dataset.labels)
+        if actual != manifest["data_sha256"]:
+            raise DataError(f"{where}: made for data with sha256 {manifest['data_sha256'][:12]}… "
+                            f"({manifest['dataset']}, {manifest['size']} texts, options {manifest['options']}), "
+                            f"but this data ({dataset.name}, {len(dataset)} texts) hashes to {actual[:12]}…")
+    return manifest
+
+
+def load_manifest(path, dataset=None):
+    """The manifest saved at `path`, checked intact and (if given) made from `dataset`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); expected a split manifest") from None
+    return check_manifest(manifest, dataset, where=str(path))
+
+
+def same_split(a, b):
+    """True if manifests a and b split the same data the same way; raise DataError saying how they differ."""
+    for key in ("data_sha256", "seed", "fractions", "indices"):
+        if a.get(key) != b.get(key):
+            shown = "" if key == "indices" else f": {a.get(key)} vs {b.get(key)}"
+            raise DataError(f"the two splits differ in {key}{shown}; expected every model to use one split")
+    return True
+
+
+def split_indices(manifest):
+    """{'train': [...], 'validation': [...], 'test': [...]}: the dataset positions of each part."""
+    held_out = set(manifest["indices"]["validation"]) | set(manifest["indices"]["test"])
+    return {"train": [i for i in range(manifest["size"]) if i not in held_out], **manifest["indices"]}
+
+
+def apply_split(dataset, manifest):
+    """{'train': Dataset, 'validation': Dataset, 'test': Dataset} as the manifest says."""
+    check_manifest(manifest, dataset)
+    parts = split_indices(manifest)
+    return {part: dataset.subset(indices, f"{dataset.name}/{part}") for part, indices in parts.items()}
+
+
+def get_split(dataset, manifest_path, *, fractions=(0.8, 0.1, 0.1), seed=0):
+    """Load the split at manifest_path (checking it fits dataset), or make and save it there; then apply it."""
+    if Path(manifest_path).exists():
+        manifest = load_manifest(manifest_path, dataset)
+        if manifest["seed"] != seed or manifest["fractions"] != list(fractions):
+            raise DataError(f"{manifest_path}: seed {manifest['seed']}, fractions {manifest['fractions']}, expected "
+                            f"{seed}, {list(fractions)}; use another path for another split")
+    else:
+        manifest = make_split(dataset, fractions=fractions, seed=seed)
+        save_manifest(manifest, manifest_path)
+    return apply_split(dataset, manifest)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Batches
+
+
+class BucketBatchSampler:
+    """Batches of indices, similar lengths together; deterministic from (seed, epoch), resumable, shardable.
+
+    shuffle=True: shuffle, sort by length within chunks of `bucket_batches` batches, cut into batches,
+    shuffle the batches. A batch then holds texts of similar length (little padding), yet which texts
+    meet and the order of batches still change every epoch. shuffle=False: batches in dataset order.
+
+    With num_replicas > 1 (distributed training) batch_size is the global batch: every rank computes
+    the same global batches and takes its share of each, rows rank, rank + num_replicas, ... So one
+    optimizer step sees the same examples however many processes share the work. A last global
+    batch smaller than num_replicas is left out, so that every rank has a part of every batch.
+
+    A full pass moves on to the next epoch by itself. To resume, load_state_dict() and iterate:
+    the batches already done in that epoch are skipped (do not call set_epoch, which restarts it).
+    """
+
+    def __init__(self, lengths, batch_size, *, shuffle=True, seed=0, bucket_batches=50, drop_last=False,
+                 num_replicas=1, rank=0):
+        if batch_size < 1 or bucket_batches < 1:
+            raise ValueError(f"batch_size={batch_size}, bucket_batches={bucket_batches}: expected both >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank}, num_replicas={num_replicas}: expected 0 <= rank < num_replicas")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.bucket_batches, self.drop_last = bucket_batches, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.batches_done = 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch, self.batches_done = epoch, 0
+
+    def global_batches(self, epoch=None):
+        """All batches of an epoch, for all ranks, in order."""
+        n, size = len(self.lengths), self.batch_size
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+            order, chunk, batches = rng.permutation(n), size * self.bucket_batches, []
+            for start in range(0, n, chunk):
+                piece = order[start : start + chunk]
+                piece = piece[np.argsort(self.lengths[piece], kind="stable")]
+                batches += [piece[i : i + size] for i in range(0, len(piece), size)]
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        else:
+            batches = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == size]
+        return [b for b in batches if len(b) >= self.num_replicas]
+
+    def __len__(self):
+        n, size = len(self.lengths), self.batch_size
+        full, rest = divmod(n, size)
+        return full + (0 < rest and not self.drop_last and rest >= self.num_replicas)
+
+    def __iter__(self):
+        # Counting the batches handed out is what makes a mid-epoch resume possible: a restored
+        # sampler recomputes the same order and skips what was done.
+        batches = self.global_batches()
+        for i in range(self.batches_done, len(batches)):
+            self.batches_done = i + 1
+            yield batches[i][self.rank :: self.num_replicas].tolist()
+        self.epoch, self.batches_done = self.epoch + 1, 0  # the next pass is the next epoch
+
+    def state_dict(self):
+        return {"seed": self.seed, "epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state):
+        self.seed, self.epoch, self.batches_done = state["seed"], state["epoch"], state["batches_done"]
+
+
+def padding_fraction(lengths, batches):
+    """Share of the token positions in padded batches that are padding."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
+    return 1 - real / total if total else 0.0
+
+
+def class_weights(labels, num_classes=None):
+    """Inverse-frequency class weights normalised so that the weighted count equals the plain count."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes or 0)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise DataError(f"class(es) {empty} have no examples; expected every class at least once for inverse frequency")
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+class Loader:
+    """Batches of tensors from texts: tokenized once up front, then padded per batch.
+
+    Yields dicts with input_ids, attention_mask, token_type_ids (B, T), labels (B,) if labels were
+    given, and index (B,): each row's position in `texts`, to put predictions back in order.
+    """
+
+    def __init__(self, texts, labels, tokenizer, max_length, batch_size, *, shuffle=False, seed=0,
+                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0):
+        ids = _token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
+        self.ids, self.lengths = _pad(ids, tokenizer)
+        self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
+        if self.labels is not None and len(self.labels) != len(ids):
+            raise ValueError(f"{len(ids)} texts but {len(self.labels)} labels; expected one label per text")
+        self.sampler = BucketBatchSampler(self.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                          bucket_batches=bucket_batches, num_replicas=num_replicas, rank=rank)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for indices in self.sampler:
+            yield self.collate(indices)
+
+    def collate(self, indices):
+        batch = _tensors(self.ids[indices], self.lengths[indices])
+        batch["index"] = torch.tensor(indices, dtype=torch.long)
+        if self.labels is not None:
+            batch["labels"] = self.labels[batch["index"]]
+        return batch
+
+    def padding_fraction(self, epoch=None):
+        return padding_fraction(self.lengths, self.sampler.global_batches(epoch))
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state):
+        self.sampler.load_state_dict(state)
