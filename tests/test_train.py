@@ -1,0 +1,223 @@
+"""Tests for train.py on the tiny model and a small made-up dataset: every subcommand, the run
+folder, determinism, resume after a kill, a non-finite loss, and two-process DDP."""
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """160 short texts whose label is given away by one word: learnable in a few steps."""
+    rng = random.Random(0)
+    neutral = ("you are the people day it was on for with his they at be this from have or by one had not but what "
+               "all were when we there can an your which their said if do will each about how up out them").split()
+    path = tmp_path_factory.mktemp("toy") / "toy.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(160):
+            y = i % 2
+            words = rng.sample(neutral, 6) + [rng.choice(["bad", "terrible"] if y else ["good", "great", "love"])]
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i}", y])
+    return str(path)
+
+
+def run(*argv):
+    train.main([str(a) for a in argv])
+
+
+def common(toy, out, *extra):
+    return ["--data", toy, "--out", out, "--batch-size", 8, "--no-progress", "--log-every", 1, *extra]
+
+
+def epochs(run_dir):
+    return [r for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl")) if "val_macro_f1" in r]
+
+
+@pytest.fixture(scope="module")
+def teacher(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    run("teacher", "--model", TINY, *common(toy, out, "--epochs", 4, "--lr", 3e-3))
+    return out
+
+
+def test_teacher_learns_and_writes_the_run_folder(teacher):
+    files = sorted(p.name for p in teacher.iterdir())
+    assert files == ["config.json", "metrics.jsonl", "model.safetensors", "run.json", "summary.json",
+                     "tokenizer_config.json", "vocab.txt"]
+    assert (teacher.parent / "split.json").is_file()
+    e = epochs(teacher)
+    assert len(e) == 4 and e[-1]["train_loss"] < e[0]["train_loss"] * 0.5
+    assert e[-1]["val_macro_f1"] == 1.0
+    steps = [r for r in map(json.loads, open(teacher / "metrics.jsonl")) if "loss" in r]
+    assert {"step", "loss", "lr", "sentences_per_s"} <= set(steps[0]) and len(steps) == 4 * 16
+    info = json.loads((teacher / "run.json").read_text())
+    split = json.loads((teacher.parent / "split.json").read_text())
+    assert info["split_sha256"] == split["manifest_sha256"] and info["lr"] == 3e-3 and info["method"] == "teacher"
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["wall_seconds"] > 0 and summary["peak_memory_mb"] > 0 and summary["steps"] == 64
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    cfg = {"lr": 1.0, "warmup": 0.1}
+    lrs = [train.lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and max(lrs) == 1.0
+    assert lrs[10] == pytest.approx(1.0) and lrs[99] == pytest.approx(1 / 90) and lrs == sorted(lrs[:10]) + lrs[10:]
+
+
+def test_optimizer_skips_decay_on_biases_and_layernorm(teacher):
+    import model as M
+
+    net = M.from_pretrained(str(teacher), verbose=False)
+    decay, no_decay = train.make_optimizer(net, {"weight_decay": 0.01, "lr": 1e-3}, fused=False).param_groups
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("layers", ["odd", "2,3"])
+def test_distill_student_learns_from_the_teacher(toy, teacher, layers):
+    out = teacher.parent / f"student-{layers}"
+    run("distill", "--teacher", teacher, "--layers", layers, *common(toy, out, "--epochs", 2, "--lr", 3e-3))
+    info = json.loads((out / "run.json").read_text())
+    assert info["teacher_layers"] == ([1, 3] if layers == "odd" else [2, 3])
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+    steps = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+    assert {"ce", "kl", "hidden"} <= set(steps[0])
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_distill_bad_layer_list_is_a_clear_error(toy, teacher, capsys):
+    with pytest.raises(SystemExit) as e:
+        run("distill", "--teacher", teacher, "--layers", "1,9", *common(toy, teacher.parent / "bad"))
+    assert "layer 9 out of range; the teacher has layers 1..3" in str(e.value)
+
+
+def test_distill_refuses_a_teacher_on_another_split(toy, teacher, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("distill", "--teacher", teacher, "--split-seed", 7, *common(toy, tmp_path / "student"))
+    assert "the teacher was trained on another split" in str(e.value)
+
+
+def test_lora_trains_only_the_adapter_and_exports_merged(toy, tmp_path):
+    out = tmp_path / "lora"
+    run("lora", "--model", TINY, "--export-merged", *common(toy, out, "--epochs", 3, "--lr", 1e-2, "--lora-r", 4))
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert all("lora_" in k or ".classifier." in k for k in adapter)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    e = epochs(out)
+    assert e[-1]["train_loss"] < e[0]["train_loss"]
+    merged = load_file(out / "merged" / "model.safetensors")
+    assert not any("lora" in k for k in merged) and "bert.encoder.layer.0.attention.self.query.weight" in merged
+    base = load_file(Path(TINY) / "model.safetensors")
+    assert not torch.equal(merged["bert.encoder.layer.0.attention.self.query.weight"],
+                           base["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(merged["bert.encoder.layer.0.intermediate.dense.weight"], base["bert.encoder.layer.0.intermediate.dense.weight"])
+
+
+def test_same_seed_same_metrics(toy, tmp_path):
+    for name in ("a", "b"):
+        run("teacher", "--model", TINY, *common(toy, tmp_path / name, "--epochs", 1, "--lr", 3e-3))
+    strip = lambda d: [{k: v for k, v in r.items() if k not in ("sentences_per_s", "epoch_seconds")} for r in
+                       map(json.loads, open(tmp_path / d / "metrics.jsonl"))]
+    assert strip("a") == strip("b")
+    assert load_file(tmp_path / "a" / "model.safetensors") .keys() == load_file(tmp_path / "b" / "model.safetensors").keys()
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cli(*argv, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_resume_after_a_kill_mid_epoch_ends_with_the_same_weights(toy, tmp_path):
+    args = ["teacher", "--model", TINY, *common(toy, "X", "--epochs", 2, "--lr", 3e-3, "--checkpoint-every", 3)]
+    whole = cli(*[tmp_path / "whole" if a == "X" else a for a in args])
+    assert whole.returncode == 0, whole.stderr
+    # A real SIGKILL after step 20 of 32: epoch 2, batch 4; the last checkpoint is from step 18.
+    broken = [tmp_path / "broken" if a == "X" else a for a in args]
+    killed = cli(*broken, env={"NANOBERT_CRASH_AT_STEP": "20"})
+    assert killed.returncode == -9
+    assert (tmp_path / "broken" / "checkpoint.safetensors").is_file()
+    resumed = cli(*broken, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout and "at epoch 2, step 18" in resumed.stdout
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "broken" / "checkpoint.safetensors").exists()  # removed once the run completed
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    real, calls = train.compute_loss, []
+
+    def poisoned(*a, **kw):
+        loss, parts = real(*a, **kw)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 5 else (loss, parts)
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(SystemExit) as e:
+        run("teacher", "--model", TINY, *common(toy, tmp_path / "nan", "--epochs", 1, "--checkpoint-every", 2))
+    assert "non-finite loss (nan) at epoch 1, batch 5, step 4" in str(e.value)
+    assert "checkpoint.safetensors" in str(e.value) and (tmp_path / "nan" / "checkpoint.safetensors").is_file()
+
+
+def test_presets_and_flags(tmp_path, monkeypatch):
+    args = train.build_parser().parse_args(["lora", "--preset", "quick", "--out", "x", "--lora-r", "4"])
+    cfg = train.settings(args, "lora")
+    assert cfg["lr"] == train.load_preset("quick")["lora"]["lr"] and cfg["lora_r"] == 4 and cfg["model"].endswith("MiniLM-L6-v2")
+    args = train.build_parser().parse_args(["lora", "--preset", "quick", "--out", "x", "--lr", "0.5"])
+    assert train.settings(args, "lora")["lr"] == 0.5
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learning_rate = 1\n")
+    with pytest.raises(train.TrainError, match="unknown setting 'learning_rate'"):
+        train.settings(train.build_parser().parse_args(["teacher", "--preset", str(bad), "--out", "x"]), "teacher")
+    with pytest.raises(train.TrainError, match="no such preset"):
+        train.load_preset("nope")
+
+
+def test_help_explains_every_flag():
+    for command in ("teacher", "distill", "lora", "all"):
+        text = subprocess.run([sys.executable, str(ROOT / "train.py"), command, "--help"], capture_output=True, text=True).stdout
+        assert "--batch-size" in text and "--resume" in text
+    assert "--layers" in subprocess.run([sys.executable, str(ROOT / "train.py"), "distill", "--help"],
+                                        capture_output=True, text=True).stdout
+
+
+def test_ddp_two_processes_match_one_process(toy, tmp_path):
+    flags = ["teacher", "--model", TINY, *common(toy, "X", "--epochs", 1, "--lr", 3e-3, "--dropout", 0)]
+    one = cli(*[tmp_path / "one" if a == "X" else a for a in flags])
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
+                          *[str(tmp_path / "two") if a == "X" else str(a) for a in flags]],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    # Attention's key bias adds the same number to every score of a query, which softmax ignores:
+    # its true gradient is zero, so it only ever gets rounding noise, which Adam (dividing by the
+    # gradient's own size) turns into steps of size lr. Every other weight must agree.
+    assert max((a[k] - b[k]).abs().max().item() for k in a if not k.endswith("key.bias")) < 1e-5
+    log = lambda d: [r for r in map(json.loads, open(tmp_path / d / "metrics.jsonl")) if "loss" in r]
+    for x, y in zip(log("one"), log("two"), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5) and x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    assert any(not torch.equal(a[k], load_file(Path(TINY) / "model.safetensors")[k]) for k in a)  # it did train
