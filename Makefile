@@ -4,7 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench lint clean
+# Offline machines: use ../shared as the mirror of the datasets and models when it is there.
+# Elsewhere the files are downloaded (and cached in ~/.cache/nanobert).
+ifneq ($(wildcard ../shared/data),)
+export NANOBERT_DATA ?= $(abspath ../shared/data)
+endif
+ifneq ($(wildcard ../shared/models),)
+export NANOBERT_MODELS ?= $(abspath ../shared/models)
+endif
+
+.PHONY: setup test demo paper bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +30,12 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) train.py all --preset quick
+
+paper: setup
+	$(PY) train.py all --preset paper
 
 bench: setup
 	$(PY) bench.py
