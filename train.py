@@ -23,6 +23,7 @@ import random
 import resource
 import signal
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -272,6 +273,7 @@ def train(cfg, run_dir):
     t_start = time.time()
     run_dir = Path(run_dir)
     device = pick_device(cfg["device"])
+    memory = PeakMemory(device)
     world, rank = setup_distributed(device)
     main_process = rank == 0
     if cfg["threads"]:
@@ -282,7 +284,8 @@ def train(cfg, run_dir):
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.safetensors"
     if not cfg["resume"] and main_process:
-        for name in ("metrics.jsonl", "summary.json", "checkpoint.safetensors"):
+        for name in ("metrics.jsonl", "summary.json", "checkpoint.safetensors", "model.safetensors",
+                     "adapter_model.safetensors"):
             (run_dir / name).unlink(missing_ok=True)
     elif cfg["resume"] and not ckpt_path.exists():
         raise TrainError(f"{ckpt_path}: no checkpoint to resume from; run without --resume to start afresh")
@@ -391,7 +394,7 @@ def train(cfg, run_dir):
 
     summary = {"method": cfg["method"], "wall_seconds": time.time() - t_start, "steps": state["step"],
                "final_train_loss": state["epoch_loss"], "best_epoch": state["best_epoch"], "best_val_macro_f1": state["best_f1"],
-               "peak_memory_mb": peak_memory_mb(device), "params_total": total_params, "params_trainable": trainable_params}
+               "peak_memory_mb": memory.mb(), "params_total": total_params, "params_trainable": trainable_params}
     if main_process:
         if cfg["method"] == "lora" and cfg["export_merged"]:
             best, _, _ = evaluation.load_run(run_dir, merge=False)
@@ -404,10 +407,34 @@ def train(cfg, run_dir):
     return summary
 
 
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class PeakMemory:
+    """The peak resident memory of this process while a run trains, sampled every 50 ms.
+    (The kernel's own high-water mark, ru_maxrss, never goes down, so it would charge every
+    run of `train.py all` with the largest run before it.)"""
+
+    def __init__(self, device):
+        self.device, self.peak, self.stop = device, 0, threading.Event()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stop.is_set():
+            try:
+                with open("/proc/self/statm") as f:
+                    self.peak = max(self.peak, int(f.read().split()[1]) * page)
+            except OSError:  # no /proc (macOS): fall back to the high-water mark
+                self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.stop.wait(0.05)
+
+    def mb(self):
+        self.stop.set()
+        self.thread.join()
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self.peak / 2**20
 
 
 # -----------------------------------------------------------------------------
@@ -450,7 +477,8 @@ def add_common(p):
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: each epoch only)")
     g.add_argument("--log-every", type=int, help=f"log the loss every N steps to metrics.jsonl (default {d['log_every']})")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
-    g.add_argument("--resume", action="store_const", const=True, help="continue from the run folder's checkpoint")
+    g.add_argument("--resume", action="store_const", const=True,
+                   help="continue from the run folder's checkpoint (all: keep finished runs, resume the interrupted one)")
 
 
 def add_model(p):
@@ -518,6 +546,12 @@ def run_all(args):
         if getattr(args, f"{method}_lr") is not None:
             cfg["lr"] = getattr(args, f"{method}_lr")
         cfg["split"] = cfg["split"] or str(runs / "split.json")
+        if cfg["resume"]:  # carry on where `all` stopped: finished runs stay, an interrupted one resumes
+            if (runs / name / "summary.json").exists():
+                summaries[name] = json.loads((runs / name / "summary.json").read_text())
+                print(f"== {name}: done before, kept ==")
+                continue
+            cfg["resume"] = (runs / name / "checkpoint.safetensors").exists()
         print(f"== {name} ==")
         summaries[name] = train(cfg, runs / name)
     if hasattr(evaluation, "report"):
