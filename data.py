@@ -39,6 +39,10 @@ except ImportError:
     tqdm = None
 
 
+UMASK = os.umask(0o22)
+os.umask(UMASK)  # read once: os.umask can only be read by setting it
+
+
 class DataError(ValueError):
     """Input that cannot be used as it is; the message names the file, the row and what was expected."""
 
@@ -52,6 +56,7 @@ def _write_atomic(path, data):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; the result is an ordinary one
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -478,6 +483,7 @@ def download(url, dest, *, check=None, progress=True, timeout=60):
             raise DataError(f"{url}: download truncated, got {size} of {total} bytes; nothing was saved, try again")
         if check:
             check(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -38,6 +38,8 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+UMASK = os.umask(0o22)
+os.umask(UMASK)  # read once: os.umask can only be read by setting it
 PEFT_PREFIX = "base_model.model."  # peft's wrappers: PeftModel.base_model (a LoraModel) .model (ours)
 
 # -----------------------------------------------------------------------------
@@ -246,6 +248,7 @@ def _atomic_write(path: Path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; an adapter is an ordinary one
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

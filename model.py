@@ -372,6 +372,10 @@ def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: 
     return model
 
 
+CURRENT_UMASK = os.umask(0o22)
+os.umask(CURRENT_UMASK)  # read once: os.umask can only be read by setting it
+
+
 def atomic_write(path: Path, write):
     """Call write(tmp_path), then move the result into place: readers never see half a file."""
     path = Path(path)
@@ -379,6 +383,7 @@ def atomic_write(path: Path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~CURRENT_UMASK)  # mkstemp makes a private file; the result is an ordinary one
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -350,3 +350,9 @@ def test_offline_error_names_the_url_and_the_variable(offline_env, monkeypatch):
     with pytest.raises(ConnectionError) as e:
         M.resolve_model_dir("bert-base-uncased")
     assert f"{url}/bert-base-uncased/resolve/main/config.json" in str(e.value) and "NANOBERT_MODELS" in str(e.value)
+
+
+def test_saved_files_are_ordinary_files_not_private(tmp_path):
+    # mkstemp creates 0600 files; a saved model is for everyone who may read the folder.
+    M.save_pretrained(tiny(), tmp_path)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~M.CURRENT_UMASK

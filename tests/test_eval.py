@@ -1,0 +1,439 @@
+"""Tests for eval.py: the metrics, McNemar and the bootstrap against values worked out by hand, then the
+report and predict on tiny runs trained by train.py (a teacher, an odd student of two seeds, LoRA),
+and every kind of bad input."""
+
+import csv
+import io
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import data
+import eval as E
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
+nan = float("nan")
+
+
+# -----------------------------------------------------------------------------
+# Metrics, by hand
+
+
+def test_metrics_by_hand():
+    # 4 toxic, 6 not. Predictions: TP 2, FN 2, FP 1, TN 5.
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    preds = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    m = E.metrics(labels, preds, 2)
+    assert m["confusion_matrix"] == [[5, 1], [2, 2]]
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(4 / 7)  # 2 TP / (predicted + actual) = 4 / 7
+    # Class 0: TP 5, predicted 7, actual 6: F1 = 10 / 13. Macro-F1 = (4/7 + 10/13) / 2 = 61/91.
+    assert m["f1_per_class"] == pytest.approx([10 / 13, 4 / 7])
+    assert m["macro_f1"] == pytest.approx(61 / 91)
+
+
+def test_roc_auc_by_hand_with_a_tie():
+    # Positives 0.9 0.8 0.4 0.3 against negatives 0.6 0.4 0.2 0.1 0.1 0.05: the positive pairs it ranks
+    # above a negative are 6 + 6 + (4 + 1/2 for the tie at 0.4) + 4 = 20.5 of 24.
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    scores = [0.9, 0.8, 0.4, 0.3, 0.6, 0.4, 0.2, 0.1, 0.1, 0.05]
+    assert E.roc_auc(labels, scores) == pytest.approx(41 / 48)
+    assert E.roc_auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # no information: every pair a tie
+    assert math.isnan(E.roc_auc([1, 1], [0.2, 0.9]))  # one class: undefined, not a crash
+
+
+def test_a_model_that_predicts_one_class_everywhere():
+    labels = [0, 0, 0, 1, 1]
+    m = E.metrics(labels, [0] * 5, 2, [0.3] * 5)
+    # Never predicts toxic: precision 0/0 is undefined, recall 0/2 = 0, F1 0; class 0: P 3/5, R 1, F1 3/4.
+    assert math.isnan(m["precision"]) and m["recall"] == 0 and m["f1"] == 0
+    assert m["macro_f1"] == pytest.approx(3 / 8) and m["accuracy"] == pytest.approx(3 / 5) and m["roc_auc"] == 0.5
+    row = {"label_names": ["not toxic", "toxic"], **m}
+    assert E.cell([row], "precision", E.fmt_num) == "n/a (never predicts toxic)"
+    assert E.cell([row], "recall", E.fmt_num) == "0.0000"
+    # Always toxic: precision 2/5, recall 1, F1 4/7; class 0 is never found, F1 0: macro-F1 2/7.
+    m = E.metrics(labels, [1] * 5, 2)
+    assert m["precision"] == pytest.approx(2 / 5) and m["recall"] == 1 and m["macro_f1"] == pytest.approx(2 / 7)
+    # No toxic text at all in the test set: recall undefined, said so.
+    row = {"label_names": ["not toxic", "toxic"], **E.metrics([0, 0], [0, 0], 2, [0.1, 0.2])}
+    assert E.cell([row], "recall", E.fmt_num) == "n/a (no toxic in the test set)"
+    assert E.cell([row], "roc_auc", E.fmt_num) == "n/a (one class in the test set)"
+
+
+def test_cells_show_mean_and_sample_std_over_seeds():
+    rows = [{"label_names": ["ok", "toxic"], "precision": 0.8}, {"label_names": ["ok", "toxic"], "precision": 0.9}]
+    assert E.cell(rows, "precision", E.fmt_num) == "0.8500 ± 0.0707"  # std with n - 1: sqrt(0.005)
+    rows[1]["precision"] = nan
+    assert E.cell(rows, "precision", E.fmt_num) == "0.8000 (n/a in 1 of 2 seeds: never predicts toxic)"
+    assert E.mean_std([0.5, None, nan]) == (0.5, 0.0) and all(map(math.isnan, E.mean_std([nan])))
+    same = [{"params_total": 1000}, {"params_total": 1000}]
+    assert E.cell(same, "params_total", lambda v: f"{v:,}", spread=False) == "1,000"
+
+
+# -----------------------------------------------------------------------------
+# McNemar and the paired bootstrap, by hand
+
+
+def test_mcnemar_exact_by_hand():
+    # p = 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2)
+    assert E.mcnemar(0, 5) == pytest.approx(2 / 32)
+    assert E.mcnemar(1, 4) == pytest.approx(2 * (1 + 5) / 32)
+    assert E.mcnemar(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert E.mcnemar(3, 3) == 1.0 and E.mcnemar(0, 0) == 1.0  # capped at 1; no disagreement, no evidence
+    # Large counts: exact in whole numbers, and close to the chi-square with continuity correction.
+    chi2 = (abs(400 - 600) - 1) ** 2 / 1000
+    assert E.mcnemar(400, 600) == E.mcnemar(600, 400)
+    assert E.mcnemar(400, 600) == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=0.3)
+    assert E.disagreements([1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [0, 1, 1, 1, 1]) == (2, 1)
+
+
+def test_weighted_scores_by_hand():
+    labels, preds = [1, 1, 0, 0], [1, 0, 0, 0]
+    weights = np.array([[1, 1, 1, 1], [2, 0, 1, 1], [0, 2, 1, 1]], dtype=float)
+    s = E.weighted_scores(weights, labels, preds, 2)
+    # Row 2: example 0 twice, example 1 left out: all right. Row 3: example 1 (a miss) twice: accuracy 2/4;
+    # toxic F1 0 (never found), class 0 F1 = 2*2 / (4 predicted + 2 actual) = 2/3: macro 1/3.
+    assert s["accuracy"] == pytest.approx([3 / 4, 1, 1 / 2])
+    m = E.metrics(labels, preds, 2)
+    assert s["macro_f1"] == pytest.approx([m["macro_f1"], 1, 1 / 3])
+
+
+def test_bootstrap_weights_are_resamples_and_reproducible():
+    w = E.bootstrap_weights(7, resamples=500, seed=3)
+    assert w.shape == (500, 7) and (w.sum(1) == 7).all() and (w >= 0).all()
+    assert (w == E.bootstrap_weights(7, resamples=500, seed=3)).all()
+    assert not (w == E.bootstrap_weights(7, resamples=500, seed=4)).all()
+    assert w.mean() == pytest.approx(1)
+
+
+def test_paired_bootstrap_and_its_conclusions():
+    labels = np.array([0, 1] * 10)
+    w = E.bootstrap_weights(20, 200, 0)
+    same = E.paired_bootstrap(labels, [labels], [labels], 2, w)
+    assert same["accuracy"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    assert E.conclusion("odd", "even", "accuracy", same["accuracy"]).startswith("odd and even do not differ significantly")
+    # A always right, B always wrong: every resample says A - B = 1 in accuracy.
+    d = E.paired_bootstrap(labels, [labels], [1 - labels], 2, w)
+    assert d["accuracy"] == {"diff": 1.0, "low": 1.0, "high": 1.0} and d["macro_f1"]["diff"] == 1.0
+    assert E.conclusion("odd", "lora", "accuracy", d["accuracy"]).startswith("odd is better in accuracy")
+    assert E.conclusion("lora", "odd", "accuracy", {"diff": -0.2, "low": -0.3, "high": -0.1}).startswith("odd is better")
+    # Two seeds of A: A's score is their mean. Seed 1 right everywhere, seed 2 on half: (1 + 0.5) / 2.
+    half = np.where(np.arange(20) < 10, labels, 1 - labels)
+    d = E.paired_bootstrap(labels, [labels, half], [1 - labels], 2, w)
+    assert d["accuracy"]["diff"] == pytest.approx(0.75)
+
+
+def test_bootstrap_interval_is_the_central_95_percent():
+    # Example 0: only A right; examples 1-3: both wrong. Resample i weighs example 0 by 4i/200 (the rest share
+    # what is left), so A - B in accuracy is i/200 for i = 0..200: the 2.5% and 97.5% points are 0.025 and 0.975.
+    w0 = 4 * np.arange(201) / 200
+    weights = np.column_stack([w0] + [(4 - w0) / 3] * 3)
+    d = E.paired_bootstrap(np.array([1, 1, 1, 1]), [np.array([1, 0, 0, 0])], [np.zeros(4, int)], 2, weights)
+    assert d["accuracy"]["low"] == pytest.approx(0.025) and d["accuracy"]["high"] == pytest.approx(0.975)
+    assert d["accuracy"]["diff"] == 0.25  # on the test set as it is
+
+
+def test_method_labels_and_groups(tmp_path):
+    (tmp_path / "t6").mkdir()
+    (tmp_path / "t6" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    def student(layers, spec="list", teacher=str(tmp_path / "t6")):
+        return {"method": "distill", "teacher_layers": layers, "layers": spec, "teacher": teacher}
+
+    assert E.method_label(student([1, 3, 5])) == "odd" and E.method_label(student([2, 4, 6])) == "even"
+    assert E.method_label(student([1, 3], "1,3")) == "layers 1,3"  # not all odd layers of six
+    assert E.method_label(student([1, 3], "odd", teacher="/gone")) == "odd"  # teacher moved: its own words
+    assert E.method_label(student([1, 2, 12], "1,2,12", teacher="/gone")) == "layers 1,2,12"
+    assert E.method_label({"method": "lora"}) == "lora" and E.method_label({"method": "teacher"}) == "teacher"
+    runs = [{"method": "teacher", "lr": 1e-4, "seed": 0, "run_dir": "a"}, {"method": "teacher", "lr": 3e-4, "seed": 0},
+            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "x", "seed": 0},
+            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "y", "seed": 1}]
+    groups = E.group_runs(runs, ["a", "b", "c", "d"])
+    assert [(g["label"], g["names"]) for g in groups] == [
+        ("teacher (lr=0.0001)", ["a"]), ("teacher (lr=0.0003)", ["b"]), ("even", ["c", "d"])]
+    assert E.run_names([Path("s0/odd"), Path("s1/odd"), Path("s0/lora")]) == ["s0-odd", "s1-odd", "s0-lora"]
+
+
+# -----------------------------------------------------------------------------
+# Tiny runs trained by train.py
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared machine: more threads only wait on each other.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A teacher, an odd student of seeds 0 and 1, and LoRA, on 160 texts whose label one word gives away."""
+    root = tmp_path_factory.mktemp("eval")
+    rng = random.Random(0)
+    neutral = ("you are the people day it was on for with his they at be this from have or by one had not but what "
+               "all were when we there can an your which their said if do will each about how up out them").split()
+    toy = root / "toy.csv"
+    with open(toy, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(160):
+            y = i % 2
+            words = rng.sample(neutral, 6) + [rng.choice(["bad", "terrible"] if y else ["good", "great", "love"])]
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i}", "toxic" if y else "ok"])
+    common = ["--data", toy, "--label-map", '{"ok": 0, "toxic": 1}', "--batch-size", 8, "--no-progress", "--threads", 1]
+    dirs = {name: root / "runs" / name for name in ("teacher", "odd", "odd-s1", "lora")}
+
+    def start(*argv):
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def wait(*procs):
+        for p in procs:
+            out = p.communicate(timeout=300)[0]
+            assert p.returncode == 0, out
+
+    wait(start("teacher", "--model", TINY, "--out", dirs["teacher"], "--epochs", 4, "--lr", 3e-3, *common))
+    student = ["distill", "--teacher", dirs["teacher"], "--layers", "odd", "--epochs", 2, "--lr", 3e-3, *common]
+    wait(start(*student, "--out", dirs["odd"]), start(*student, "--out", dirs["odd-s1"], "--seed", 1),
+         start("lora", "--model", TINY, "--out", dirs["lora"], "--epochs", 2, "--lr", 1e-2, *common))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def reported(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    rows = E.report(list(runs.values()), out, device="cpu", resamples=300)
+    return rows, out
+
+
+def strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_report_rows_match_the_saved_predictions(runs, reported):
+    rows, out = reported
+    assert [r["name"] for r in rows] == ["teacher", "odd", "odd-s1", "lora"]
+    assert [r["method"] for r in rows] == ["teacher", "odd", "odd", "lora"] and [r["seed"] for r in rows] == [0, 0, 1, 0]
+    for row in rows:
+        saved = strict_json(out / row["predictions"])
+        assert saved["labels"].count(0) == 8 and saved["labels"].count(1) == 8  # the whole test part: 10% of 160
+        assert saved["label_names"] == ["ok", "toxic"] and len(saved["test_indices"]) == 16
+        p = np.array(saved["probabilities"])
+        assert p.shape == (16, 2) and np.allclose(p.sum(1), 1, atol=1e-6)
+        again = E.metrics(saved["labels"], p.argmax(1).tolist(), 2, p[:, 1].tolist())
+        for k in ("accuracy", "macro_f1", "recall", "f1", "roc_auc", "confusion_matrix"):
+            assert again[k] == row[k] or math.isnan(again[k]) and math.isnan(row[k]), k
+        run = Path(row["run_dir"])
+        summary = json.loads((run / "summary.json").read_text())
+        info = json.loads((run / "run.json").read_text())
+        assert row["train_seconds"] == summary["wall_seconds"] and row["final_train_loss"] == summary["final_train_loss"]
+        assert (row["params_total"], row["params_trainable"]) == (info["params_total"], info["params_trainable"])
+        assert row["sentences_per_s"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"] and row["latency_n"] == 16
+    teacher, lora_row = rows[0], rows[3]
+    assert teacher["size_bytes"] == (runs["teacher"] / "model.safetensors").stat().st_size
+    assert lora_row["size_bytes"] == (runs["lora"] / "adapter_model.safetensors").stat().st_size
+    assert lora_row["params_trainable"] < lora_row["params_total"] == teacher["params_total"] + lora_row["params_trainable"] - 66
+    assert teacher["accuracy"] >= 0.9  # it learned the give-away word: the upper reference
+
+
+def test_report_tables(runs, reported):
+    rows, out = reported
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == ["teacher", "odd", "odd-s1", "lora"]
+    assert float(table[0]["accuracy"]) == rows[0]["accuracy"]
+    assert json.loads(table[3]["confusion_matrix"]) == rows[3]["confusion_matrix"]
+    summary = strict_json(out / "results.json")
+    assert summary["test"]["n"] == 16 and summary["test"]["class_counts"] == [8, 8]
+    assert [g["label"] for g in summary["groups"]] == ["teacher", "odd", "lora"]
+    odd = summary["groups"][1]
+    accs = [rows[1]["accuracy"], rows[2]["accuracy"]]
+    assert odd["names"] == ["odd", "odd-s1"] and odd["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    assert odd["accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    md = (out / "results.md").read_text()
+    odd_line = next(line for line in md.splitlines() if line.startswith("| odd | 0, 1 |"))
+    assert " ± " in odd_line
+    assert "| teacher | 0 |" in md and "| lora | 0 |" in md
+    for pair in ("odd − lora", "odd − teacher", "lora − teacher"):
+        assert f"| {pair} |" in md
+    assert "Conclusions, as far as the intervals allow" in md and "![training](training.png)" in md
+    assert (out / "results.md").stat().st_mode & 0o044  # readable by others, not mkstemp's private 0600
+
+
+def test_report_statistics_are_reproducible_from_the_prediction_files(reported):
+    rows, out = reported
+    summary = strict_json(out / "results.json")
+    saved = {r["name"]: strict_json(out / r["predictions"]) for r in rows}
+    labels = np.array(saved["teacher"]["labels"])
+    preds = {n: np.array(s["probabilities"]).argmax(1) for n, s in saved.items()}
+    c = next(c for c in summary["comparisons"] if (c["a"], c["b"]) == ("odd", "teacher"))
+    w = E.bootstrap_weights(16, summary["settings"]["bootstrap_resamples"], summary["settings"]["bootstrap_seed"])
+    again = E.paired_bootstrap(labels, [preds["odd"], preds["odd-s1"]], [preds["teacher"]], 2, w)
+    assert again == {k: c[k] for k in ("accuracy", "macro_f1")}
+    # McNemar pairs seed with seed: the teacher has seed 0 only.
+    assert [(t["a"], t["b"]) for t in c["mcnemar"]] == [("odd", "teacher")]
+    b, cc = E.disagreements(labels, preds["odd"], preds["teacher"])
+    assert (c["mcnemar"][0]["only_a_right"], c["mcnemar"][0]["only_b_right"]) == (b, cc)
+    assert c["mcnemar"][0]["p"] == E.mcnemar(b, cc)
+
+
+def test_report_plots_are_pngs(reported):
+    _, out = reported
+    for name in ("metrics", "confusion", "training"):
+        png = (out / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_report_without_matplotlib_still_writes_the_tables(runs, tmp_path, monkeypatch, capsys):
+    # As if not installed: `import matplotlib...` raises ImportError, also for modules imported before.
+    for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    E.report([runs["teacher"]], tmp_path, device="cpu", resamples=10)
+    assert "matplotlib is not installed: no plots" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions-teacher.json", "results.csv", "results.json", "results.md"]
+    assert "## Differences" not in (tmp_path / "results.md").read_text()  # one model: nothing to compare
+
+
+def constant_run(runs, where):
+    """A copy of the teacher whose classifier says 'ok' to everything: the degenerate case, on purpose."""
+    shutil.copytree(runs["teacher"], where)
+    tensors = load_file(where / "model.safetensors")
+    tensors["classifier.weight"] = torch.zeros_like(tensors["classifier.weight"])
+    tensors["classifier.bias"] = torch.tensor([4.0, -4.0])
+    save_file(tensors, where / "model.safetensors")
+    return where
+
+
+def test_report_on_a_model_that_never_predicts_toxic(runs, tmp_path):
+    run = constant_run(runs, tmp_path / "runs" / "constant")
+    (row,) = E.report([run], tmp_path / "report", device="cpu", plots=False)
+    # 8 ok, 8 toxic, all called ok: accuracy 1/2, precision undefined, recall 0, F1 0, ok's F1 = 2*8/(16+8) = 2/3,
+    # macro-F1 = 1/3; every text gets the same score: ROC-AUC 1/2.
+    assert row["confusion_matrix"] == [[8, 0], [8, 0]] and row["accuracy"] == 0.5 and math.isnan(row["precision"])
+    assert row["recall"] == 0 and row["f1"] == 0 and row["macro_f1"] == pytest.approx(1 / 3) and row["roc_auc"] == 0.5
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| teacher | 0 | 0.5000 | n/a (never predicts toxic) | 0.0000 | 0.0000 | 0.3333 | 0.5000 |" in md
+    assert "| constant | teacher | 0 | 8 0 / 8 0 |" in md
+    table = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
+    assert table[0]["precision"] == "" and strict_json(tmp_path / "report" / "results.json")["runs"][0]["precision"] is None
+
+
+def test_cli_bare_form_writes_the_report_beside_the_runs(runs):
+    done = subprocess.run([sys.executable, str(ROOT / "eval.py"), runs["odd"], runs["lora"], "--threads", "1",
+                           "--resamples", "50", "--no-plots"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = runs["odd"].parent / "report"
+    assert (out / "results.md").is_file() and (out / "predictions-lora.json").is_file()
+    assert "| odd | 0 |" in done.stdout and "| odd − lora |" in (out / "results.md").read_text()
+
+
+# -----------------------------------------------------------------------------
+# predict
+
+
+def first_test_text(runs):
+    manifest = data.load_manifest(runs["teacher"].parent / "split.json")
+    dataset = data.load_dataset(json.loads((runs["teacher"] / "run.json").read_text())["data"],
+                                label_map={"ok": 0, "toxic": 1})
+    test = data.apply_split(dataset, manifest)["test"]
+    return test.texts[0]
+
+
+@pytest.mark.parametrize("name", ["teacher", "odd", "lora"])
+def test_predict_agrees_with_the_report(runs, reported, name, capsys):
+    rows, out = reported
+    text = first_test_text(runs)
+    E.main(["predict", "--run", str(runs[name]), "--json", text])
+    got = json.loads(capsys.readouterr().out)
+    saved = strict_json(out / f"predictions-{name}.json")["probabilities"][0]
+    assert got["text"] == text and got["label"] == ["ok", "toxic"][int(np.argmax(saved))]
+    assert got["probabilities"]["toxic"] == pytest.approx(saved[1], abs=2e-6)
+    assert got["probability"] == max(got["probabilities"].values())
+
+
+def test_predict_reads_stdin_one_text_per_line(runs, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("you are terrible\nwhat a great day\n"))
+    E.main(["predict", "--run", str(runs["teacher"])])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["toxic", "ok"]
+    assert [line.split("\t")[2] for line in lines] == ["you are terrible", "what a great day"]
+
+
+# -----------------------------------------------------------------------------
+# Bad input: one clear line each
+
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as e:
+        E.main([str(a) for a in argv])
+    return str(e.value)
+
+
+def test_empty_text_to_predict(runs, monkeypatch):
+    assert error_of(["predict", "--run", runs["teacher"], "  "]).startswith("error: empty text to predict")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert error_of(["predict", "--run", runs["teacher"]]).startswith("error: empty text to predict")
+
+
+def test_a_folder_that_is_not_a_run(tmp_path):
+    assert error_of([tmp_path]) == f"error: {tmp_path}: not a run folder (no run.json); expected a folder written by train.py"
+    (tmp_path / "run.json").write_text("{not json")
+    assert error_of(["predict", "--run", tmp_path, "hi"]).startswith(f"error: {tmp_path / 'run.json'}: not valid JSON")
+
+
+def test_a_run_without_its_model(runs, tmp_path):
+    (tmp_path / "run").mkdir()
+    shutil.copy(runs["teacher"] / "run.json", tmp_path / "run" / "run.json")
+    msg = error_of([tmp_path / "run", "--out", tmp_path / "report"])
+    assert msg.startswith(f"error: {tmp_path / 'run'}: no trained model") and "\n" not in msg
+    shutil.copy(runs["teacher"] / "config.json", tmp_path / "run" / "config.json")
+    msg = error_of(["predict", "--run", tmp_path / "run", "hi"])
+    assert msg.startswith(f"error: {tmp_path / 'run'}: cannot load the trained model") and "model.safetensors: not found" in msg
+
+
+def test_a_damaged_checkpoint(runs, tmp_path):
+    run = tmp_path / "runs" / "broken"
+    shutil.copytree(runs["teacher"], run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    msg = error_of([run, "--out", tmp_path / "report"])
+    assert msg.startswith(f"error: {run}: cannot load the trained model") and "not a readable safetensors file" in msg
+    lora_run = tmp_path / "runs" / "lora"
+    shutil.copytree(runs["lora"], lora_run)
+    (lora_run / "adapter_model.safetensors").unlink()
+    assert "adapter_model.safetensors: not found" in error_of(["predict", "--run", lora_run, "hi"])
+
+
+def test_runs_on_different_splits_are_refused(runs, tmp_path):
+    other = tmp_path / "other" / "teacher"
+    shutil.copytree(runs["teacher"], other)
+    info = json.loads((other / "run.json").read_text())
+    dataset = data.load_dataset(info["data"], label_map={"ok": 0, "toxic": 1})
+    manifest = data.make_split(dataset, seed=7)
+    data.save_manifest(manifest, tmp_path / "other" / "split.json")
+    info.update(split=str(tmp_path / "other" / "split.json"), split_sha256=manifest["manifest_sha256"])
+    (other / "run.json").write_text(json.dumps(info))
+    msg = error_of([runs["teacher"], other, "--out", tmp_path / "report"])
+    assert msg.startswith(f"error: {other} and {runs['teacher']} were trained on different splits (split_sha256 ")
+    assert "expected one test set for all" in msg
+    assert not (tmp_path / "report").exists()  # refused before anything was written
+
+
+def test_the_same_run_twice_is_refused(runs, tmp_path):
+    assert error_of([runs["odd"], runs["odd"], "--out", tmp_path]) == f"error: {runs['odd']}: given twice; expected each run once"
