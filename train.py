@@ -60,6 +60,8 @@ DEFAULTS = {
     "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_targets": "query,key,value",
     "lora_trainable": "classifier", "export_merged": False,
 }
+TEACHER_DATA_SETTINGS = ("data", "data_mirror", "three_class", "normalize", "text_column", "label_column", "label_map",
+                         "split", "split_seed", "max_length", "max_train", "max_val")
 METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
 
 
@@ -94,7 +96,12 @@ def settings(args, method):
     cfg = {**DEFAULTS, **METHOD_DEFAULTS[method]}
     cfg.update({k: v for k, v in preset.items() if not isinstance(v, dict)})
     cfg.update(section)
-    cfg.update({k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS})
+    given = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
+    if method == "distill" and given.get("teacher") and (Path(given["teacher"]) / "run.json").is_file():
+        # A student learns on its teacher's data and split unless told otherwise.
+        teacher = json.loads((Path(given["teacher"]) / "run.json").read_text(encoding="utf-8"))
+        cfg.update({k: teacher[k] for k in TEACHER_DATA_SETTINGS if k in teacher})
+    cfg.update(given)
     cfg["method"], cfg["preset"] = method, args.preset
     return cfg
 
@@ -161,8 +168,15 @@ def build_model(cfg, label_names, manifest):
         return student, Path(cfg["teacher"]), teacher
     net = M.from_pretrained(cfg["model"], id2label=id2label)
     if cfg["method"] == "lora":
-        lora.inject_lora(net, cfg["lora_targets"].split(","), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"],
-                         [t for t in cfg["lora_trainable"].split(",") if t])
+        trainable = [t for t in cfg["lora_trainable"].split(",") if t]
+        if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
+            # The checkpoint has no pooler (a bare encoder such as bge-small-en): it starts random,
+            # and a random layer that the adapter does not hold would be drawn anew at every load.
+            # Train it with the head and keep it in the adapter file.
+            trainable.append("pooler")
+            print("the base model has no pooler: training it with the classifier and saving it in the adapter")
+        cfg["lora_trainable"] = ",".join(trainable)
+        lora.inject_lora(net, cfg["lora_targets"].split(","), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], trainable)
         print(lora.lora_report(net))
     return net, M.resolve_model_dir(cfg["model"]), None
 
