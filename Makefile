@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/models),)
 export NANOBERT_MODELS ?= $(abspath ../shared/models)
 endif
 
-.PHONY: setup test demo paper bench lint clean
+.PHONY: setup test demo paper app bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ demo: setup
 
 paper: setup
 	$(PY) train.py all --preset paper
+
+app: setup
+	$(PY) -m streamlit run app.py -- --runs runs/quick
 
 bench: setup
 	$(PY) bench.py

@@ -25,10 +25,10 @@ import signal
 import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

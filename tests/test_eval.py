@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import random
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
 import data
@@ -181,18 +181,7 @@ def one_thread():
 def runs(tmp_path_factory):
     """A teacher, an odd student of seeds 0 and 1, and LoRA, on 160 texts whose label one word gives away."""
     root = tmp_path_factory.mktemp("eval")
-    rng = random.Random(0)
-    neutral = ("you are the people day it was on for with his they at be this from have or by one had not but what "
-               "all were when we there can an your which their said if do will each about how up out them").split()
-    toy = root / "toy.csv"
-    with open(toy, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(160):
-            y = i % 2
-            words = rng.sample(neutral, 6) + [rng.choice(["bad", "terrible"] if y else ["good", "great", "love"])]
-            rng.shuffle(words)
-            w.writerow([" ".join(words) + f" {i}", "toxic" if y else "ok"])
+    toy = write_toy_csv(root / "toy.csv", names=("ok", "toxic"))
     common = ["--data", toy, "--label-map", '{"ok": 0, "toxic": 1}', "--batch-size", 8, "--no-progress", "--threads", 1]
     dirs = {name: root / "runs" / name for name in ("teacher", "odd", "odd-s1", "lora")}
 

@@ -1,10 +1,8 @@
 """Tests for train.py on the tiny model and a small made-up dataset: every subcommand, the run
 folder, determinism, resume after a kill, a non-finite loss, and two-process DDP."""
 
-import csv
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,24 +15,6 @@ import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """160 short texts whose label is given away by one word: learnable in a few steps."""
-    rng = random.Random(0)
-    neutral = ("you are the people day it was on for with his they at be this from have or by one had not but what "
-               "all were when we there can an your which their said if do will each about how up out them").split()
-    path = tmp_path_factory.mktemp("toy") / "toy.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(160):
-            y = i % 2
-            words = rng.sample(neutral, 6) + [rng.choice(["bad", "terrible"] if y else ["good", "great", "love"])]
-            rng.shuffle(words)
-            w.writerow([" ".join(words) + f" {i}", y])
-    return str(path)
 
 
 def run(*argv):
@@ -111,7 +91,7 @@ def test_distill_bad_layer_list_is_a_clear_error(toy, teacher, capsys):
 
 def test_distill_refuses_a_teacher_on_another_split(toy, teacher, tmp_path):
     with pytest.raises(SystemExit) as e:
-        run("distill", "--teacher", teacher, "--split-seed", 7, *common(toy, tmp_path / "student"))
+        run("distill", "--teacher", teacher, "--split", tmp_path / "other.json", "--split-seed", 7, *common(toy, tmp_path / "student"))
     assert "the teacher was trained on another split" in str(e.value)
 
 

@@ -1,0 +1,345 @@
+"""
+A web page for the trained models: type a comment and see "toxic" or "not toxic" from any run,
+compare every run on the same text, or label a whole CSV file.
+
+    pip install -e ".[app]"                        # streamlit is an optional extra
+    streamlit run app.py -- --runs runs/quick      # or: NANOBERT_RUNS=runs/quick streamlit run app.py
+
+It serves the run folders that train.py writes (`python train.py all --preset quick` makes four:
+teacher, odd and even students, LoRA), loaded with eval.load_run and kept in memory for the life of
+the server. A LoRA run loads its base model by name: offline, set NANOBERT_MODELS as for training.
+A link can carry a text to classify: http://localhost:8501/?text=I%20hate%20you!&compare=1
+"""
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import data
+import eval as evaluation
+
+TRAIN_COMMAND = "python train.py all --preset quick"
+EXAMPLES = ["I hate you!", "You're awesome, have a nice day!", "Shut up, idiot.", "What a sunset 🌅"]
+METHOD_ORDER = {"teacher": 0, "distill": 1, "lora": 2}  # the order of the comparison: teacher, students, LoRA
+
+# -----------------------------------------------------------------------------
+# Finding the runs
+
+
+@dataclass
+class Run:
+    dir: str  # the run folder; also the key of the model cache and of the model selector
+    name: str  # the folder relative to the runs folder, e.g. "odd": names its output columns
+    label: str  # what the selector shows: folder and method
+    info: dict  # run.json
+
+
+def default_runs_folder():
+    # `streamlit run app.py -- --runs DIR` hands the flags after `--` to the script in sys.argv.
+    # Known args only and no -h: under pytest, sys.argv holds pytest's own flags.
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--runs")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.runs or os.environ.get("NANOBERT_RUNS") or "runs"
+
+
+def describe(info):
+    method = info.get("method", "?")
+    if method == "distill" and info.get("teacher_layers"):
+        return f"distill, teacher layers {','.join(map(str, info['teacher_layers']))}"
+    if method == "lora" and info.get("lora_r"):
+        return f"lora, r={info['lora_r']}"
+    return method
+
+
+def find_runs(root):
+    """(finished runs, unfinished folders) under root: the folder itself, its subfolders, and theirs."""
+    root = Path(root)
+    runs, unfinished = [], []
+    for path in [root / "run.json", *sorted(root.glob("*/run.json")), *sorted(root.glob("*/*/run.json"))]:
+        if not path.is_file():
+            continue
+        folder = path.parent
+        # summary.json is written last, after the best model was saved: without it the run is still
+        # training (or died), and its folder may hold no model yet.
+        if not (folder / "summary.json").is_file():
+            unfinished.append(str(folder))
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            unfinished.append(str(folder))
+            continue
+        name = folder.relative_to(root).as_posix() if folder != root else folder.name
+        runs.append(Run(str(folder), name, f"{name} — {describe(info)}", info))
+    runs.sort(key=lambda r: (METHOD_ORDER.get(r.info.get("method"), 9), r.info.get("teacher_layers") or [], r.name))
+    return runs, unfinished
+
+
+def label_names(info):
+    """A display name per class: run.json's id2label, except that a binary task with bare numbers
+    for names reads "not toxic" / "toxic" (the toxic datasets put the toxic or hate class at 1)."""
+    names = [info["id2label"][str(i)] for i in range(len(info["id2label"]))]
+    if len(names) == 2 and all(re.fullmatch(r"(label_?)?\d+", n, re.IGNORECASE) for n in names):
+        return ["not toxic", "toxic"]
+    return names
+
+
+# -----------------------------------------------------------------------------
+# Loading and predicting
+
+
+@dataclass
+class Model:
+    net: object
+    tokenizer: object
+    info: dict
+    max_length: int
+    lock: threading.Lock
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=16)
+def load_model(run_dir, stamp):
+    """A run's model, loaded once per server process and shared by every visitor. `stamp` (the time
+    summary.json was written) is part of the cache key only, so that a retrained run is reloaded."""
+    net, tokenizer, info = evaluation.load_run(run_dir)  # a LoRA adapter comes merged into its base weights
+    model = Model(net, tokenizer, info, info["max_length"], threading.Lock())
+    classify(model, ["warm-up"])  # the first forward pass pays one-off costs; keep them out of the latency shown
+    return model
+
+
+def get_model(run):
+    """The run's model, or None after saying on the page why it cannot be loaded (the rest of the page goes on)."""
+    try:
+        return load_model(run.dir, os.stat(Path(run.dir) / "summary.json").st_mtime_ns)
+    except (evaluation.RunError, data.DataError, OSError) as e:
+        st.error(f"Cannot load {run.dir}: {e}")
+        return None
+
+
+def classify(model, texts):
+    """(probabilities (N, C), seconds taken, each text's length in tokens before cutting)."""
+    # Streamlit serves each visitor from its own thread, and the tokenizer is shared: data.py turns its
+    # truncation on and off around each call, so one request at a time per model.
+    with model.lock:
+        start = time.perf_counter()
+        probs = evaluation.predict(model.net, data.Loader(texts, None, model.tokenizer, model.max_length, 64))
+        seconds = time.perf_counter() - start
+        lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]  # counts [CLS] and [SEP], as max_length does
+    return probs, seconds, lengths
+
+
+def is_blank(text):
+    # Only spaces, line breaks or invisible characters (control, format such as U+200F): nothing to classify.
+    return not "".join(ch for ch in str(text) if ch.isprintable()).strip()
+
+
+def verdict(model, probs):
+    """(name, probability) of the most likely class of one text."""
+    p = probs.tolist()
+    best = max(range(len(p)), key=p.__getitem__)
+    return label_names(model.info)[best], p[best]
+
+
+# -----------------------------------------------------------------------------
+# Batch mode: a CSV in, the same CSV with prediction columns out
+
+
+def read_csv(name, raw):
+    """(table, None), or (None, a message saying what is wrong) for an uploaded file."""
+    # The uploader takes any file (a type filter would turn a wrong file into a Streamlit error, not a message).
+    if not name.lower().endswith(".csv"):
+        return None, f"{name} is not a CSV file; expected a .csv file with a header row and one row per comment."
+    try:
+        # Every cell as text, and no "NA"/"null" turned into missing values: those are words a comment may hold.
+        # utf-8-sig: Excel starts its UTF-8 CSV files with a byte-order mark.
+        table = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return None, f"{name} is not UTF-8 text; expected a CSV file (save it as 'CSV UTF-8')."
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        return None, f"{name} could not be read as a CSV ({str(e).strip()}); expected a header row, then one row per comment."
+    if table.empty:
+        return None, f"{name} has no rows under its header {list(table.columns)}; expected one row per comment."
+    return table, None
+
+
+def text_columns(table):
+    """The columns holding text, the likeliest first: some cell is not a number (ids and labels are)."""
+
+    def is_number(s):
+        try:
+            float(s)
+            return True
+        except ValueError:
+            return False
+
+    found = [c for c in table.columns if any(v.strip() and not is_number(v) for v in table[c])]
+    return sorted(found, key=lambda c: (c.lower() != "text", -table[c].str.len().mean()))
+
+
+def label_table(table, column, runs):
+    """The table with a label and a probability column per run, and notes for the page."""
+    out = table.copy()
+    texts = out[column].tolist()
+    keep = [i for i, t in enumerate(texts) if not is_blank(t)]  # blank rows get no prediction, as on the page
+    notes = [f"{len(texts) - len(keep)} blank row(s) left without a prediction."] if len(keep) < len(texts) else []
+    for run in runs:
+        model = get_model(run)
+        if model is None:
+            continue
+        labels, probabilities = [""] * len(texts), [None] * len(texts)
+        if keep:
+            probs, _, lengths = classify(model, [texts[i] for i in keep])
+            for i, p in zip(keep, probs, strict=True):
+                labels[i], probability = verdict(model, p)
+                probabilities[i] = round(probability, 4)
+            cut = sum(n > model.max_length for n in lengths)
+            if cut:
+                notes.append(f"{run.name}: {cut} text(s) longer than {model.max_length} tokens were cut to that length.")
+        out[f"{run.name} label"], out[f"{run.name} probability"] = labels, probabilities
+    return out, notes
+
+
+# -----------------------------------------------------------------------------
+# Parts of the page
+
+
+def use_example(text):
+    st.session_state.text = st.session_state.query = text
+
+
+def submit():
+    st.session_state.query = st.session_state.text
+
+
+def show_verdict(run, text):
+    """The chosen model's answer: red for toxic, green for not toxic (blue for a task of more classes)."""
+    model = get_model(run)
+    if model is None:
+        return
+    probs, seconds, lengths = classify(model, [text])
+    name, p = verdict(model, probs[0])
+    box = (st.error if probs[0, 1] > 0.5 else st.success) if len(model.info["id2label"]) == 2 else st.info
+    box(f"### {name}\n{p:.1%} probability · model {run.label} · {seconds * 1000:.0f} ms")
+    if lengths[0] > model.max_length:
+        st.caption(f"Note: the text has {lengths[0]} tokens; the model reads only the first {model.max_length} "
+                   f"(its max_length), so the rest was cut.")
+
+
+def show_comparison(runs, text):
+    """One row per model for the same text, to see where the students and LoRA part from the teacher."""
+    st.subheader("All models on this text")
+    rows, cut = [], []
+    for run in runs:
+        model = get_model(run)
+        if model is None:
+            continue
+        probs, seconds, lengths = classify(model, [text])
+        name, p = verdict(model, probs[0])
+        rows.append({"model": run.label, "label": name, "probability": p,
+                     "P(toxic)": float(probs[0, 1]) if len(model.info["id2label"]) == 2 else None,
+                     "latency (ms)": seconds * 1000})
+        if lengths[0] > model.max_length:
+            cut.append(run.name)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "probability": st.column_config.NumberColumn(format="%.3f", help="of the label shown"),
+        "P(toxic)": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f",
+                                                    help="probability of class 1 (toxic / hate)"),
+        "latency (ms)": st.column_config.NumberColumn(format="%.1f", help="tokenizing and one forward pass, CPU")})
+    labels = {r["label"] for r in rows}
+    st.caption(f"All {len(rows)} models agree." if len(labels) == 1 else f"The models disagree: {', '.join(sorted(labels))}.")
+    if cut:
+        st.caption(f"The text was cut to the max_length of: {', '.join(cut)}.")
+
+
+# -----------------------------------------------------------------------------
+# The page. Streamlit runs this script top to bottom on every click; st.session_state keeps what must last.
+
+st.set_page_config(page_title="nanobert: is this comment toxic?", page_icon="🛡️")
+params = st.query_params
+st.session_state.setdefault("text", params.get("text", ""))
+st.session_state.setdefault("query", params.get("text"))  # the text last sent to classify; None: none yet
+st.session_state.setdefault("compare", params.get("compare", "") in ("1", "true"))
+
+with st.sidebar:
+    st.header("Models")
+    root = st.text_input("Runs folder", value=default_runs_folder(), key="runs",
+                         help="A folder of run folders written by train.py, e.g. runs/quick")
+    runs, unfinished = find_runs(root)
+    by_dir = {r.dir: r for r in runs}
+    if runs:
+        chosen = by_dir[st.selectbox("Model", list(by_dir), format_func=lambda d: by_dir[d].label, key="model")]
+        st.caption("Each model is loaded once and kept in memory; LoRA adapters are served merged into their base model.")
+    if unfinished:
+        st.caption(f"Not finished (no summary.json yet), so not listed: {', '.join(unfinished)}")
+
+st.title("Is this comment toxic?")
+st.caption("A BERT teacher, two students distilled from its odd and even layers, and LoRA, trained by nanobert.")
+
+if not runs:
+    where = f"in `{root}`" if Path(root).is_dir() else f"`{root}` does not exist"
+    st.warning(f"No trained models found: no run folder (run.json and summary.json) {where}. "
+               f"Train the four models with the command below, or give another runs folder in the sidebar "
+               f"(`streamlit run app.py -- --runs DIR`, or NANOBERT_RUNS=DIR).")
+    st.code(TRAIN_COMMAND, language="bash")
+    st.stop()
+
+
+one, batch = st.tabs(["Classify a comment", "Label a CSV file"])
+
+with one:
+    st.caption("Try an example:")
+    with st.container(horizontal=True):  # a row of buttons that wraps when it runs out of room
+        for i, example in enumerate(EXAMPLES):
+            st.button(example, key=f"example-{i}", on_click=use_example, args=(example,))
+    text = st.text_area("Comment", key="text", height=100, placeholder="Type or paste a comment…")
+    left, right = st.columns([1, 3])
+    left.button("Classify", type="primary", key="classify", on_click=submit)
+    compare = right.toggle("Compare all models", key="compare")
+
+    query = st.session_state.query
+    if query is None:
+        st.info("Type a comment and press Classify, or click an example.")
+    elif is_blank(query):
+        st.warning("The text is empty: type a comment to classify.")
+    else:
+        if query != text:
+            st.caption(f"Result for the text last classified: “{query[:80]}{'…' if len(query) > 80 else ''}”")
+        show_verdict(chosen, query)
+        if compare:
+            show_comparison(runs, query)
+
+with batch:
+    upload = st.file_uploader("A CSV file with a column of comments", key="upload")
+    if upload is not None:
+        table, problem = read_csv(upload.name, upload.getvalue())
+        columns = text_columns(table) if table is not None else []
+        if problem:
+            st.error(problem)
+        elif not columns:
+            st.error(f"No text column in {upload.name}: the columns {list(table.columns)} hold only numbers or nothing; "
+                     f"expected one column of comments.")
+        else:
+            column = st.selectbox("Text column", columns, key="column")
+            picked = st.multiselect("Models", list(by_dir), default=[chosen.dir], key="batch-models",
+                                    format_func=lambda d: by_dir[d].label)
+            if st.button("Label the file", type="primary", key="label-file", disabled=not picked):
+                with st.spinner(f"Labelling {len(table)} rows…"):
+                    out, notes = label_table(table, column, [by_dir[d] for d in picked])
+                for note in notes:
+                    st.caption(note)
+                st.dataframe(out, hide_index=True)
+                # on_click="ignore": downloading does not rerun the script, so the table stays on the page.
+                st.download_button("Download the labelled CSV", out.to_csv(index=False).encode("utf-8"),
+                                   file_name=f"{Path(upload.name).stem}-labelled.csv", mime="text/csv",
+                                   key="download", on_click="ignore")

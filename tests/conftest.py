@@ -1,0 +1,35 @@
+"""Shared test data: a toy comment dataset that the tiny model learns in a few steps."""
+
+import csv
+import os
+import random
+
+import pytest
+import torch
+
+# The test models are tiny: one thread each is as fast as two, and keeps the suite quick when
+# the machine is busy. OMP_NUM_THREADS reaches the train.py processes the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+NEUTRAL = ("you are the people day it was on for with his they at be this from have or by one had not but what "
+           "all were when we there can an your which their said if do will each about how up out them").split()
+
+
+def write_toy_csv(path, names=(0, 1), n=160):
+    """n short texts of common words; the label is given away by one word (bad/terrible vs good/great/love)."""
+    rng = random.Random(0)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            y = i % 2
+            words = rng.sample(NEUTRAL, 6) + [rng.choice(["bad", "terrible"] if y else ["good", "great", "love"])]
+            rng.shuffle(words)
+            w.writerow([" ".join(words) + f" {i}", names[y]])
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    return str(write_toy_csv(tmp_path_factory.mktemp("toy") / "toy.csv"))
