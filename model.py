@@ -407,12 +407,19 @@ def save_pretrained(model: BertForSequenceClassification, folder, tokenizer_dir=
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     config = json.dumps(model.config.to_dict(), indent=2)
     atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
-    if tokenizer_dir.resolve() != folder.resolve():
-        if not (tokenizer_dir / "vocab.txt").exists():
-            raise FileNotFoundError(f"{tokenizer_dir / 'vocab.txt'}: not found; a saved model needs its vocabulary")
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).exists():
-                atomic_write(folder / name, lambda p, n=name: shutil.copyfile(tokenizer_dir / n, p))
+    copy_tokenizer_files(tokenizer_dir, folder)
+
+
+def copy_tokenizer_files(source, folder):
+    """vocab.txt and the tokenizer settings beside the weights: a saved model is complete on its own."""
+    source, folder = Path(source), Path(folder)
+    if source.resolve() == folder.resolve():
+        return
+    if not (source / "vocab.txt").exists():
+        raise FileNotFoundError(f"{source / 'vocab.txt'}: not found; a saved model needs its vocabulary")
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            atomic_write(folder / name, lambda p, n=name: shutil.copyfile(source / n, p))
 
 
 # -----------------------------------------------------------------------------

@@ -275,9 +275,7 @@ def progress(iterable, total, enabled, desc):
 def save_model(net, cfg, run_dir, tokenizer_dir):
     if cfg["method"] == "lora":
         lora.save_adapter(net, run_dir, base_model=cfg["base_model"])
-        for name in M.TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).exists():
-                M.atomic_write(run_dir / name, lambda p, n=name: Path(p).write_bytes((Path(tokenizer_dir) / n).read_bytes()))
+        M.copy_tokenizer_files(tokenizer_dir, run_dir)
     else:
         M.save_pretrained(net, run_dir, tokenizer_dir=tokenizer_dir)
 
