@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/models),)
 export NANOBERT_MODELS ?= $(abspath ../shared/models)
 endif
 
-.PHONY: setup test demo paper app bench lint clean
+.PHONY: setup test demo paper paper-extended app bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: setup
 
 paper: setup
 	$(PY) train.py all --preset paper
+
+# The paper experiment plus auto/bottom/top students, LoRA on the best student and int8 exports;
+# runs already in runs/paper are kept.
+paper-extended: setup
+	$(PY) train.py all --preset paper --extended --resume
 
 app: setup
 	$(PY) -m streamlit run app.py -- --runs runs/quick

@@ -6,8 +6,10 @@ compare every run on the same text, or label a whole CSV file.
     streamlit run app.py -- --runs runs/quick      # or: NANOBERT_RUNS=runs/quick streamlit run app.py
 
 It serves the run folders that train.py writes (`python train.py all --preset quick` makes four:
-teacher, odd and even students, LoRA), loaded with eval.load_run and kept in memory for the life of
-the server. A LoRA run loads its base model by name: offline, set NANOBERT_MODELS as for training.
+teacher, odd and even students, LoRA; `--extended` adds more students, LoRA on a student and int8
+models), loaded with eval.load_run and kept in memory for the life of the server. An int8 model
+(`python eval.py export RUN`) is served like any other run, on the CPU. A LoRA run loads its base
+model by name: offline, set NANOBERT_MODELS as for training.
 A link can carry a text to classify: http://localhost:8501/?text=I%20hate%20you!&compare=1
 """
 
@@ -55,11 +57,12 @@ def default_runs_folder():
 
 def describe(info):
     method = info.get("method", "?")
+    text = method
     if method == "distill" and info.get("teacher_layers"):
-        return f"distill, teacher layers {','.join(map(str, info['teacher_layers']))}"
-    if method == "lora" and info.get("lora_r"):
-        return f"lora, r={info['lora_r']}"
-    return method
+        text = f"distill, teacher layers {','.join(map(str, info['teacher_layers']))}"
+    elif method == "lora" and info.get("lora_r"):
+        text = f"lora, r={info['lora_r']}" + (f", on {Path(info['base']).name}" if info.get("base") else "")
+    return text + (", int8" if info.get("quantized") else "")
 
 
 def find_runs(root):
@@ -82,7 +85,8 @@ def find_runs(root):
             continue
         name = folder.relative_to(root).as_posix() if folder != root else folder.name
         runs.append(Run(str(folder), name, f"{name} — {describe(info)}", info))
-    runs.sort(key=lambda r: (METHOD_ORDER.get(r.info.get("method"), 9), r.info.get("teacher_layers") or [], r.name))
+    runs.sort(key=lambda r: (bool(r.info.get("quantized")), METHOD_ORDER.get(r.info.get("method"), 9),
+                             bool(r.info.get("base")), r.info.get("teacher_layers") or [], r.name))
     return runs, unfinished
 
 

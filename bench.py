@@ -1,10 +1,12 @@
 """
 Speed of nanobert's BERT on this machine: a training step (forward + backward + AdamW) and
 inference, for 12- and 6-layer hidden-384 models at batch 32 x 64 tokens, full fine-tuning and
-LoRA (r=8 on query, key, value), fp32 and bfloat16 autocast.
+LoRA (r=8 on query, key, value), fp32 and bfloat16 autocast, and int8 inference (every linear
+layer dynamically quantised, quantize.py; the reference gets torch's quantize_dynamic alike).
 
     python bench.py                 # nanobert
     python bench.py --reference     # the same cases side by side with transformers (+ peft), if installed
+    python bench.py --only int8-infer,infer   # some cases only
 
 Each case runs in a fresh process, so that its peak memory (max RSS) is its own. FLOPs are
 counted as 2 x (non-embedding parameters) x tokens for a forward pass plus attention's
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 
 import lora
 import model as M
+import quantize
 
 B, T, H, HEADS, FFN, VOCAB = 32, 64, 384, 12, 1536, 30522
 
@@ -66,18 +69,24 @@ def build(impl, layers, use_lora):
         net = M.BertForSequenceClassification(M.BertConfig(**kw))
         if use_lora:
             lora.inject_lora(net, ("query", "key", "value"), r=8, alpha=16, dropout=0.1)
-        return net, lambda ids, mask: net(ids, mask).logits
+        return net, build_forward(impl, net)
     transformers = importlib.import_module("transformers")
     net = transformers.BertForSequenceClassification(transformers.BertConfig(**kw, num_labels=2))
     if use_lora:
         peft = importlib.import_module("peft")
         net = peft.get_peft_model(net, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="SEQ_CLS",
                                                        target_modules=["query", "key", "value"]))
-    return net, lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits
+    return net, build_forward(impl, net)
+
+
+def build_forward(impl, net):
+    if impl == "nanobert":
+        return lambda ids, mask: net(ids, mask).logits
+    return lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits
 
 
 def run_case(impl, layers, mode, bf16, repeats):
-    """Time one case in this process; mode: train, lora-train, infer, lora-merged-infer."""
+    """Time one case in this process; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
     use_lora = mode.startswith("lora")
     net, forward = build(impl, layers, use_lora)
     ids = torch.randint(1000, VOCAB, (B, T))
@@ -97,12 +106,15 @@ def run_case(impl, layers, mode, bf16, repeats):
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
+        if mode == "int8-infer":
+            net = quantize.quantize_dynamic(net.eval())  # in place for both: peak RSS holds one model
+            forward = build_forward(impl, net)
         if mode == "lora-merged-infer":
             if impl == "nanobert":
                 lora.merge_all(net)
             else:
                 net = net.merge_and_unload()
-                forward = lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits  # noqa: E731
+                forward = build_forward(impl, net)
         net.eval()
 
         def step():
@@ -120,7 +132,8 @@ def run_case(impl, layers, mode, bf16, repeats):
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-CASES = [(12, "train"), (12, "infer"), (6, "train"), (6, "infer"), (12, "lora-train"), (12, "lora-merged-infer")]
+CASES = [(12, "train"), (12, "infer"), (6, "train"), (6, "infer"), (12, "lora-train"), (12, "lora-merged-infer"),
+         (12, "int8-infer"), (6, "int8-infer")]
 
 
 def main():
@@ -128,14 +141,21 @@ def main():
     parser.add_argument("--reference", action="store_true", help="also time transformers (+ peft), side by side")
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per case (median reported)")
+    parser.add_argument("--only", help="comma-separated cases to run (train, infer, lora-train, lora-merged-infer, "
+                        "int8-infer); default all")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
-        print(json.dumps(run_case(impl, int(layers), mode, dtype == "bf16", args.repeats)))
+        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats)
+        print(json.dumps({**r, "dtype": dtype}))
         return
 
+    modes = {mode for _, mode in CASES}
+    unknown = sorted(set(args.only.split(",")) - modes) if args.only else []
+    if unknown:
+        parser.error(f"--only {unknown[0]!r}: expected some of {', '.join(sorted(modes))}")
     peak = matmul_peak()
     print(f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s, {torch.get_num_threads()} threads, torch {torch.__version__}")
     impls = ["nanobert"] + (["reference"] if args.reference else [])
@@ -143,7 +163,10 @@ def main():
     results = []
     print(f"{'impl':10} {'model':9} {'case':18} {'dtype':5} {'s/batch':>8} {'tokens/s':>9} {'of peak':>8} {'peak RSS':>9}")
     for layers, mode in CASES:
-        for dtype in dtypes:
+        if args.only and mode not in args.only.split(","):
+            continue
+        # int8 is its own number format: no bf16 autocast on top of it.
+        for dtype in dtypes if mode != "int8-infer" else ["int8"]:
             for impl in impls:  # side by side: the same case back to back
                 out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
                                       "--repeats", str(args.repeats)], capture_output=True, text=True)
@@ -151,10 +174,12 @@ def main():
                     sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r["tokens_per_s"] = B * T / r["seconds"]
-                r["fraction_of_peak"] = flops(layers, mode) / r["seconds"] / 1e9 / peak
+                # Of the fp32 peak: for int8 that fraction means nothing (its own units are faster).
+                r["fraction_of_peak"] = None if dtype == "int8" else flops(layers, mode) / r["seconds"] / 1e9 / peak
                 results.append(r)
                 print(f"{impl:10} {layers:2d}-layer  {mode:18} {dtype:5} {r['seconds']:8.3f} {r['tokens_per_s']:9.0f} "
-                      f"{r['fraction_of_peak']:8.0%} {r['peak_rss_mb']:7.0f}MB", flush=True)
+                      f"{'n/a' if r['fraction_of_peak'] is None else format(r['fraction_of_peak'], '.0%'):>8} "
+                      f"{r['peak_rss_mb']:7.0f}MB", flush=True)
     if args.reference:
         print("\nspeed-up of nanobert over the reference (median seconds):")
         for r in results:

@@ -20,18 +20,33 @@ import torch.nn.functional as F
 from model import BertForSequenceClassification
 
 
-def parse_layers(spec: str | list, n_teacher: int) -> list[int]:
+def parse_layers(spec: str | list, n_teacher: int, importance: list | None = None) -> list[int]:
     """
     Teacher layers (1-based, as the assignment writes them) that the student keeps:
-    'odd' = 1,3,5,... 'even' = 2,4,6,... or an explicit list such as '1,2,12' or [1, 2, 12].
+    'odd' = 1,3,5,...  'even' = 2,4,6,...  'bottom' = the first half, 'top' = the second half,
+    'auto' = the half with the highest measured importance (see layer_importance; 'auto:K' keeps K),
+    or an explicit list such as '1,2,12' or [1, 2, 12].
     """
+    half = max(1, n_teacher // 2)
     if isinstance(spec, str) and spec in ("odd", "even"):
         layers = list(range(1 if spec == "odd" else 2, n_teacher + 1, 2))
+    elif isinstance(spec, str) and spec in ("bottom", "top"):
+        layers = list(range(1, half + 1)) if spec == "bottom" else list(range(n_teacher - half + 1, n_teacher + 1))
+    elif isinstance(spec, str) and spec.split(":")[0] == "auto":
+        k = spec.partition(":")[2]
+        if k and not (k.isdigit() and 1 <= int(k) <= n_teacher):
+            raise ValueError(f"--layers {spec!r}: expected auto or auto:K with K in 1..{n_teacher}")
+        if importance is None or len(importance) != n_teacher:
+            raise ValueError(f"--layers {spec!r}: needs the importance of each of the {n_teacher} teacher layers")
+        k = int(k) if k else half
+        # The k most important layers, run in their original order.
+        return sorted(sorted(range(1, n_teacher + 1), key=lambda i: -importance[i - 1])[:k])
     else:
         try:
             layers = [int(x) for x in (spec.split(",") if isinstance(spec, str) else spec) if str(x).strip()]
         except ValueError:
-            raise ValueError(f"--layers {spec!r}: expected 'odd', 'even' or comma-separated layer numbers like 1,3,5") from None
+            raise ValueError(f"--layers {spec!r}: expected odd, even, bottom, top, auto[:K] or comma-separated "
+                             "layer numbers like 1,3,5") from None
     if not layers:
         raise ValueError(f"--layers {spec!r}: no layers chosen; expected at least one of 1..{n_teacher}")
     bad = [i for i in layers if not 1 <= i <= n_teacher]
@@ -42,6 +57,34 @@ def parse_layers(spec: str | list, n_teacher: int) -> list[int]:
     if layers != sorted(layers):
         raise ValueError(f"--layers {spec!r}: list the layers in increasing order, the order they run in")
     return layers
+
+
+@torch.no_grad()
+def layer_importance(teacher: BertForSequenceClassification, batches) -> list[float]:
+    """
+    How much the fine-tuned teacher relies on each of its layers, measured by taking the layer out:
+    for layer l, the mean over texts of KL(p_teacher || p_teacher without layer l), where p is the
+    class distribution. A layer the teacher can lose without changing its predictions matters
+    little to a student that copies the teacher; a large KL marks a layer worth keeping.
+    batches: (input_ids, attention_mask, token_type_ids) tuples, e.g. the validation split.
+    Cost: one forward pass of the teacher over the batches per layer, plus one.
+    """
+    if not batches:
+        raise ValueError("layer importance needs at least one batch of texts")
+    teacher.eval()
+    layers = teacher.bert.encoder.layer
+    reference = [F.log_softmax(teacher(*b).logits.float(), dim=-1) for b in batches]
+    n = sum(r.shape[0] for r in reference)
+    scores = []
+    try:
+        for skip in range(len(layers)):
+            teacher.bert.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(layers) if i != skip])
+            kl = sum(F.kl_div(F.log_softmax(teacher(*b).logits.float(), dim=-1), r, log_target=True, reduction="sum")
+                     for b, r in zip(batches, reference, strict=True))
+            scores.append(float(kl) / n)
+    finally:
+        teacher.bert.encoder.layer = layers  # the teacher leaves as it came, whatever happened
+    return scores
 
 
 def make_student(teacher: BertForSequenceClassification, layers: list[int]) -> BertForSequenceClassification:

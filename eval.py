@@ -4,6 +4,7 @@ Evaluation: the held-out test set, every number of the comparison, and predictio
     python eval.py runs/quick/teacher runs/quick/odd runs/quick/even runs/quick/lora   # -> runs/quick/report/
     python eval.py report RUN_DIR [RUN_DIR ...] --out DIR                               # the same, spelled out
     python eval.py predict --run runs/quick/lora "you are awesome"                      # or texts on stdin
+    python eval.py export runs/quick/odd                                                # -> runs/quick/odd-int8/
 
 Read top to bottom:
   1. metrics (accuracy, precision/recall/F1, macro-F1, ROC-AUC), written out by hand, with the
@@ -13,7 +14,8 @@ Read top to bottom:
   4. statistics: mean ± std over seeds, a paired bootstrap interval, McNemar's test;
   5. the report: results.md, results.csv, results.json and per-example predictions;
   6. plots (matplotlib is optional: without it the tables are still written);
-  7. the command line.
+  7. export: an int8 model for CPU inference (quantize.py), measured beside its fp32 original;
+  8. the command line.
 """
 
 import argparse
@@ -32,6 +34,7 @@ import torch
 import data
 import lora
 import model as M
+import quantize
 
 # -----------------------------------------------------------------------------
 # 1. Metrics (no sklearn: each is a few lines, and the degenerate cases are said, not hidden)
@@ -137,7 +140,8 @@ def is_lora_run(run_dir):
 def load_run(run_dir, merge=True, verbose=False):
     """
     (model, tokenizer, run_info) for a run folder written by train.py: a full checkpoint
-    (teacher, student) or a LoRA adapter on its base model, merged for inference by default.
+    (teacher, student), a LoRA adapter on its base model (merged for inference by default),
+    or an int8 model written by `eval.py export` (CPU only).
     """
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
@@ -152,6 +156,8 @@ def load_run(run_dir, merge=True, verbose=False):
             lora.load_adapter(net, run_dir, base)
             if merge:
                 lora.merge_all(net)
+        elif quantize.is_quantized_dir(run_dir):
+            net = quantize.load_quantized(run_dir)
         else:
             net = M.from_pretrained(str(run_dir), verbose=verbose)
         tokenizer = data.load_tokenizer(run_dir)
@@ -201,15 +207,34 @@ def teacher_depth(info):
 
 
 def method_label(info):
-    """How a run is named in the report: teacher, odd, even, 'layers 1,2,12' or lora."""
-    if info.get("method") != "distill":
-        return str(info.get("method"))
+    """How a run is named in the report: teacher, odd, even, bottom, top, 'auto (1,2,12)',
+    'layers 1,2,12', lora, 'lora on odd'; ' int8' after an exported int8 model."""
+    label = str(info.get("method"))
+    if info.get("method") == "distill":
+        label = student_label(info)
+    elif info.get("method") == "lora" and info.get("base"):
+        try:
+            label = "lora on " + method_label(read_run_info(info["base"]))
+        except RunError:  # the base moved away: name it by its folder
+            label = "lora on " + Path(info["base"]).name
+    return label + (" int8" if info.get("quantized") else "")
+
+
+def student_label(info):
     layers = list(info.get("teacher_layers") or [])
+    spelled = str(info.get("layers", ""))
+    if spelled.startswith("auto"):
+        return f"auto ({','.join(map(str, layers))})"
     depth = teacher_depth(info)
-    for name, first in (("odd", 1), ("even", 2)):
-        if depth is not None and layers == list(range(first, depth + 1, 2)):
-            return name
-        if depth is None and info.get("layers") == name:  # the teacher moved away: trust the spelling
+    if depth is None:  # the teacher moved away: trust the spelling
+        return spelled if spelled in ("odd", "even", "bottom", "top") else "layers " + ",".join(map(str, layers))
+    half = depth // 2
+    named = {"odd": list(range(1, depth + 1, 2)), "even": list(range(2, depth + 1, 2)),
+             "bottom": list(range(1, half + 1)), "top": list(range(depth - half + 1, depth + 1))}
+    if named.get(spelled) == layers:  # the run's own word first: with 2 layers, bottom is also odd
+        return spelled
+    for name, chosen in named.items():
+        if layers == chosen:
             return name
     return "layers " + ",".join(map(str, layers))
 
@@ -244,7 +269,9 @@ def load_test_split(run_dir, info):
 
 
 def weights_file(run_dir):
-    """The file that holds what the run trained: the LoRA adapter, or the whole checkpoint."""
+    """The file that holds what the run trained: the LoRA adapter, the whole checkpoint, or its int8 copy."""
+    if quantize.is_quantized_dir(run_dir):
+        return Path(run_dir) / quantize.WEIGHTS_NAME
     return Path(run_dir) / (lora.WEIGHTS_NAME if is_lora_run(run_dir) else "model.safetensors")
 
 
@@ -306,6 +333,8 @@ def latencies_ms(net, tokenizer, texts, max_length, warmup=3):
 def evaluate_run(run_dir, info, test, *, device="cpu", batch_size=64, latency_n=50):
     """(one report row, test probabilities (N, C) as numpy) for a run."""
     net, tokenizer, _ = load_run(run_dir)
+    if quantize.is_quantized_dir(run_dir):
+        device = torch.device("cpu")  # int8 kernels are CPU kernels
     num_classes = net.config.num_labels
     if num_classes != len(test.label_names):
         raise RunError(f"{run_dir}: the model has {num_classes} classes, its test data {len(test.label_names)}; "
@@ -319,7 +348,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", batch_size=64, latency_n=
     _, epochs = read_log(run_dir)
     train_seconds, final_loss = training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
-    row = {"run_dir": str(run_dir), "method": method_label(info), "seed": info.get("seed"), **m,
+    row = {"run_dir": str(run_dir), "method": method_label(info), "seed": info.get("seed"), "device": str(device), **m,
            "label_names": list(test.label_names),
            "params_total": info.get("params_total", total), "params_trainable": info.get("params_trainable", trainable),
            "size_bytes": weights_file(run_dir).stat().st_size, "train_seconds": train_seconds, "final_train_loss": final_loss,
@@ -422,7 +451,19 @@ def conclusion(name_a, name_b, metric, d):
 # seeds of one model; the table shows their mean ± std.
 NOT_THE_MODEL = {"seed", "run_dir", "command", "split", "teacher", "data_mirror", "preset", "progress", "resume",
                  "threads", "device", "torch", "world_size", "checkpoint_every", "log_every", "eval_batch_size",
-                 "base_model"}
+                 "base_model", "base", "source_run", "importance_seconds", "layer_importance", "layer_ranking"}
+
+
+def model_key(info):
+    """What makes a run's model: its settings less NOT_THE_MODEL and less what does not apply to it
+    (a setting that is None, the model of a LoRA run on a trained base, importance_texts unless
+    the layers were chosen by importance), so that runs of older versions still group with new ones."""
+    key = {k: v for k, v in info.items() if k not in NOT_THE_MODEL and v is not None}
+    if info.get("base"):
+        key.pop("model", None)  # the base run's folder: differs seed by seed
+    if not str(info.get("layers", "")).startswith("auto") or info.get("method") != "distill":
+        key.pop("importance_texts", None)
+    return json.dumps(key, sort_keys=True, default=str)
 ORDER = {"distill": 0, "lora": 1, "teacher": 2}  # comparisons read student - LoRA, student - teacher, LoRA - teacher
 
 
@@ -430,7 +471,7 @@ def group_runs(infos, names):
     """[{'label', 'method', 'names'}]: runs that differ only in NOT_THE_MODEL, in the order given."""
     groups = {}
     for info, name in zip(infos, names, strict=True):
-        key = json.dumps({k: v for k, v in info.items() if k not in NOT_THE_MODEL}, sort_keys=True, default=str)
+        key = model_key(info)
         groups.setdefault(key, {"label": method_label(info), "method": info["method"], "names": [], "settings": info})
         groups[key]["names"].append(name)
     groups = list(groups.values())
@@ -570,6 +611,8 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
         for r in (by_name[n] for n in g["names"]):
             r["group"] = g["label"]
     comparisons = compare(groups, by_name, probs, test.labels, len(test.label_names), resamples, seed)
+    if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
+        device = f"{device} (int8 models: cpu)"
     settings = {"device": str(device), "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
                 "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
@@ -694,7 +737,7 @@ def results_csv(rows):
 
 
 def write_plots(out_dir, groups, by_name, run_dirs, names):
-    """metrics.png, confusion.png, training.png; [] with a message when matplotlib is missing."""
+    """metrics.png, confusion.png, training.png, efficiency.png; [] with a message when matplotlib is missing."""
     try:
         # The object-oriented API: no pyplot, no global figure state, no GUI backend chosen for the caller.
         from matplotlib.figure import Figure
@@ -703,7 +746,8 @@ def write_plots(out_dir, groups, by_name, run_dirs, names):
         return []
     colors = {g["label"]: f"C{i % 10}" for i, g in enumerate(groups)}
     paths = []
-    for name, draw in (("metrics", plot_metrics), ("confusion", plot_confusions), ("training", plot_training)):
+    for name, draw in (("metrics", plot_metrics), ("confusion", plot_confusions), ("training", plot_training),
+                       ("efficiency", plot_efficiency)):
         fig = draw(Figure, groups, by_name, dict(zip(names, run_dirs, strict=True)), colors)
         path = out_dir / f"{name}.png"
         M.atomic_write(path, lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
@@ -803,8 +847,103 @@ def plot_training(Figure, groups, by_name, run_dirs, colors):
     return fig
 
 
+def plot_efficiency(Figure, groups, by_name, run_dirs, colors):
+    """Test macro-F1 against the latency of one sentence, one marker per model, its area growing
+    linearly with the parameters that training changed (from a small minimum, so LoRA stays visible)."""
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    ax = fig.subplots()
+    points = []
+    for g in groups:
+        rows = [by_name[n] for n in g["names"]]
+        f1, f1_sd = mean_std([r.get("macro_f1") for r in rows])
+        ms, _ = mean_std([r.get("latency_p50_ms") for r in rows])
+        trainable, _ = mean_std([r.get("params_trainable") for r in rows])
+        if not (math.isnan(f1) or math.isnan(ms)):
+            points.append((g["label"], ms, f1, f1_sd if len(rows) > 1 else 0.0, trainable))
+    largest = max((p[4] for p in points if not math.isnan(p[4])), default=1) or 1
+    for label, ms, f1, sd, trainable in points:
+        area = 20 + 900 * (0 if math.isnan(trainable) else trainable / largest)
+        ax.scatter(ms, f1, s=area, color=colors[label], alpha=0.55, edgecolors="black", linewidths=0.6,
+                   marker="s" if label.endswith(" int8") else "o", label=f"{label}: {fmt_count(trainable)} trained")
+        if sd:
+            ax.errorbar(ms, f1, yerr=sd, color=colors[label], capsize=3, linewidth=1)
+        ax.annotate(label, (ms, f1), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    ax.set_xlabel("latency of one sentence, median (ms; tokenizing included)")
+    ax.set_ylabel("macro-F1 on the test set")
+    ax.set_title("Quality against speed; marker area: trainable parameters (squares: int8)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.2, y=0.15)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper", frameon=False, markerscale=0.4)
+    return fig
+
+
+def fmt_count(n):
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "n/a"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
 # -----------------------------------------------------------------------------
-# 7. Command line
+# 7. Export: an int8 model for CPU inference, measured beside its fp32 original
+
+
+def export_int8(run_dir, out_dir=None, *, measure=True, batch_size=64, latency_n=50):
+    """
+    Write run_dir's model (a LoRA run: with the adapter folded in) as a dynamically quantised
+    int8 model into out_dir (default <run_dir>-int8), a run folder of its own that the report
+    and the web app read like any other. With measure, evaluate both on the test split and
+    return {'fp32': row, 'int8': row, 'agreement': share of test texts given the same label}.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir.resolve().with_name(run_dir.resolve().name + "-int8")
+    info = read_run_info(run_dir, required=("method",))
+    if info.get("quantized"):
+        raise RunError(f"{run_dir}: already an int8 model; expected a run with fp32 weights")
+    if out_dir.resolve() == run_dir.resolve():
+        raise RunError(f"{out_dir}: the export must not overwrite its own source run; expected another folder")
+    if (out_dir / "run.json").is_file() and not read_run_info(out_dir).get("quantized"):
+        raise RunError(f"{out_dir}: holds another run (run.json without 'quantized'); expected a new folder or an "
+                       "earlier int8 export")
+    for stale in ("export.md", "export.json", "summary.json"):  # from an earlier export into the same folder
+        (out_dir / stale).unlink(missing_ok=True)
+    net, _, _ = load_run(run_dir, merge=False)
+    if lora.lora_layers(net):
+        plain = M.BertForSequenceClassification(net.config)
+        plain.load_state_dict(lora.merged_state_dict(net))
+        net = plain.eval()
+    quantize.save_quantized(quantize.quantize(net), out_dir, tokenizer_dir=run_dir)
+    record = {**info, "quantized": quantize.METHOD, "source_run": str(run_dir), "run_dir": str(out_dir),
+              "command": " ".join(sys.argv), "params_total": M.count_parameters(net)[0]}
+    write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    summary = run_dir / "summary.json"  # the training cost is the source run's
+    if summary.is_file():
+        write_text(out_dir / "summary.json", summary.read_text(encoding="utf-8"))
+    print(f"wrote {out_dir}: int8 linear layers, {fmt_bytes(weights_file(out_dir).stat().st_size)} "
+          f"(fp32 {fmt_bytes(weights_file(run_dir).stat().st_size)} for what the run trained)")
+    if not measure:
+        return None
+    test, _, _ = load_test_split(run_dir, info)
+    fp32, p32 = evaluate_run(run_dir, info, test, device="cpu", batch_size=batch_size, latency_n=latency_n)
+    int8, p8 = evaluate_run(out_dir, record, test, device="cpu", batch_size=batch_size, latency_n=latency_n)
+    # The size of a deployable fp32 model: a LoRA run's file holds only the adapter.
+    fp32["size_bytes"] = sum(v.numel() * v.element_size() for v in net.state_dict().values())
+    result = {"fp32": fp32, "int8": int8, "agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
+              "max_abs_prob_diff": float(np.abs(p32 - p8).max()), "n": len(test)}
+    lines = [[name, fmt_bytes(r["size_bytes"]), f"{r['sentences_per_s']:.0f}", f"{r['latency_p50_ms']:.1f}",
+              fmt_num(r["accuracy"]), fmt_num(r["macro_f1"])] for name, r in (("fp32", fp32), ("int8", int8))]
+    table = markdown_table(["model", "weights", "sentences/s", "latency p50 (ms)", "accuracy", "macro-F1"], lines)
+    text = (f"# {run_dir} as int8\n\n{table}\n\nOn {len(test)} test texts, CPU, {torch.get_num_threads()} threads. "
+            f"Same label for {result['agreement']:.2%} of them; largest probability difference "
+            f"{result['max_abs_prob_diff']:.4f}.\n")
+    write_text(out_dir / "export.md", text)
+    write_text(out_dir / "export.json", json.dumps(json_safe(result), indent=2) + "\n")
+    print(text)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# 8. Command line
 
 
 def cmd_predict(args):
@@ -832,7 +971,13 @@ def cmd_report(args):
            resamples=args.resamples, seed=args.seed, plots=not args.no_plots)
 
 
-COMMANDS = ("report", "predict")
+def cmd_export(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    export_int8(args.run, args.out, measure=not args.no_measure, latency_n=args.latency_sentences)
+
+
+COMMANDS = ("report", "predict", "export")
 
 
 def main(argv=None):
@@ -855,9 +1000,15 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="run folder written by train.py")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin")
+    p = sub.add_parser("export", help="an int8 copy of a run for CPU inference, measured beside the fp32 model")
+    p.add_argument("run", help="run folder written by train.py (a LoRA run is merged first)")
+    p.add_argument("--out", help="folder for the int8 model (default: <run>-int8 beside the run)")
+    p.add_argument("--no-measure", action="store_true", help="write the model only; no test-split comparison")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice); the speed depends on it")
+    p.add_argument("--latency-sentences", type=int, default=50, help="test sentences timed one by one (default 50)")
     args = parser.parse_args(argv)
     try:
-        {"predict": cmd_predict, "report": cmd_report}[args.command](args)
+        {"predict": cmd_predict, "report": cmd_report, "export": cmd_export}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # RunError and data.DataError are ValueErrors
         sys.exit(f"error: {e}")
 

@@ -88,6 +88,10 @@ class BertConfig:
             raise ValueError(f"position_embedding_type {pos!r} is not supported; expected 'absolute'")
         if raw.get("is_decoder") or raw.get("add_cross_attention"):
             raise ValueError("decoder / cross-attention BERT is not supported; expected an encoder")
+        if "quantization_config" in raw:
+            method = raw["quantization_config"].get("quant_method") if isinstance(raw["quantization_config"], dict) else None
+            raise ValueError(f"quantization_config: a quantised model ({method!r}); expected fp32 weights "
+                             "(an int8 model of quantize.py loads with eval.load_run)")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in known}
         if "id2label" not in raw and "num_labels" in raw:

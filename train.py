@@ -4,7 +4,10 @@ Train the arms of the comparison with one plain, explicit loop:
     python train.py teacher --preset quick                      # full fine-tuning of the pretrained model
     python train.py distill --preset quick --teacher runs/quick/teacher --layers odd
     python train.py lora    --preset quick                      # LoRA on the pretrained model
+    python train.py lora    --preset quick --base runs/quick/odd    # LoRA on a trained student
     python train.py all     --preset quick                      # teacher -> odd -> even -> LoRA -> report
+    python train.py all     --preset quick --extended           # ... + auto/bottom/top students, LoRA on the
+                                                                #     best student, int8 exports
 
 Every flag overrides the preset (presets/<name>.toml), which overrides the defaults below.
 A run folder holds: run.json (the resolved settings), the model (config.json + model.safetensors
@@ -55,9 +58,9 @@ DEFAULTS = {
     "checkpoint_every": 0, "log_every": 10, "progress": True, "resume": False,
     # distill
     "teacher": None, "layers": "odd", "alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3, "temperature": 2.0,
-    "hidden_loss": "cosine",
+    "hidden_loss": "cosine", "importance_texts": 1000,
     # lora
-    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_targets": "query,key,value",
+    "base": None, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_targets": "query,key,value",
     "lora_trainable": "classifier", "export_merged": False,
 }
 TEACHER_DATA_SETTINGS = ("data", "data_mirror", "three_class", "normalize", "text_column", "label_column", "label_map",
@@ -97,10 +100,19 @@ def settings(args, method):
     cfg.update({k: v for k, v in preset.items() if not isinstance(v, dict)})
     cfg.update(section)
     given = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
-    if method == "distill" and given.get("teacher") and (Path(given["teacher"]) / "run.json").is_file():
-        # A student learns on its teacher's data and split unless told otherwise.
-        teacher = json.loads((Path(given["teacher"]) / "run.json").read_text(encoding="utf-8"))
-        cfg.update({k: teacher[k] for k in TEACHER_DATA_SETTINGS if k in teacher})
+    parent = given.get("teacher") if method == "distill" else given.get("base") if method == "lora" else None
+    if parent and (Path(parent) / "run.json").is_file():
+        # A student learns on its teacher's data and split, LoRA on a trained run on that run's,
+        # unless told otherwise.
+        info = json.loads((Path(parent) / "run.json").read_text(encoding="utf-8"))
+        cfg.update({k: info[k] for k in TEACHER_DATA_SETTINGS if k in info})
+    if method == "lora" and given.get("base"):
+        # The base is a trained classifier: its pooler and head are already fit, so by default
+        # only the adapters learn.
+        cfg["model"] = given["base"]
+        cfg["lora_trainable"] = ""
+        if given.get("model"):
+            raise TrainError("--base and --model both name the model to adapt; expected one of them")
     cfg.update(given)
     cfg["method"], cfg["preset"] = method, args.preset
     return cfg
@@ -152,21 +164,70 @@ def load_data(cfg, run_dir):
     return dataset, parts, manifest, split_path
 
 
-def build_model(cfg, label_names, manifest):
+def load_parent_run(run_dir, manifest, what):
+    """A trained run this one builds on (a teacher, or the base of LoRA), checked to share the split
+    and to hold a full fp32 model."""
+    info = evaluation.read_run_info(run_dir)
+    if info.get("quantized"):
+        raise TrainError(f"{run_dir}: an int8 export (eval.py export); expected a run with fp32 weights as the {what}")
+    if evaluation.is_lora_run(run_dir):
+        raise TrainError(f"{run_dir}: a LoRA run; expected a run with a full model (teacher or student) as the {what}")
+    net, _, info = evaluation.load_run(run_dir)
+    if info["split_sha256"] != manifest["manifest_sha256"]:
+        raise TrainError(f"{run_dir}: the {what} was trained on another split "
+                         f"({info['split_sha256'][:12]}… vs {manifest['manifest_sha256'][:12]}…); expected the same")
+    return net, info
+
+
+def rank_teacher_layers(cfg, teacher, val_part, device):
+    """--layers auto: each teacher layer's importance (distill.layer_importance) on a fixed
+    subset of the validation split, logged and kept in run.json."""
+    if cfg["importance_texts"] < 1:
+        raise TrainError(f"--importance-texts {cfg['importance_texts']}: expected at least 1 validation text")
+    n = min(len(val_part), cfg["importance_texts"])
+    keep = np.sort(np.random.default_rng(cfg["split_seed"]).permutation(len(val_part))[:n]).tolist()
+    part = val_part.subset(keep)
+    loader = data.Loader(part.texts, part.labels, data.load_tokenizer(cfg["teacher"]), cfg["max_length"],
+                         cfg["eval_batch_size"])
+    batches = [tuple(b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")) for b in loader]
+    t0 = time.time()
+    scores = distill.layer_importance(teacher.to(device), batches)
+    ranking = sorted(range(1, len(scores) + 1), key=lambda i: -scores[i - 1])
+    cfg.update(layer_importance=scores, layer_ranking=ranking, importance_seconds=time.time() - t0, importance_n=n)
+    print(f"layer importance on {n} validation texts ({cfg['importance_seconds']:.0f}s; KL of the teacher without "
+          "the layer from the teacher):")
+    print("  " + ", ".join(f"{i}: {scores[i - 1]:.4f}" for i in ranking) + "  (most important first)")
+    return scores
+
+
+def build_model(cfg, label_names, manifest, val_part, device, run_dir):
     """(model, tokenizer folder, teacher or None) for the method."""
     id2label = dict(enumerate(label_names))
     if cfg["method"] == "distill":
         if not cfg["teacher"]:
             raise TrainError("distill needs --teacher RUN_DIR (a teacher run written by `train.py teacher`)")
-        teacher, _, info = evaluation.load_run(cfg["teacher"])
-        if info["split_sha256"] != manifest["manifest_sha256"]:
-            raise TrainError(f"{cfg['teacher']}: the teacher was trained on another split "
-                             f"({info['split_sha256'][:12]}… vs {manifest['manifest_sha256'][:12]}…); expected the same")
+        teacher, _ = load_parent_run(cfg["teacher"], manifest, "teacher")
         teacher.requires_grad_(False)
-        cfg["teacher_layers"] = distill.parse_layers(cfg["layers"], teacher.config.num_hidden_layers)
+        n = teacher.config.num_hidden_layers
+        importance = None
+        if str(cfg["layers"]).startswith("auto"):
+            distill.parse_layers(cfg["layers"], n, [0.0] * n)  # a bad spec fails now, not after the measurement
+            if cfg["resume"]:  # the layers the checkpoint was trained with, not a new measurement's
+                before = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+                cfg.update({k: before[k] for k in ("layer_importance", "layer_ranking", "importance_seconds", "importance_n")})
+                importance = before["layer_importance"]
+            else:
+                importance = rank_teacher_layers(cfg, teacher, val_part, device)
+        cfg["teacher_layers"] = distill.parse_layers(cfg["layers"], n, importance)
         student = distill.make_student(teacher, cfg["teacher_layers"])
         return student, Path(cfg["teacher"]), teacher
-    net = M.from_pretrained(cfg["model"], id2label=id2label)
+    if cfg["method"] == "lora" and cfg["base"]:
+        net, info = load_parent_run(cfg["base"], manifest, "base run")
+        if [net.config.id2label[i] for i in range(net.config.num_labels)] != list(label_names):
+            raise TrainError(f"{cfg['base']}: classes {list(net.config.id2label.values())}, the data has "
+                             f"{list(label_names)}; expected the same")
+    else:
+        net = M.from_pretrained(cfg["model"], id2label=id2label)
     if cfg["method"] == "lora":
         trainable = [t for t in cfg["lora_trainable"].split(",") if t]
         if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
@@ -303,7 +364,7 @@ def train(cfg, run_dir):
         raise TrainError(f"{ckpt_path}: no checkpoint to resume from; run without --resume to start afresh")
 
     dataset, parts, manifest, split_path = load_data(cfg, run_dir)
-    net, tokenizer_dir, teacher = build_model(cfg, dataset.label_names, manifest)
+    net, tokenizer_dir, teacher = build_model(cfg, dataset.label_names, manifest, parts["validation"], device, run_dir)
     if cfg["method"] == "lora":
         model_dir = M.resolve_model_dir(cfg["model"])
         # A hub name stays a name; a local folder becomes an absolute path, valid from anywhere.
@@ -499,7 +560,11 @@ def add_model(p):
 
 def add_distill(p):
     g = p.add_argument_group("distillation")
-    g.add_argument("--layers", help="teacher layers the student keeps: odd, even or a list like 1,2,12 (default odd)")
+    g.add_argument("--layers", help="teacher layers the student keeps: odd, even, bottom (first half), top (second "
+                   "half), auto (the half that matters most to the teacher, measured on validation; auto:K keeps K) "
+                   "or a list like 1,2,12 (default odd)")
+    g.add_argument("--importance-texts", type=int,
+                   help="auto: validation texts the layer importance is measured on (default 1000)")
     g.add_argument("--alpha", type=float, help="weight of cross-entropy on the labels (default 1/3)")
     g.add_argument("--beta", type=float, help="weight of KL to the teacher's softened logits (default 1/3)")
     g.add_argument("--gamma", type=float, help="weight of the hidden-state loss (default 1/3)")
@@ -529,13 +594,18 @@ def build_parser():
     p.add_argument("--teacher", required=True, help="the teacher's run folder")
     add_distill(p)
     add_common(p)
-    p = sub.add_parser("lora", help="LoRA on a pretrained model")
+    p = sub.add_parser("lora", help="LoRA on a pretrained model, or on a trained run (--base)")
     p.add_argument("--out", required=True, help="run folder")
     add_model(p)
+    p.add_argument("--base", help="a trained run folder (teacher or student) to adapt instead of --model: its data "
+                   "and split are reused, and only the adapters train unless --lora-trainable says more")
     add_lora(p)
     add_common(p)
     p = sub.add_parser("all", help="teacher -> odd student -> even student -> LoRA, one split, then the report")
-    p.add_argument("--runs", help="folder for the four runs, the split and the report (default runs/<preset or data>)")
+    p.add_argument("--runs", help="folder for the runs, the split and the report (default runs/<preset or data>)")
+    p.add_argument("--extended", action="store_true",
+                   help="also: students from the auto, bottom and top layers, LoRA on the best student (by validation "
+                   "macro-F1), and int8 exports of the teacher, that student and its LoRA")
     add_model(p)
     add_distill(p)
     add_lora(p)
@@ -547,29 +617,49 @@ def build_parser():
 
 def run_all(args):
     runs = Path(args.runs or Path("runs") / (Path(args.preset).stem if args.preset else Path(str(args.data or "davidson")).stem))
-    summaries = {}
     plan = [("teacher", "teacher", {}), ("odd", "distill", {"layers": "odd"}), ("even", "distill", {"layers": "even"}),
             ("lora", "lora", {})]
+    if args.extended:
+        plan[3:3] = [(name, "distill", {"layers": name}) for name in ("auto", "bottom", "top")]
+    summaries = {}
     for name, method, extra in plan:
-        cfg = settings(args, method)
-        if name in ("odd", "even"):
-            cfg.update(extra)
-        cfg["teacher"] = str(runs / "teacher")
-        if getattr(args, f"{method}_lr") is not None:
-            cfg["lr"] = getattr(args, f"{method}_lr")
-        cfg["split"] = cfg["split"] or str(runs / "split.json")
-        if cfg["resume"]:  # carry on where `all` stopped: finished runs stay, an interrupted one resumes
-            if (runs / name / "summary.json").exists():
-                summaries[name] = json.loads((runs / name / "summary.json").read_text())
-                print(f"== {name}: done before, kept ==")
-                continue
-            cfg["resume"] = (runs / name / "checkpoint.safetensors").exists()
-        print(f"== {name} ==")
-        summaries[name] = train(cfg, runs / name)
-    if hasattr(evaluation, "report"):
-        evaluation.report([runs / name for name, _, _ in plan], runs / "report")
+        summaries[name] = run_one(args, runs, name, method, extra)
+    exports = []
+    if args.extended:
+        # LoRA on the student that did best on validation: chosen without looking at the test set.
+        students = [n for n, m, _ in plan if m == "distill"]
+        best = max(students, key=lambda n: summaries[n]["best_val_macro_f1"])
+        print(f"best student on validation: {best}")
+        name = f"lora-{best}"
+        extra = {"base": str(runs / best), "model": str(runs / best)}
+        if args.lora_trainable is None:  # the student's pooler and head are trained already: adapters only
+            extra["lora_trainable"] = ""
+        summaries[name] = run_one(args, runs, name, "lora", extra)
+        plan.append((name, "lora", {}))
+        for source in ("teacher", best, name):
+            print(f"== {source}-int8 ==")
+            evaluation.export_int8(runs / source, runs / f"{source}-int8", measure=False)
+            exports.append(runs / f"{source}-int8")
+    evaluation.report([runs / name for name, _, _ in plan] + exports, runs / "report")
     for name, s in summaries.items():
-        print(f"{name:8s} {s['wall_seconds']:7.0f}s  best validation macro-F1 {s['best_val_macro_f1']:.4f}")
+        print(f"{name:14s} {s['wall_seconds']:7.0f}s  best validation macro-F1 {s['best_val_macro_f1']:.4f}")
+
+
+def run_one(args, runs, name, method, extra):
+    """One run of `all` into runs/name, or its summary if --resume finds it finished."""
+    cfg = settings(args, method)
+    cfg.update(extra)
+    cfg["teacher"] = str(runs / "teacher")
+    if getattr(args, f"{method}_lr") is not None:
+        cfg["lr"] = getattr(args, f"{method}_lr")
+    cfg["split"] = cfg["split"] or str(runs / "split.json")
+    if cfg["resume"]:  # carry on where `all` stopped: finished runs stay, an interrupted one resumes
+        if (runs / name / "summary.json").exists():
+            print(f"== {name}: done before, kept ==")
+            return json.loads((runs / name / "summary.json").read_text())
+        cfg["resume"] = (runs / name / "checkpoint.safetensors").exists()
+    print(f"== {name} ==")
+    return train(cfg, runs / name)
 
 
 def main(argv=None):

@@ -249,3 +249,18 @@ def test_bad_uploads_get_a_clear_message(runs, monkeypatch, name, raw, message):
     at.file_uploader("upload").set_value((name, raw, "application/octet-stream")).run()
     assert not at.exception and message in at.error[0].value
     assert "label-file" not in [b.key for b in at.button]  # nothing to label
+
+
+def test_an_int8_export_is_served_like_any_run(runs, tmp_path, monkeypatch):
+    folder = tmp_path / "runs"
+    shutil.copytree(runs / "teacher", folder / "teacher")
+    shutil.copy(runs / "split.json", folder / "split.json")
+    evaluation.export_int8(folder / "teacher", folder / "teacher-int8", measure=False)
+    at = page(folder, monkeypatch)
+    assert at.selectbox("model").options == ["teacher — teacher", "teacher-int8 — teacher, int8"]
+    at.selectbox("model").set_value(str(folder / "teacher-int8")).run()
+    at = classify(at, TOXIC)
+    assert not at.exception
+    label, p = expected(folder / "teacher-int8", TOXIC)
+    text, _ = verdict(at)
+    assert text.startswith(f"### {label}\n{p:.1%} probability · model teacher-int8 — teacher, int8 · ")

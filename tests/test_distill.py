@@ -28,6 +28,7 @@ def teacher():
 @pytest.mark.parametrize("spec, n, expected", [
     ("odd", 12, [1, 3, 5, 7, 9, 11]), ("even", 12, [2, 4, 6, 8, 10, 12]),
     ("odd", 6, [1, 3, 5]), ("even", 6, [2, 4, 6]), ("1,2,12", 12, [1, 2, 12]), ([4], 6, [4]),
+    ("bottom", 12, [1, 2, 3, 4, 5, 6]), ("top", 12, [7, 8, 9, 10, 11, 12]), ("bottom", 3, [1]), ("top", 3, [3]),
 ])
 def test_parse_layers(spec, n, expected):
     assert D.parse_layers(spec, n) == expected
@@ -36,11 +37,69 @@ def test_parse_layers(spec, n, expected):
 @pytest.mark.parametrize("spec, words", [
     ("", "no layers chosen"), ("0,1", "layer 0 out of range; the teacher has layers 1..6"),
     ("1,7", "layer 7 out of range"), ("1,3,3", "repeated layer 3"), ("3,1", "increasing order"),
-    ("one,two", "expected 'odd', 'even' or comma-separated"),
+    ("one,two", "expected odd, even, bottom, top, auto"), ("auto:0", "auto:K with K in 1..6"),
+    ("auto:x", "auto:K with K in 1..6"), ("auto", "needs the importance of each of the 6 teacher layers"),
 ])
 def test_bad_layer_lists_are_clear_errors(spec, words):
     with pytest.raises(ValueError, match=words):
         D.parse_layers(spec, 6)
+
+
+def test_auto_keeps_the_most_important_layers_in_their_order():
+    importance = [0.5, 0.01, 2.0, 0.02, 0.3, 0.9]  # ranking: 3, 6, 1, 5, 4, 2
+    assert D.parse_layers("auto", 6, importance) == [1, 3, 6]
+    assert D.parse_layers("auto:2", 6, importance) == [3, 6]
+    assert D.parse_layers("auto:6", 6, importance) == [1, 2, 3, 4, 5, 6]
+    for k in range(1, 7):  # valid and distinct, whatever the scores
+        chosen = D.parse_layers(f"auto:{k}", 6, torch.rand(6).tolist())
+        assert len(chosen) == len(set(chosen)) == k and chosen == sorted(chosen) and set(chosen) <= set(range(1, 7))
+    with pytest.raises(ValueError, match="needs the importance"):
+        D.parse_layers("auto", 6, [1.0] * 5)
+
+
+def test_layer_importance_is_the_kl_of_the_teacher_without_each_layer(teacher):
+    torch.manual_seed(0)
+    batches = []
+    for n in (3, 2):
+        ids = torch.randint(5, 900, (n, 8))
+        mask = torch.ones(n, 8, dtype=torch.long)
+        mask[0, 6:] = 0
+        batches.append((ids, mask, torch.zeros_like(ids)))
+    before = teacher.state_dict()
+    scores = D.layer_importance(teacher, batches)
+    assert len(scores) == 6 and all(s >= 0 for s in scores)
+    # The same number from a student that simply lacks the layer, and the KL written out.
+    with torch.no_grad():
+        for skip in (1, 4):
+            without = D.make_student(teacher, [i for i in range(1, 7) if i != skip]).eval()
+            total = 0.0
+            for b in batches:
+                p = torch.softmax(teacher(*b).logits, -1)
+                q = torch.softmax(without(*b).logits, -1)
+                total += (p * (p.log() - q.log())).sum().item()
+            assert scores[skip - 1] == pytest.approx(total / 5, rel=1e-4, abs=1e-7)
+    # The teacher is given back whole.
+    assert len(teacher.bert.encoder.layer) == 6
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_layer_the_teacher_does_not_use_ranks_last(teacher):
+    # Layer 4 made a no-op: its residual branches add zero and its LayerNorms are the identity on
+    # the already normalised input it gets (LayerNorm of a LayerNorm output with weight 1, bias 0).
+    t = D.make_student(teacher, list(range(1, 7))).eval()
+    with torch.no_grad():
+        for layer in t.bert.encoder.layer[2:4]:
+            for ln in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+                ln.weight.fill_(1.0)
+                ln.bias.zero_()
+        noop = t.bert.encoder.layer[3]
+        for dense in (noop.attention.output.dense, noop.output.dense):
+            dense.weight.zero_()
+            dense.bias.zero_()
+    ids = torch.randint(5, 900, (4, 8))
+    scores = D.layer_importance(t, [(ids, torch.ones_like(ids), torch.zeros_like(ids))])
+    assert scores[3] == pytest.approx(0.0, abs=1e-6) and min(scores[:3] + scores[4:]) > 1e-5
+    assert 4 not in D.parse_layers("auto", 6, scores)
 
 
 @pytest.mark.parametrize("layers", [[1, 3, 5], [2, 4, 6], [1, 6]])

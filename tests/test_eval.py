@@ -155,6 +155,14 @@ def test_method_labels_and_groups(tmp_path):
     assert E.method_label(student([1, 3], "odd", teacher="/gone")) == "odd"  # teacher moved: its own words
     assert E.method_label(student([1, 2, 12], "1,2,12", teacher="/gone")) == "layers 1,2,12"
     assert E.method_label({"method": "lora"}) == "lora" and E.method_label({"method": "teacher"}) == "teacher"
+    assert E.method_label(student([1, 2, 3])) == "bottom" and E.method_label(student([4, 5, 6])) == "top"
+    assert E.method_label(student([4, 5, 6], "top", teacher="/gone")) == "top"
+    assert E.method_label(student([1, 2, 6], "auto")) == "auto (1,2,6)"
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "run.json").write_text(json.dumps(student([1, 3, 5], "odd")))
+    assert E.method_label({"method": "lora", "base": str(tmp_path / "odd")}) == "lora on odd"
+    assert E.method_label({"method": "lora", "base": "/gone/even"}) == "lora on even"  # base moved: its folder name
+    assert E.method_label({**student([1, 3, 5]), "quantized": "dynamic-int8"}) == "odd int8"
     runs = [{"method": "teacher", "lr": 1e-4, "seed": 0, "run_dir": "a"}, {"method": "teacher", "lr": 3e-4, "seed": 0},
             {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "x", "seed": 0},
             {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "y", "seed": 1}]
@@ -162,6 +170,20 @@ def test_method_labels_and_groups(tmp_path):
     assert [(g["label"], g["names"]) for g in groups] == [
         ("teacher (lr=0.0001)", ["a"]), ("teacher (lr=0.0003)", ["b"]), ("even", ["c", "d"])]
     assert E.run_names([Path("s0/odd"), Path("s1/odd"), Path("s0/lora")]) == ["s0-odd", "s1-odd", "s0-lora"]
+    # Seeds of one model group, whatever differs from seed to seed: timings, the teacher's measured
+    # ranking, the base or source folder; and a run of an older version without newer fields.
+    auto = {"method": "distill", "layers": "auto", "teacher_layers": [1, 3], "importance_texts": 1000}
+    lora_on = {"method": "lora", "lora_r": 8, "importance_texts": 1000}
+    runs = [{**auto, "seed": 0, "importance_seconds": 3.1, "layer_importance": [0.2, 0.1, 0.3], "teacher": "s0/t"},
+            {**auto, "seed": 1, "importance_seconds": 3.3, "layer_importance": [0.25, 0.1, 0.3], "teacher": "s1/t"},
+            {**lora_on, "seed": 0, "base": "s0/odd", "model": "s0/odd"}, {**lora_on, "seed": 1, "base": "s1/odd", "model": "s1/odd"},
+            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 0},
+            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 1, "importance_texts": 1000, "base": None},
+            {"method": "teacher", "quantized": "q", "source_run": "s0/teacher", "seed": 0},
+            {"method": "teacher", "quantized": "q", "source_run": "s1/teacher", "seed": 1}]
+    groups = E.group_runs(runs, list("abcdefgh"))
+    assert [g["names"] for g in groups] == [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]
+    assert E.model_key({**auto, "importance_texts": 500}) != E.model_key(auto)  # it does matter for auto
 
 
 # -----------------------------------------------------------------------------
@@ -284,7 +306,7 @@ def test_report_statistics_are_reproducible_from_the_prediction_files(reported):
 
 def test_report_plots_are_pngs(reported):
     _, out = reported
-    for name in ("metrics", "confusion", "training"):
+    for name in ("metrics", "confusion", "training", "efficiency"):
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -426,3 +448,48 @@ def test_runs_on_different_splits_are_refused(runs, tmp_path):
 
 def test_the_same_run_twice_is_refused(runs, tmp_path):
     assert error_of([runs["odd"], runs["odd"], "--out", tmp_path]) == f"error: {runs['odd']}: given twice; expected each run once"
+
+
+# -----------------------------------------------------------------------------
+# export: an int8 model
+
+
+@pytest.mark.parametrize("name", ["odd", "lora"])
+def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
+    out = tmp_path / f"{name}-int8"
+    result = E.export_int8(runs[name], out, latency_n=5)
+    assert E.is_lora_run(out) is False and (out / "summary.json").is_file()
+    info = json.loads((out / "run.json").read_text())
+    assert info["quantized"] == "nanobert-dynamic-int8" and info["source_run"] == str(runs[name])
+    assert E.method_label(info) == f"{name} int8"
+    net, _, _ = E.load_run(out)
+    assert type(net.classifier).__name__ == "Linear" and net.classifier.__module__.startswith("torch.ao.nn.quantized")
+    # Close to the fp32 model on every test text; the speed and size measured beside it.
+    assert result["agreement"] >= 0.9 and result["max_abs_prob_diff"] < 0.1
+    assert result["int8"]["macro_f1"] == pytest.approx(result["fp32"]["macro_f1"], abs=0.1)
+    assert result["int8"]["size_bytes"] < result["fp32"]["size_bytes"]
+    assert result["fp32"]["sentences_per_s"] > 0 and result["int8"]["latency_p50_ms"] > 0
+    assert "| int8 |" in (out / "export.md").read_text() and json.loads((out / "export.json").read_text())["n"] == 16
+    with pytest.raises(E.RunError, match="already an int8 model"):
+        E.export_int8(out, tmp_path / "again", measure=False)
+    with pytest.raises(E.RunError, match="must not overwrite its own source run"):
+        E.export_int8(runs[name], runs[name], measure=False)
+
+
+def test_int8_runs_join_the_report_and_the_efficiency_plot(runs, tmp_path):
+    E.export_int8(runs["teacher"], tmp_path / "teacher-int8", measure=False)
+    rows = E.report([runs["teacher"], tmp_path / "teacher-int8"], tmp_path / "report", device="cpu", resamples=20, latency_n=5)
+    assert [r["method"] for r in rows] == ["teacher", "teacher int8"]
+    assert rows[1]["size_bytes"] < rows[0]["size_bytes"] and rows[1]["train_seconds"] == rows[0]["train_seconds"]
+    assert "| teacher int8 | 0 |" in (tmp_path / "report" / "results.md").read_text()
+    assert (tmp_path / "report" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_cli(runs, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "eval.py"), "export", runs["teacher"], "--out", tmp_path / "q",
+                           "--threads", "1", "--latency-sentences", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| fp32 |" in done.stdout and "Same label for" in done.stdout and (tmp_path / "q" / "model-int8.safetensors").is_file()
+    done = subprocess.run([sys.executable, str(ROOT / "eval.py"), "export", tmp_path / "nothing"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "not a run folder (no run.json)" in done.stderr

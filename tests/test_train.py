@@ -258,3 +258,84 @@ def test_lora_on_a_base_without_pooler_keeps_the_pooler_in_the_adapter(toy, tmp_
         logits.append(net(ids).logits)
     assert torch.equal(logits[0], logits[1])
     assert M.count_parameters(net)[0] > 0
+
+
+def test_distill_auto_ranks_the_teachers_layers_on_validation(toy, teacher, capsys):
+    out = teacher.parent / "auto"
+    run("distill", "--teacher", teacher, "--layers", "auto:2", "--importance-texts", 10,
+        *common(toy, out, "--epochs", 1, "--lr", 3e-3))
+    info = json.loads((out / "run.json").read_text())
+    scores, ranking = info["layer_importance"], info["layer_ranking"]
+    assert len(scores) == 3 and sorted(ranking) == [1, 2, 3] and info["importance_n"] == 10
+    assert [scores[i - 1] for i in ranking] == sorted(scores, reverse=True)
+    assert info["teacher_layers"] == sorted(ranking[:2]) and info["importance_seconds"] >= 0
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+    assert "most important first" in capsys.readouterr().out
+
+
+def test_lora_on_a_student_trains_only_the_adapters(toy, teacher, capsys):
+    import eval as evaluation
+
+    student = teacher.parent / "student-odd"
+    if not student.exists():
+        run("distill", "--teacher", teacher, "--layers", "odd", *common(toy, student, "--epochs", 1, "--lr", 3e-3))
+    out = teacher.parent / "lora-on-student"
+    run("lora", "--base", student, "--out", out, "--no-progress", "--epochs", 2, "--lr", 1e-2, "--batch-size", 8)
+    info, s = json.loads((out / "run.json").read_text()), json.loads((student / "run.json").read_text())
+    assert info["split_sha256"] == s["split_sha256"] and info["data"] == toy  # the student's data and split
+    assert info["base_model"] == str(student.resolve()) and info["lora_trainable"] == ""
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert info["params_trainable"] == sum(v.numel() for v in adapter.values())
+    # Everything but the adapters is the student as it was; the adapters did learn.
+    net, _, _ = evaluation.load_run(out, merge=False)
+    base = load_file(student / "model.safetensors")
+    for k, v in net.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, base[k]), k
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)
+    assert evaluation.method_label(info) == "lora on odd"
+
+
+def test_lora_base_errors(toy, teacher, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("lora", "--base", teacher, "--model", TINY, "--out", tmp_path / "x", "--no-progress")
+    assert "--base and --model both name the model" in str(e.value)
+    lora_run = tmp_path / "lora"
+    run("lora", "--model", TINY, *common(toy, lora_run, "--epochs", 1, "--split", teacher.parent / "split.json"))
+    with pytest.raises(SystemExit) as e:
+        run("lora", "--base", lora_run, "--out", tmp_path / "y", "--no-progress")
+    assert "a LoRA run; expected a run with a full model" in str(e.value)
+
+
+def test_all_extended_adds_layer_choices_lora_on_the_best_student_and_int8(toy, tmp_path):
+    runs = tmp_path / "runs"
+    run("all", "--model", TINY, "--data", toy, "--runs", runs, "--batch-size", 8, "--epochs", 1, "--no-progress",
+        "--teacher-lr", 3e-3, "--distill-lr", 3e-3, "--lora-lr", 1e-2, "--extended", "--importance-texts", 8)
+    layers = {n: json.loads((runs / n / "run.json").read_text())["teacher_layers"] for n in ("bottom", "top", "auto")}
+    assert layers["bottom"] == [1] and layers["top"] == [3] and len(layers["auto"]) == 1
+    students = ("odd", "even", "auto", "bottom", "top")
+    val = {n: json.loads((runs / n / "summary.json").read_text())["best_val_macro_f1"] for n in students}
+    best = max(students, key=val.get)
+    assert json.loads((runs / f"lora-{best}" / "run.json").read_text())["base"] == str(runs / best)
+    results = json.loads((runs / "report" / "results.json").read_text())
+    assert [r["name"] for r in results["runs"]] == [
+        "teacher", "odd", "even", "auto", "bottom", "top", "lora", f"lora-{best}",
+        "teacher-int8", f"{best}-int8", f"lora-{best}-int8"]
+    assert (runs / "report" / "efficiency.png").is_file()
+
+
+def test_an_int8_export_or_a_bad_importance_count_is_refused(toy, teacher, tmp_path):
+    import eval as evaluation
+
+    evaluation.export_int8(teacher, tmp_path / "teacher-int8", measure=False)
+    for argv in (["distill", "--teacher", tmp_path / "teacher-int8"], ["lora", "--base", tmp_path / "teacher-int8"]):
+        with pytest.raises(SystemExit) as e:
+            run(*argv, "--out", tmp_path / "x", "--no-progress")
+        assert "an int8 export (eval.py export); expected a run with fp32 weights" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        run("distill", "--teacher", teacher, "--layers", "auto", "--importance-texts", 0, "--out", tmp_path / "y", "--no-progress")
+    assert "--importance-texts 0: expected at least 1 validation text" in str(e.value)
+    with pytest.raises(SystemExit) as e:  # refused before any measuring
+        run("distill", "--teacher", teacher, "--layers", "auto:9", "--out", tmp_path / "z", "--no-progress")
+    assert "auto:K with K in 1..3" in str(e.value)

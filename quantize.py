@@ -1,0 +1,149 @@
+"""
+A model to deploy on a CPU: every nn.Linear of a trained classifier with int8 weights.
+
+Dynamic quantisation (torch.ao.quantization.quantize_dynamic): each weight matrix is stored
+as int8 with one fp32 scale per output row (per-channel, symmetric: w ~= scale[o] * q[o, i]),
+and at every call the activations are quantised on the fly, batch by batch, so nothing needs
+calibrating. The int8 matrix products run on the CPU's integer units (fbgemm / oneDNN), the
+rest (embeddings, LayerNorm, softmax, GELU) stays fp32. Linear layers hold about two thirds of
+a small BERT's weights; the word embeddings hold most of the rest and are kept as they are.
+
+The folder it writes is the Hugging Face layout with the weights under another name:
+
+    config.json              the model's config + "quantization_config": {"quant_method": "nanobert-dynamic-int8", ...}
+    model-int8.safetensors   <linear>.weight as int8 (out, in), <linear>.weight_scale fp32 (out,),
+                             everything else fp32 under its usual name
+    vocab.txt, ...           the tokenizer files
+
+Plain safetensors that any tool can read (no pickle, no torch packed parameters). The
+reference library has no reader for this format. Given a model.safetensors it would load the
+int8 numbers as if they were fp32 weights, with only a warning about the scales (transformers
+5.23 does); under another name it refuses the folder instead. Use the fp32 folder to leave
+the project.
+
+torch 2.13 warns that torch.ao.quantization will move to the torchao package; the calls used
+here are the documented eager-mode API and still work, so the warning is silenced here.
+"""
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+import model as M
+
+METHOD = "nanobert-dynamic-int8"
+WEIGHTS_NAME = "model-int8.safetensors"
+QUANTIZATION = {"quant_method": METHOD, "weights": "int8, symmetric, one scale per output row",
+                "activations": "quantised per batch at run time", "layers": "every nn.Linear"}
+
+
+def quantize_dynamic(net: nn.Module) -> nn.Module:
+    """Every nn.Linear of net replaced, in place, by its int8 dynamic counterpart; returns net."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(
+            net, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
+def quantize(net: M.BertForSequenceClassification) -> nn.Module:
+    """An int8 copy of a plain (fp32, no LoRA layers) classifier, for CPU inference; net is left as it was."""
+    if any(type(m).__name__ == "LoRALinear" for m in net.modules()):
+        raise ValueError("the model still has LoRA layers; fold them in first (lora.merged_state_dict)")
+    qnet = quantize_dynamic(copy.deepcopy(net).cpu().eval())
+    qnet.quantization = dict(QUANTIZATION)
+    return qnet
+
+
+def quantized_linears(qnet: nn.Module) -> list:
+    """(name, module) for every dynamically quantised linear layer."""
+    return [(n, m) for n, m in qnet.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+
+
+def _is_under(key: str, names) -> bool:
+    return any(key.startswith(n + ".") for n in names)
+
+
+def int8_state_dict(qnet: nn.Module) -> dict:
+    """Plain tensors: int8 weights with their scales for the linear layers, fp32 for the rest."""
+    linear = dict(quantized_linears(qnet))
+    tensors = {k: v.contiguous().clone() for k, v in qnet.state_dict().items() if not _is_under(k, linear)}
+    for name, module in linear.items():
+        w = module.weight()  # a per-channel quantised tensor (out, in)
+        # torch keeps symmetric per-channel weights as "affine" with zero points of 0.
+        if w.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) or w.q_per_channel_zero_points().any():
+            raise ValueError(f"{name}: expected symmetric per-channel int8 weights, got {w.qscheme()}")
+        tensors[f"{name}.weight"] = w.int_repr().contiguous()
+        tensors[f"{name}.weight_scale"] = w.q_per_channel_scales().float().contiguous()
+        tensors[f"{name}.bias"] = module.bias().detach().contiguous().clone()
+    return tensors
+
+
+def save_quantized(qnet: nn.Module, folder, tokenizer_dir):
+    """Write config.json (with "quantization_config"), model-int8.safetensors and the tokenizer files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = int8_state_dict(qnet)
+    M.atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    config = json.dumps({**qnet.config.to_dict(), "quantization_config": qnet.quantization}, indent=2)
+    M.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
+    M.copy_tokenizer_files(tokenizer_dir, folder)
+
+
+def is_quantized_dir(folder) -> bool:
+    try:
+        return "quantization_config" in json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_quantized(folder) -> nn.Module:
+    """The int8 model saved by save_quantized, ready for CPU inference."""
+    folder = Path(folder)
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    quantization = raw.pop("quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if method != METHOD:
+        raise ValueError(f"{folder / 'config.json'}: quantization_config.quant_method {method!r}; expected {METHOD!r} "
+                         "(an int8 model written by quantize.py)")
+    path = folder / WEIGHTS_NAME
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    # The skeleton: a plain model of this config, quantised, then given the stored values.
+    qnet = quantize_dynamic(M.BertForSequenceClassification(M.BertConfig.from_dict(raw)).eval())
+    linear = dict(quantized_linears(qnet))
+    own = {k: v for k, v in qnet.state_dict().items() if not _is_under(k, linear)}  # views of the fp32 tensors
+    expected = set(own) | {f"{n}.{k}" for n in linear for k in ("weight", "weight_scale", "bias")}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        raise ValueError(f"{path}: {'missing' if missing else 'unexpected'} key {key!r}; expected an int8 model "
+                         "written by quantize.py for this config")
+    for key, value in own.items():
+        if value.shape != tensors[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(tensors[key].shape)}; expected {tuple(value.shape)}")
+        value.copy_(tensors[key])
+    for name, module in linear.items():
+        q, scale, bias = tensors[f"{name}.weight"], tensors[f"{name}.weight_scale"], tensors[f"{name}.bias"]
+        shape = (module.out_features, module.in_features)
+        if q.dtype != torch.int8 or tuple(q.shape) != shape or tuple(scale.shape) != shape[:1]:
+            raise ValueError(f"{path}: {name}.weight is {q.dtype} {tuple(q.shape)} with scales {tuple(scale.shape)}; "
+                             f"expected int8 {shape} with scales ({shape[0]},)")
+        if tuple(bias.shape) != shape[:1]:
+            raise ValueError(f"{path}: {name}.bias has shape {tuple(bias.shape)}; expected ({shape[0]},)")
+        # Re-quantising q * scale with the same scales gives back exactly q.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
+                                                torch.zeros(shape[0], dtype=torch.long), 0, torch.qint8)
+        module.set_weight_bias(weight, bias)
+    qnet.quantization = quantization
+    qnet.source_dir = folder
+    return qnet
