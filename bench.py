@@ -7,6 +7,7 @@ layer dynamically quantised, quantize.py; the reference gets torch's quantize_dy
     python bench.py                 # nanobert
     python bench.py --reference     # the same cases side by side with transformers (+ peft), if installed
     python bench.py --only int8-infer,infer   # some cases only
+    python bench.py --compile       # the model under torch.compile (both implementations)
 
 Each case runs in a fresh process, so that its peak memory (max RSS) is its own. FLOPs are
 counted as 2 x (non-embedding parameters) x tokens for a forward pass plus attention's
@@ -85,7 +86,7 @@ def build_forward(impl, net):
     return lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits
 
 
-def run_case(impl, layers, mode, bf16, repeats):
+def run_case(impl, layers, mode, bf16, repeats, compile_=False):
     """Time one case in this process; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
     use_lora = mode.startswith("lora")
     net, forward = build(impl, layers, use_lora)
@@ -120,6 +121,10 @@ def run_case(impl, layers, mode, bf16, repeats):
         def step():
             with torch.inference_mode(), autocast:
                 forward(ids, mask)
+    if compile_:
+        # torch.compile (inductor): fuses the elementwise work around the matmuls into generated
+        # C++ kernels. The first steps compile (tens of seconds); the warm-up below pays for that.
+        forward = build_forward(impl, torch.compile(net))
     step()
     step()  # warm-up: allocations, optimizer state, kernel choices
     times = []
@@ -127,7 +132,7 @@ def run_case(impl, layers, mode, bf16, repeats):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"impl": impl, "layers": layers, "mode": mode, "dtype": "bf16" if bf16 else "fp32",
+    return {"impl": impl, "layers": layers, "mode": mode, "dtype": "bf16" if bf16 else "fp32", "compiled": compile_,
             "seconds": statistics.median(times), "best_seconds": min(times),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -143,12 +148,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per case (median reported)")
     parser.add_argument("--only", help="comma-separated cases to run (train, infer, lora-train, lora-merged-infer, "
                         "int8-infer); default all")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (both implementations)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
-        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats)
+        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile)
         print(json.dumps({**r, "dtype": dtype}))
         return
 
@@ -157,7 +163,8 @@ def main():
     if unknown:
         parser.error(f"--only {unknown[0]!r}: expected some of {', '.join(sorted(modes))}")
     peak = matmul_peak()
-    print(f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s, {torch.get_num_threads()} threads, torch {torch.__version__}"
+          + (", torch.compile" if args.compile else ""))
     impls = ["nanobert"] + (["reference"] if args.reference else [])
     dtypes = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     results = []
@@ -169,7 +176,8 @@ def main():
         for dtype in dtypes if mode != "int8-infer" else ["int8"]:
             for impl in impls:  # side by side: the same case back to back
                 out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
-                                      "--repeats", str(args.repeats)], capture_output=True, text=True)
+                                      "--repeats", str(args.repeats)] + ["--compile"] * args.compile,
+                                     capture_output=True, text=True)
                 if out.returncode:
                     sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
