@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import data
+import distill
 import lora
 import model as M
 import quantize
@@ -226,15 +227,12 @@ def student_label(info):
     if spelled.startswith("auto"):
         return f"auto ({','.join(map(str, layers))})"
     depth = teacher_depth(info)
+    named = ("odd", "even", "bottom", "top")
     if depth is None:  # the teacher moved away: trust the spelling
-        return spelled if spelled in ("odd", "even", "bottom", "top") else "layers " + ",".join(map(str, layers))
-    half = depth // 2
-    named = {"odd": list(range(1, depth + 1, 2)), "even": list(range(2, depth + 1, 2)),
-             "bottom": list(range(1, half + 1)), "top": list(range(depth - half + 1, depth + 1))}
-    if named.get(spelled) == layers:  # the run's own word first: with 2 layers, bottom is also odd
-        return spelled
-    for name, chosen in named.items():
-        if layers == chosen:
+        return spelled if spelled in named else "layers " + ",".join(map(str, layers))
+    # The run's own word first: with a 2-layer teacher, bottom is also odd.
+    for name in sorted(named, key=lambda n: n != spelled):
+        if distill.parse_layers(name, depth) == layers:
             return name
     return "layers " + ",".join(map(str, layers))
 
