@@ -7,21 +7,19 @@ Read top to bottom:
   4. one stratified train/validation/test split, saved as a manifest every model reuses;
   5. batches: pre-tokenized once, bucketed by length so little compute goes to padding.
 
-This module imports nothing from the rest of nanobert, so it can be read and tested alone.
+This module imports nothing from the rest of nanobert but the file plumbing (files.py), so it can be read
+and tested alone.
 """
 
 import contextlib
 import csv
 import hashlib
 import html
-import http.client
 import io
 import json
 import os
 import re
-import tempfile
 import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from collections import Counter
@@ -33,34 +31,10 @@ import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-try:  # a progress bar is nice to have, never required
-    from tqdm import tqdm
-except ImportError:
-    tqdm = None
-
-
-UMASK = os.umask(0o22)
-os.umask(UMASK)  # read once: os.umask can only be read by setting it
-
+import files
 
 class DataError(ValueError):
     """Input that cannot be used as it is; the message names the file, the row and what was expected."""
-
-
-def _write_atomic(path, data):
-    # A crash mid-write must never leave a half-written file that looks complete,
-    # so write beside the target and rename: os.replace is atomic on one filesystem.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; the result is an ordinary one
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _sha256(data):
@@ -125,17 +99,12 @@ def _token_ids(tokenizer, texts, max_length):
     """Token ids per text, [CLS] ... [SEP], cut to at most max_length tokens."""
     if max_length < 2:
         raise ValueError(f"max_length={max_length}: expected at least 2 (room for [CLS] and [SEP])")
-    # Truncation is a setting of the tokenizer object; set it for this call only, and put the
-    # caller's setting back, so that encoding never changes the tokenizer it was given.
-    previous = tokenizer.truncation
-    tokenizer.enable_truncation(max_length)  # counts [CLS] and [SEP], so they always survive
-    try:
-        return [e.ids for e in tokenizer.encode_batch(list(texts))]
-    finally:
-        if previous is None:
-            tokenizer.no_truncation()
-        else:
-            tokenizer.enable_truncation(**previous)
+    # Cut here rather than with the tokenizer's own truncation setting: that setting lives on the
+    # shared tokenizer object, and changing it would race with another thread encoding at once.
+    # Keeping [CLS] + the first max_length - 2 pieces + [SEP] is exactly what truncation does.
+    sep = tokenizer.token_to_id("[SEP]")
+    ids = [e.ids for e in tokenizer.encode_batch(list(texts))]
+    return [seq if len(seq) <= max_length else seq[: max_length - 1] + [sep] for seq in ids]
 
 
 def _pad(ids, tokenizer):
@@ -457,55 +426,22 @@ def verify(name, path):
                         f"a different or damaged copy of {URLS[name]}")
 
 
-def download(url, dest, *, check=None, progress=True, timeout=60):
-    """Download url to dest; dest only ever appears complete (and accepted by check(path), if given)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers["Content-Length"]) if response.headers["Content-Length"] else None
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) if (progress and tqdm) else None
-            size = 0
-            try:
-                while chunk := response.read(1 << 16):
-                    out.write(chunk)
-                    size += len(chunk)
-                    if bar:
-                        bar.update(len(chunk))
-            except http.client.IncompleteRead as e:  # the server promised more bytes than it sent
-                size += len(e.partial)
-            finally:
-                if bar:
-                    bar.close()
-        # A dropped connection can look like a normal end of file: only the length tells.
-        if total is not None and size != total:
-            raise DataError(f"{url}: download truncated, got {size} of {total} bytes; nothing was saved, try again")
-        if check:
-            check(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
-
-
 def fetch(name, *, mirror=None, cache_dir=None, url=None, progress=True):
     """Path to the checked file of dataset `name`: from the mirror, the cache, or downloaded into the cache."""
     if name not in FILES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(FILES)}")
     mirror = mirror or os.environ.get("NANOBERT_DATA")
     candidates = [Path(mirror) / FILES[name]] if mirror else []
-    cache_dir = cache_dir or os.environ.get("NANOBERT_CACHE") or Path.home() / ".cache" / "nanobert"
-    cached = Path(cache_dir) / "data" / FILES[name]
+    cached = Path(cache_dir or files.cache_root()) / "data" / FILES[name]
     for path in candidates + [cached]:
         if path.is_file():
             verify(name, path)
             return path
     url = url or URLS[name]
     try:
-        return download(url, cached, check=lambda p: verify(name, p), progress=progress)
+        return files.download(url, cached, check=lambda p: verify(name, p), progress=progress)
+    except files.DownloadError as e:
+        raise DataError(str(e)) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # offline, refused, HTTP error
         raise DataError(f"could not download {url} ({e}); offline? set NANOBERT_DATA (or pass mirror=) "
                         f"to a folder holding {FILES[name]}") from None
@@ -585,7 +521,7 @@ def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0):
 def save_manifest(manifest, path):
     # One key per line, each list on a single line: diff-able and small.
     lines = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in manifest.items()]
-    _write_atomic(path, ("{\n" + ",\n".join(lines) + "\n}\n").encode())
+    files.write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def check_manifest(manifest, dataset, where="split manifest"):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import data
+import files
 import distill
 import lora
 import model as M
@@ -556,7 +557,7 @@ def table_columns(num_classes):
 
 
 def write_text(path, text):
-    M.atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    files.atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def json_safe(x):
@@ -748,7 +749,7 @@ def write_plots(out_dir, groups, by_name, run_dirs, names):
                        ("efficiency", plot_efficiency)):
         fig = draw(Figure, groups, by_name, dict(zip(names, run_dirs, strict=True)), colors)
         path = out_dir / f"{name}.png"
-        M.atomic_write(path, lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+        files.atomic_write(path, lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
         paths.append(path)
     return paths
 

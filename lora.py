@@ -26,20 +26,18 @@ rsLoRA, LoRA biases, per-layer ranks, regex targets) are refused when reading a 
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+import files
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-UMASK = os.umask(0o22)
-os.umask(UMASK)  # read once: os.umask can only be read by setting it
 PEFT_PREFIX = "base_model.model."  # peft's wrappers: PeftModel.base_model (a LoraModel) .model (ours)
 
 # -----------------------------------------------------------------------------
@@ -242,20 +240,6 @@ def lora_state_dict(model: nn.Module) -> dict:
     return {k: state[k] for k in keys}
 
 
-def _atomic_write(path: Path, write):
-    """write(tmp_path), then rename into place: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; an adapter is an ordinary one
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, folder, base_model: str, task_type: str = "SEQ_CLS"):
     """Write adapter_model.safetensors (LoRA tensors + trainable extras) and adapter_config.json."""
     folder = Path(folder)
@@ -266,9 +250,9 @@ def save_adapter(model: nn.Module, folder, base_model: str, task_type: str = "SE
               **model.lora_config, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
               "use_dora": False, "init_lora_weights": True, "inference_mode": True}
     # Weights first: a config is only ever found next to complete weights.
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    files.atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    files.atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 # peft options that would make peft compute something other than LoRALinear does; each must
@@ -340,10 +324,7 @@ def load_adapter(model: nn.Module, folder, base_model: str) -> dict:
     weights = folder / WEIGHTS_NAME  # read before the model is changed
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: not found; expected the adapter's tensors beside {CONFIG_NAME}")
-    try:
-        tensors = load_file(weights)
-    except Exception as e:  # safetensors has its own error types for truncated / corrupt files
-        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    tensors = files.read_safetensors(weights)
     # peft adds 'classifier' and 'score' to modules_to_save of every classifier; keep the ones
     # this model has. A head the file has and the model lacks still fails below, by tensor name.
     names = [n for n, _ in model.named_modules() if n]

@@ -7,7 +7,7 @@ parameter names follow the Hugging Face BERT names (`bert.encoder.layer.0.attent
 so that state dicts map one to one in both directions. Weights are only ever read from
 safetensors: a pickle file can run code when it is loaded.
 
-This file imports nothing from the project.
+This file imports nothing from the project but the file plumbing (files.py).
 """
 
 import http.client
@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +24,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+import files
 
 # -----------------------------------------------------------------------------
 # Config
@@ -360,10 +361,7 @@ def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: 
             raise ValueError(f"{folder}: holds only pytorch_model.bin; nanobert reads safetensors only "
                              "(unpickling can run code): convert it to model.safetensors first")
         raise FileNotFoundError(f"{weights}: not found; expected model.safetensors in the folder")
-    try:
-        tensors = load_file(weights)
-    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
-        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from None
+    tensors = files.read_safetensors(weights)
     model = BertForSequenceClassification(config)
     report = load_state(model, tensors, str(weights))
     model.load_report = report
@@ -374,25 +372,6 @@ def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: 
         if report.initialized:
             print(f"{folder.name}: initialised {len(report.initialized)} keys not in the checkpoint: {', '.join(report.initialized)}")
     return model
-
-
-CURRENT_UMASK = os.umask(0o22)
-os.umask(CURRENT_UMASK)  # read once: os.umask can only be read by setting it
-
-
-def atomic_write(path: Path, write):
-    """Call write(tmp_path), then move the result into place: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~CURRENT_UMASK)  # mkstemp makes a private file; the result is an ordinary one
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
@@ -408,9 +387,9 @@ def save_pretrained(model: BertForSequenceClassification, folder, tokenizer_dir=
     tokenizer_dir = Path(tokenizer_dir or getattr(model, "source_dir", None) or folder)
     # .contiguous().clone(): safetensors refuses views and tensors that share memory.
     tensors = {k: v.detach().contiguous().clone() for k, v in (state_dict or model.state_dict()).items()}
-    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    files.atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     config = json.dumps(model.config.to_dict(), indent=2)
-    atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
+    files.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
     copy_tokenizer_files(tokenizer_dir, folder)
 
 
@@ -423,7 +402,7 @@ def copy_tokenizer_files(source, folder):
         raise FileNotFoundError(f"{source / 'vocab.txt'}: not found; a saved model needs its vocabulary")
     for name in TOKENIZER_FILES:
         if (source / name).exists():
-            atomic_write(folder / name, lambda p, n=name: shutil.copyfile(source / n, p))
+            files.atomic_write(folder / name, lambda p, n=name: shutil.copyfile(source / n, p))
 
 
 # -----------------------------------------------------------------------------
@@ -437,10 +416,6 @@ HUB_OPTIONAL = ("tokenizer_config.json",)
 
 def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "vocab.txt").is_file()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("NANOBERT_CACHE", Path.home() / ".cache" / "nanobert"))
 
 
 def resolve_model_dir(name_or_path: str) -> Path:
@@ -469,32 +444,10 @@ def resolve_model_dir(name_or_path: str) -> Path:
         for candidate in (Path(mirror) / name_or_path, Path(mirror) / name_or_path.split("/")[-1]):
             if is_model_dir(candidate):
                 return candidate
-    cached = cache_root() / "models" / name_or_path.replace("/", "--")
+    cached = files.cache_root() / "models" / name_or_path.replace("/", "--")
     if is_model_dir(cached) and (cached / "model.safetensors").is_file():
         return cached
     return download_model(name_or_path, cached)
-
-
-def download(url: str, dest: Path, desc: str):
-    """Stream url into dest through a temporary file; a short transfer leaves nothing behind."""
-    with urllib.request.urlopen(url, timeout=60) as r:
-        total = int(r.headers.get("Content-Length") or 0) or None
-        bar = progress_bar(total, desc)
-
-        def write(tmp):
-            got = 0
-            with open(tmp, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-            if total is not None and got != total:
-                raise OSError(f"{url}: transfer cut short ({got} of {total} bytes)")
-
-        try:
-            atomic_write(dest, write)
-        finally:
-            bar.close()
 
 
 def download_model(name: str, dest: Path) -> Path:
@@ -507,7 +460,7 @@ def download_model(name: str, dest: Path) -> Path:
         for fname in HUB_FILES + HUB_OPTIONAL:
             url = f"{endpoint}/{name}/resolve/main/{fname}"
             try:
-                download(url, tmp / fname, f"{name}/{fname}")
+                files.download(url, tmp / fname, desc=f"{name}/{fname}")
             except urllib.error.HTTPError as e:
                 if fname in HUB_OPTIONAL and e.code == 404:
                     continue
@@ -523,23 +476,6 @@ def download_model(name: str, dest: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def progress_bar(total, desc):
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-    except ImportError:  # tqdm is optional
-
-        class NoBar:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-
-        return NoBar()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

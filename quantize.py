@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+import files
 
 import model as M
 
@@ -89,9 +91,9 @@ def save_quantized(qnet: nn.Module, folder, tokenizer_dir):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = int8_state_dict(qnet)
-    M.atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    files.atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     config = json.dumps({**qnet.config.to_dict(), "quantization_config": qnet.quantization}, indent=2)
-    M.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
+    files.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
     M.copy_tokenizer_files(tokenizer_dir, folder)
 
 
@@ -112,10 +114,7 @@ def load_quantized(folder) -> nn.Module:
         raise ValueError(f"{folder / 'config.json'}: quantization_config.quant_method {method!r}; expected {METHOD!r} "
                          "(an int8 model written by quantize.py)")
     path = folder / WEIGHTS_NAME
-    try:
-        tensors = load_file(path)
-    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    tensors = files.read_safetensors(path)
     # The skeleton: a plain model of this config, quantised, then given the stored values.
     qnet = quantize_dynamic(M.BertForSequenceClassification(M.BertConfig.from_dict(raw)).eval())
     linear = dict(quantized_linears(qnet))

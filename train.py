@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import data
+import files
 import distill
 import eval as evaluation
 import lora
@@ -292,7 +293,7 @@ def save_checkpoint(path, net, opt, loader, state):
             tensors[f"optim.{i}.{k}"] = v.contiguous().clone() if torch.is_tensor(v) else torch.tensor(v)
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"param_groups": opt_state["param_groups"], "sampler": loader.state_dict(), **state}
-    M.atomic_write(path, lambda p: save_file(tensors, p, metadata={"state": json.dumps(meta)}))
+    files.atomic_write(path, lambda p: save_file(tensors, p, metadata={"state": json.dumps(meta)}))
 
 
 def load_checkpoint(path, net, opt, loader):
@@ -400,7 +401,7 @@ def train(cfg, run_dir):
         if main_process:
             print(f"resumed {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
     elif main_process:
-        M.atomic_write(run_dir / "run.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
+        files.atomic_write(run_dir / "run.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
         print(f"{cfg['method']}: {len(train_part)} train / {len(val_part)} validation texts, {steps_per_epoch} steps per "
               f"epoch, padding {loader.padding_fraction():.1%}, trainable {trainable_params:,} of {total_params:,}")
 
@@ -472,7 +473,7 @@ def train(cfg, run_dir):
         if cfg["method"] == "lora" and cfg["export_merged"]:
             best, _, _ = evaluation.load_run(run_dir, merge=False)
             M.save_pretrained(best, run_dir / "merged", tokenizer_dir=run_dir, state_dict=lora.merged_state_dict(best))
-        M.atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+        files.atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
         ckpt_path.unlink(missing_ok=True)  # the run is complete: the best model is saved beside
     if world > 1:
         dist.barrier()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import files
 import model as M
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -355,4 +356,4 @@ def test_offline_error_names_the_url_and_the_variable(offline_env, monkeypatch):
 def test_saved_files_are_ordinary_files_not_private(tmp_path):
     # mkstemp creates 0600 files; a saved model is for everyone who may read the folder.
     M.save_pretrained(tiny(), tmp_path)
-    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~M.CURRENT_UMASK
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~files.UMASK

@@ -1,0 +1,165 @@
+"""
+The file plumbing every other module needs, in one place: writing a file so that it is either
+whole or absent, downloading into the cache, reading safetensors with an error that names the
+file, and progress bars that are there when tqdm is.
+
+This is the ground floor: it imports nothing from the project, and model.py, lora.py and data.py
+may use it (the one exception to "model.py imports nothing from the project").
+"""
+
+import http.client
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+UMASK = os.umask(0o22)
+os.umask(UMASK)  # read once: os.umask can only be read by setting it
+
+
+def cache_root() -> Path:
+    """Where downloads are kept: $NANOBERT_CACHE, else ~/.cache/nanobert."""
+    return Path(os.environ.get("NANOBERT_CACHE") or Path.home() / ".cache" / "nanobert")
+
+
+# -----------------------------------------------------------------------------
+# Writing: whole or not at all
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename the result into place: a reader (or a run killed halfway)
+    never sees half a file, and a failed write leaves the old file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden and beside the target: os.replace is atomic only within one filesystem.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; the result is an ordinary one
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path, data: bytes):
+    atomic_write(path, lambda p: Path(p).write_bytes(data))
+
+
+def write_text(path, text: str):
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# Reading weights
+
+
+def read_safetensors(path) -> dict:
+    """The tensors of a safetensors file; a damaged file is a ValueError that names it."""
+    from safetensors.torch import load_file  # here, not at the top: data.py uses this module without torch work
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; expected a safetensors file")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_safetensors_metadata(path) -> dict:
+    """The string metadata stored in a safetensors header ({} when there is none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+# -----------------------------------------------------------------------------
+# Progress bars: tqdm is optional
+
+
+class NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress(iterable, total=None, desc=None, enabled=True):
+    """iterable wrapped in a tqdm bar when enabled and tqdm is installed, else unchanged."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+        except ImportError:
+            pass
+    return iterable
+
+
+def progress_bar(total, desc, enabled=True):
+    """A byte counter for downloads: tqdm's, or one that does nothing."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+        except ImportError:
+            pass
+    return NoBar()
+
+
+# -----------------------------------------------------------------------------
+# Downloading
+
+
+class DownloadError(ConnectionError):
+    """A transfer that ended before the promised number of bytes."""
+
+
+def download(url: str, dest, *, check=None, desc=None, progress=True, timeout=60) -> Path:
+    """
+    Stream url into dest. dest only ever appears complete: a transfer cut short, or a file that
+    check(tmp_path) rejects, leaves nothing behind. Network failures raise urllib's errors
+    (URLError, HTTPError) for the caller to word; a short transfer raises DownloadError.
+    """
+    dest = Path(dest)
+
+    def write(tmp):
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = progress_bar(total, desc or dest.name, progress)
+            size = 0
+            try:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+            except http.client.IncompleteRead as e:  # the server promised more bytes than it sent
+                size += len(e.partial)
+            finally:
+                bar.close()
+        # A dropped connection can look like a normal end of file: only the length tells.
+        if total is not None and size != total:
+            raise DownloadError(f"{url}: download truncated (transfer cut short: got {size} of {total} bytes); "
+                                "nothing was saved, try again")
+        if check:
+            check(tmp)
+
+    atomic_write(dest, write)
+    return dest
