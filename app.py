@@ -7,7 +7,7 @@ compare every run on the same text, or label a whole CSV file.
 
 It serves the run folders that train.py writes (`python train.py all --preset quick` makes four:
 teacher, odd and even students, LoRA; `--extended` adds more students, LoRA on a student and int8
-models), loaded with eval.load_run and kept in memory for the life of the server. An int8 model
+models), found and loaded through runs.py and classifier.py, and kept in memory for the life of the server. An int8 model
 (`python eval.py export RUN`) is served like any other run, on the CPU. A LoRA run loads its base
 model by name: offline, set NANOBERT_MODELS as for training.
 A link can carry a text to classify: http://localhost:8501/?text=I%20hate%20you!&compare=1
@@ -15,11 +15,9 @@ A link can carry a text to classify: http://localhost:8501/?text=I%20hate%20you!
 
 import argparse
 import io
-import json
 import os
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+import classifier
 import data
-import eval as evaluation
+import runs
 
 TRAIN_COMMAND = "python train.py all --preset quick"
 EXAMPLES = ["I hate you!", "You're awesome, have a nice day!", "Shut up, idiot.", "What a sunset 🌅"]
@@ -66,28 +65,21 @@ def describe(info):
 
 
 def find_runs(root):
-    """(finished runs, unfinished folders) under root: the folder itself, its subfolders, and theirs."""
+    """(finished runs, unfinished or unreadable folders) under root: the folder itself, its subfolders, and theirs."""
     root = Path(root)
-    runs, unfinished = [], []
-    for path in [root / "run.json", *sorted(root.glob("*/run.json")), *sorted(root.glob("*/*/run.json"))]:
-        if not path.is_file():
-            continue
-        folder = path.parent
-        # summary.json is written last, after the best model was saved: without it the run is still
-        # training (or died), and its folder may hold no model yet.
-        if not (folder / "summary.json").is_file():
-            unfinished.append(str(folder))
-            continue
+    finished, unfinished = runs.find_runs(root)
+    found = []
+    for folder in finished:
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            unfinished.append(str(folder))
+            info = runs.read_info(folder)
+        except runs.RunError:
+            unfinished.append(folder)
             continue
         name = folder.relative_to(root).as_posix() if folder != root else folder.name
-        runs.append(Run(str(folder), name, f"{name} — {describe(info)}", info))
-    runs.sort(key=lambda r: (bool(r.info.get("quantized")), METHOD_ORDER.get(r.info.get("method"), 9),
-                             bool(r.info.get("base")), r.info.get("teacher_layers") or [], r.name))
-    return runs, unfinished
+        found.append(Run(str(folder), name, f"{name} — {describe(info)}", info))
+    found.sort(key=lambda r: (bool(r.info.get("quantized")), METHOD_ORDER.get(r.info.get("method"), 9),
+                              bool(r.info.get("base")), r.info.get("teacher_layers") or [], r.name))
+    return found, [str(f) for f in unfinished]
 
 
 def label_names(info):
@@ -103,21 +95,11 @@ def label_names(info):
 # Loading and predicting
 
 
-@dataclass
-class Model:
-    net: object
-    tokenizer: object
-    info: dict
-    max_length: int
-    lock: threading.Lock
-
-
 @st.cache_resource(show_spinner="Loading the model…", max_entries=16)
 def load_model(run_dir, stamp):
     """A run's model, loaded once per server process and shared by every visitor. `stamp` (the time
     summary.json was written) is part of the cache key only, so that a retrained run is reloaded."""
-    net, tokenizer, info = evaluation.load_run(run_dir)  # a LoRA adapter comes merged into its base weights
-    model = Model(net, tokenizer, info, info["max_length"], threading.Lock())
+    model = classifier.Classifier.from_run(run_dir, device="cpu")  # a LoRA adapter comes merged into its base weights
     classify(model, ["warm-up"])  # the first forward pass pays one-off costs; keep them out of the latency shown
     return model
 
@@ -126,21 +108,17 @@ def get_model(run):
     """The run's model, or None after saying on the page why it cannot be loaded (the rest of the page goes on)."""
     try:
         return load_model(run.dir, os.stat(Path(run.dir) / "summary.json").st_mtime_ns)
-    except (evaluation.RunError, data.DataError, OSError) as e:
+    except (runs.RunError, data.DataError, OSError, ValueError) as e:
         st.error(f"Cannot load {run.dir}: {e}")
         return None
 
 
 def classify(model, texts):
     """(probabilities (N, C), seconds taken, each text's length in tokens before cutting)."""
-    # Streamlit serves each visitor from its own thread, and the tokenizer is shared: data.py turns its
-    # truncation on and off around each call, so one request at a time per model.
-    with model.lock:
-        start = time.perf_counter()
-        probs = evaluation.predict(model.net, data.Loader(texts, None, model.tokenizer, model.max_length, 64))
-        seconds = time.perf_counter() - start
-        lengths = [len(e.ids) for e in model.tokenizer.encode_batch(texts)]  # counts [CLS] and [SEP], as max_length does
-    return probs, seconds, lengths
+    start = time.perf_counter()
+    probs = model.predict_proba(texts)
+    seconds = time.perf_counter() - start
+    return probs, seconds, model.token_counts(texts)
 
 
 def is_blank(text):
@@ -191,13 +169,13 @@ def text_columns(table):
     return sorted(found, key=lambda c: (c.lower() != "text", -table[c].str.len().mean()))
 
 
-def label_table(table, column, runs):
+def label_table(table, column, chosen_runs):
     """The table with a label and a probability column per run, and notes for the page."""
     out = table.copy()
     texts = out[column].tolist()
     keep = [i for i, t in enumerate(texts) if not is_blank(t)]  # blank rows get no prediction, as on the page
     notes = [f"{len(texts) - len(keep)} blank row(s) left without a prediction."] if len(keep) < len(texts) else []
-    for run in runs:
+    for run in chosen_runs:
         model = get_model(run)
         if model is None:
             continue
@@ -240,11 +218,11 @@ def show_verdict(run, text):
                    f"(its max_length), so the rest was cut.")
 
 
-def show_comparison(runs, text):
+def show_comparison(all_runs, text):
     """One row per model for the same text, to see where the students and LoRA part from the teacher."""
     st.subheader("All models on this text")
     rows, cut = [], []
-    for run in runs:
+    for run in all_runs:
         model = get_model(run)
         if model is None:
             continue
@@ -279,9 +257,9 @@ with st.sidebar:
     st.header("Models")
     root = st.text_input("Runs folder", value=default_runs_folder(), key="runs",
                          help="A folder of run folders written by train.py, e.g. runs/quick")
-    runs, unfinished = find_runs(root)
-    by_dir = {r.dir: r for r in runs}
-    if runs:
+    available, unfinished = find_runs(root)
+    by_dir = {r.dir: r for r in available}
+    if available:
         chosen = by_dir[st.selectbox("Model", list(by_dir), format_func=lambda d: by_dir[d].label, key="model")]
         st.caption("Each model is loaded once and kept in memory; LoRA adapters are served merged into their base model.")
     if unfinished:
@@ -290,7 +268,7 @@ with st.sidebar:
 st.title("Is this comment toxic?")
 st.caption("A BERT teacher, two students distilled from its odd and even layers, and LoRA, trained by nanobert.")
 
-if not runs:
+if not available:
     where = f"in `{root}`" if Path(root).is_dir() else f"`{root}` does not exist"
     st.warning(f"No trained models found: no run folder (run.json and summary.json) {where}. "
                f"Train the four models with the command below, or give another runs folder in the sidebar "
@@ -321,7 +299,7 @@ with one:
             st.caption(f"Result for the text last classified: “{query[:80]}{'…' if len(query) > 80 else ''}”")
         show_verdict(chosen, query)
         if compare:
-            show_comparison(runs, query)
+            show_comparison(available, query)
 
 with batch:
     upload = st.file_uploader("A CSV file with a column of comments", key="upload")

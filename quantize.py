@@ -35,7 +35,6 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import files
-
 import model as M
 
 METHOD = "nanobert-dynamic-int8"

@@ -9,25 +9,30 @@ Train the arms of the comparison with one plain, explicit loop:
     python train.py all     --preset quick --extended           # ... + auto/bottom/top students, LoRA on the
                                                                 #     best student, int8 exports
 
-Every flag overrides the preset (presets/<name>.toml), which overrides the defaults below.
-A run folder holds: run.json (the resolved settings), the model (config.json + model.safetensors
-+ vocab.txt) or LoRA adapter (adapter_config.json + adapter_model.safetensors), metrics.jsonl,
-summary.json, and while training checkpoint.safetensors for --resume.
+Every flag overrides the preset (presets/<name>.toml), which overrides the defaults of Settings.
+What a run folder holds is runs.py's business. A finished run is never changed, except by
+--overwrite; an unfinished one continues with --resume.
+
+Read top to bottom: the settings; setting up a run (data, model, loaders, optimizer, folder);
+one epoch; finishing (summary, model card); `all`; the command line.
 
 Several processes: `torchrun --nproc_per_node N train.py ...` trains with DistributedDataParallel
 (gloo on CPU, nccl on GPU); --batch-size stays the global batch, split across the processes.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import random
 import resource
+import shutil
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,38 +40,18 @@ import tomllib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+import classifier
 import data
-import files
 import distill
-import eval as evaluation
+import files
 import lora
+import metrics
 import model as M
+import report
+import runs
 
 PRESETS = Path(__file__).parent / "presets"
-
-# The defaults, per method. LoRA trains 0.7% of the weights starting from B = 0 and needs a much
-# larger learning rate than full fine-tuning: one original write-up used 2e-5 for LoRA and ended
-# below the majority baseline. See the README for how these were chosen.
-DEFAULTS = {
-    "data": "davidson", "data_mirror": None, "three_class": False, "normalize": True,
-    "text_column": "text", "label_column": "label", "label_map": None,
-    "split": None, "split_seed": 0, "max_train": None, "max_val": None,
-    "model": M.DEFAULT_MODEL, "max_length": 64, "batch_size": 32, "eval_batch_size": 64, "epochs": 1,
-    "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1, "clip": 1.0, "accum": 1, "bf16": False,
-    "class_weights": False, "dropout": None, "seed": 0, "threads": None, "device": "auto",
-    "checkpoint_every": 0, "log_every": 10, "progress": True, "resume": False,
-    # distill
-    "teacher": None, "layers": "odd", "alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3, "temperature": 2.0,
-    "hidden_loss": "cosine", "importance_texts": 1000,
-    # lora
-    "base": None, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "lora_targets": "query,key,value",
-    "lora_trainable": "classifier", "export_merged": False,
-}
-TEACHER_DATA_SETTINGS = ("data", "data_mirror", "three_class", "normalize", "text_column", "label_column", "label_map",
-                         "split", "split_seed", "max_length", "max_train", "max_val")
-METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
 
 
 class TrainError(RuntimeError):
@@ -74,7 +59,76 @@ class TrainError(RuntimeError):
 
 
 # -----------------------------------------------------------------------------
-# Settings: defaults < preset < flags
+# Settings: defaults < preset < preset's [method] < flags
+
+
+@dataclass
+class Settings:
+    """Everything a run is asked to do; written to run.json as its "settings"."""
+
+    method: str = "teacher"
+    preset: str | None = None
+    # data
+    data: str = "davidson"
+    data_mirror: str | None = None
+    three_class: bool = False
+    normalize: bool = True
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: str | dict | None = None
+    split: str | None = None
+    split_seed: int = 0
+    max_train: int | None = None
+    max_val: int | None = None
+    # model and optimisation. LoRA trains 0.7% of the weights starting from B = 0 and needs a much
+    # larger learning rate than full fine-tuning (METHOD_DEFAULTS): one original write-up used 2e-5
+    # for LoRA and ended below the majority baseline.
+    model: str = M.DEFAULT_MODEL
+    max_length: int = 64
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    clip: float = 1.0
+    accum: int = 1
+    bf16: bool = False
+    class_weights: bool = False
+    dropout: float | None = None
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    # output
+    checkpoint_every: int = 0
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    # distill
+    teacher: str | None = None
+    layers: str = "odd"
+    alpha: float = 1 / 3
+    beta: float = 1 / 3
+    gamma: float = 1 / 3
+    temperature: float = 2.0
+    hidden_loss: str = "cosine"
+    importance_texts: int = 1000
+    # lora
+    base: str | None = None
+    lora_r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.1
+    lora_targets: str = "query,key,value"
+    lora_trainable: str = "classifier"
+    export_merged: bool = False
+
+
+SETTING_NAMES = [f.name for f in dataclasses.fields(Settings)]
+METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
+# A student learns on its teacher's data and split, LoRA on a trained run on that run's, unless told otherwise.
+INHERITED = ("data", "data_mirror", "three_class", "normalize", "text_column", "label_column", "label_map",
+             "split", "split_seed", "max_length", "max_train", "max_val")
 
 
 def load_preset(name):
@@ -90,37 +144,218 @@ def load_preset(name):
         raise TrainError(f"{path}: not valid TOML ({e})") from None
 
 
+def parent_run(flag, folder):
+    """The settings of the run a new one builds on (--teacher, --base), or a clear error."""
+    try:
+        return runs.read_info(folder)
+    except runs.RunError as e:
+        raise TrainError(f"--{flag} {folder}: {e}") from None
+
+
 def settings(args, method):
     """The resolved settings of one method: a flag given > the preset's [method] > the preset > defaults."""
     preset = load_preset(args.preset)
     section = preset.get(method, {})
-    unknown = [k for k in list(preset) + list(section) if k not in DEFAULTS and k not in METHOD_DEFAULTS]
+    unknown = [k for k in list(preset) + list(section) if k not in SETTING_NAMES and k not in METHOD_DEFAULTS]
     if unknown:
         raise TrainError(f"preset {args.preset}: unknown setting {unknown[0]!r}; expected one of the train.py flags")
-    cfg = {**DEFAULTS, **METHOD_DEFAULTS[method]}
+    cfg = dict(METHOD_DEFAULTS[method])
     cfg.update({k: v for k, v in preset.items() if not isinstance(v, dict)})
     cfg.update(section)
-    given = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
-    parent = given.get("teacher") if method == "distill" else given.get("base") if method == "lora" else None
-    if parent and (Path(parent) / "run.json").is_file():
-        # A student learns on its teacher's data and split, LoRA on a trained run on that run's,
-        # unless told otherwise.
-        info = json.loads((Path(parent) / "run.json").read_text(encoding="utf-8"))
-        cfg.update({k: info[k] for k in TEACHER_DATA_SETTINGS if k in info})
+    given = {k: v for k, v in vars(args).items() if v is not None and k in SETTING_NAMES}
+    flag, parent = ("teacher", given.get("teacher")) if method == "distill" else ("base", given.get("base"))
+    if parent and method in ("distill", "lora"):
+        info = parent_run(flag, parent)
+        cfg.update({k: info.settings[k] for k in INHERITED if k in info.settings})
     if method == "lora" and given.get("base"):
         # The base is a trained classifier: its pooler and head are already fit, so by default
         # only the adapters learn.
-        cfg["model"] = given["base"]
-        cfg["lora_trainable"] = ""
         if given.get("model"):
             raise TrainError("--base and --model both name the model to adapt; expected one of them")
+        cfg.update(model=given["base"], lora_trainable="")
     cfg.update(given)
-    cfg["method"], cfg["preset"] = method, args.preset
-    return cfg
+    cfg.update(method=method, preset=args.preset)
+    return Settings(**cfg)
+
+
+def check(s: Settings):
+    """Refuse settings that cannot work, naming the flag, before anything is loaded or written."""
+    positive = {"epochs": s.epochs, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size, "accum": s.accum,
+                "lr": s.lr, "max_length": s.max_length, "log_every": s.log_every, "lora_r": s.lora_r,
+                "lora_alpha": s.lora_alpha, "temperature": s.temperature, "max_train": s.max_train,
+                "max_val": s.max_val, "threads": s.threads}
+    for name, value in positive.items():
+        if value is not None and not value > 0:
+            raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number above 0")
+    in_range = {"warmup": (s.warmup, 0, 1), "dropout": (s.dropout, 0, 0.999), "lora_dropout": (s.lora_dropout, 0, 0.999),
+                "weight_decay": (s.weight_decay, 0, 1), "alpha": (s.alpha, 0, 1e9), "beta": (s.beta, 0, 1e9),
+                "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18)}
+    for name, (value, low, high) in in_range.items():
+        if value is not None and not low <= value <= high:
+            raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")
+    if s.max_length < 2:
+        raise TrainError(f"--max-length {s.max_length}: expected at least 2 (room for [CLS] and [SEP])")
+    if s.resume and s.overwrite:
+        raise TrainError("--resume and --overwrite: expected one of them (continue a run, or start it again)")
+    if isinstance(s.label_map, str):
+        try:
+            label_map = json.loads(s.label_map)
+        except json.JSONDecodeError as e:
+            raise TrainError(f"--label-map {s.label_map!r}: not valid JSON ({e.msg}); expected e.g. '{{\"ok\": 0, \"toxic\": 1}}'") from None
+        if not isinstance(label_map, dict):
+            raise TrainError(f"--label-map {s.label_map!r}: expected a JSON object of label -> id")
+    try:
+        classifier.pick_device(s.device)
+    except ValueError as e:
+        raise TrainError(f"--device: {e}") from None
 
 
 # -----------------------------------------------------------------------------
-# Distributed: one process per device under torchrun, else a plain single process
+# Setting up a run: the folder, the data, the model, the loaders, the optimizer
+
+
+def pick_device(name):
+    device = classifier.pick_device(name)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_folder(s: Settings, run_dir: Path):
+    """Refuse, before anything is loaded, an --out that this run must not touch."""
+    if s.resume:
+        if runs.is_finished(run_dir):
+            raise TrainError(f"--resume {run_dir}: the run is finished (summary.json); nothing to resume. "
+                             "Expected an interrupted run, or --overwrite to train it again")
+        if not (run_dir / runs.CHECKPOINT_FILE).is_file():
+            raise TrainError(f"{run_dir / runs.CHECKPOINT_FILE}: no checkpoint to resume from; run without --resume "
+                             "to start afresh")
+        return
+    if runs.is_finished(run_dir) and not s.overwrite:
+        raise TrainError(f"--out {run_dir}: holds a finished run; expected a new folder, or --overwrite to replace it")
+    if run_dir.is_file():
+        raise TrainError(f"--out {run_dir}: a file; expected a folder for the run")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / runs.RUN_FILE).is_file():
+        raise TrainError(f"--out {run_dir}: not empty and not a run folder; expected a new or empty folder")
+
+
+def clear_folder(run_dir: Path):
+    """A fresh start in run_dir: what an earlier run of this folder left goes (only once all is checked)."""
+    runs.remove_files(run_dir, (*runs.MODEL_FILES, runs.LOG_FILE, runs.SUMMARY_FILE, runs.CHECKPOINT_FILE, runs.CARD_FILE))
+    shutil.rmtree(run_dir / "merged", ignore_errors=True)
+
+
+def load_data(s: Settings, run_dir: Path):
+    """(dataset, {'train', 'validation'} parts, manifest): the split manifest beside the runs is made once and reused."""
+    label_map = json.loads(s.label_map) if isinstance(s.label_map, str) else s.label_map
+    dataset = data.load_dataset(s.data, mirror=s.data_mirror, three_class=s.three_class, normalize=s.normalize,
+                                text_column=s.text_column, label_column=s.label_column, label_map=label_map)
+    for note in dataset.notes:
+        print(f"{s.data}: {note}")
+    counts = dataset.class_counts()
+    if sum(c > 0 for c in counts) < 2 or 0 in counts:
+        raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
+                         "least two classes, each with examples (labels 0..K-1, or --label-map)")
+    s.split = str(s.split or run_dir.parent / "split.json")
+    parts = data.get_split(dataset, s.split, seed=s.split_seed)
+    manifest = data.load_manifest(s.split)
+    if not len(parts["validation"]) or not len(parts["train"]):
+        raise TrainError(f"--data {s.data}: {len(dataset)} texts leave {len(parts['train'])} for training and "
+                         f"{len(parts['validation'])} for validation; expected some in each (more data)")
+    # Subsets for quick runs, the same for every model of a comparison with the same settings.
+    parts = {"train": runs.subset_for_quick_runs(parts["train"], s.max_train, s.split_seed),
+             "validation": runs.subset_for_quick_runs(parts["validation"], s.max_val, s.split_seed)}
+    return dataset, parts, manifest
+
+
+def load_parent(s: Settings, flag, folder, manifest):
+    """A trained run this one builds on (--teacher, --base), checked to share the split and to hold
+    a full fp32 model."""
+    info = parent_run(flag, folder)
+    what = {"teacher": "teacher", "base": "base run"}[flag]
+    if info.get("quantized"):
+        raise TrainError(f"{folder}: an int8 export (eval.py export); expected a run with fp32 weights as the {what}")
+    if runs.is_lora_run(folder):
+        raise TrainError(f"{folder}: a LoRA run; expected a run with a full model (teacher or student) as the {what}")
+    net, _, info = runs.load_run(folder)
+    if info["split_sha256"] != manifest["manifest_sha256"]:
+        raise TrainError(f"{folder}: the {what} was trained on another split "
+                         f"({info['split_sha256'][:12]}… vs {manifest['manifest_sha256'][:12]}…); expected the same")
+    return net
+
+
+def rank_teacher_layers(s: Settings, teacher, val_part, device, results):
+    """--layers auto: each teacher layer's importance (distill.layer_importance) on a fixed subset of
+    the validation split, printed and kept in the run's results."""
+    if s.importance_texts < 1:
+        raise TrainError(f"--importance-texts {s.importance_texts}: expected at least 1 validation text")
+    part = runs.subset_for_quick_runs(val_part, s.importance_texts, s.split_seed)
+    loader = data.Loader(part.texts, part.labels, data.load_tokenizer(s.teacher), s.max_length, s.eval_batch_size)
+    batches = [tuple(b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")) for b in loader]
+    t0 = time.time()
+    scores = distill.layer_importance(teacher.to(device), batches)
+    ranking = sorted(range(1, len(scores) + 1), key=lambda i: -scores[i - 1])
+    results.update(layer_importance=scores, layer_ranking=ranking, importance_seconds=time.time() - t0, importance_n=len(part))
+    print(f"layer importance on {len(part)} validation texts ({results['importance_seconds']:.0f}s; KL of the teacher "
+          "without the layer from the teacher):")
+    print("  " + ", ".join(f"{i}: {scores[i - 1]:.4f}" for i in ranking) + "  (most important first)")
+    return scores
+
+
+def build_student(s: Settings, manifest, val_part, device, run_dir, results):
+    if not s.teacher:
+        raise TrainError("distill needs --teacher RUN_DIR (a teacher run written by `train.py teacher`)")
+    teacher = load_parent(s, "teacher", s.teacher, manifest).requires_grad_(False)
+    n = teacher.config.num_hidden_layers
+    importance = None
+    if str(s.layers).startswith("auto"):
+        distill.parse_layers(s.layers, n, [0.0] * n)  # a bad spec fails now, not after the measurement
+        if s.resume:  # the layers the checkpoint was trained with, not a new measurement's
+            before = runs.read_info(run_dir).results
+            results.update({k: before[k] for k in ("layer_importance", "layer_ranking", "importance_seconds", "importance_n")})
+            importance = before["layer_importance"]
+        else:
+            importance = rank_teacher_layers(s, teacher, val_part, device, results)
+    results["teacher_layers"] = distill.parse_layers(s.layers, n, importance)
+    return distill.make_student(teacher, results["teacher_layers"]), Path(s.teacher), teacher
+
+
+def build_lora(s: Settings, label_names, manifest, results):
+    if s.base:
+        net = load_parent(s, "base", s.base, manifest)
+        if [net.config.id2label[i] for i in range(net.config.num_labels)] != list(label_names):
+            raise TrainError(f"{s.base}: classes {list(net.config.id2label.values())}, the data has "
+                             f"{list(label_names)}; expected the same")
+    else:
+        net = M.from_pretrained(s.model, id2label=dict(enumerate(label_names)))
+    trainable = [t for t in s.lora_trainable.split(",") if t]
+    if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
+        # The checkpoint has no pooler (a bare encoder such as bge-small-en): it starts random, and a
+        # random layer that the adapter does not hold would be drawn anew at every load. Train it with
+        # the head and keep it in the adapter file.
+        trainable.append("pooler")
+        print("the base model has no pooler: training it with the classifier and saving it in the adapter")
+    s.lora_trainable = ",".join(trainable)
+    lora.inject_lora(net, s.lora_targets.split(","), s.lora_r, s.lora_alpha, s.lora_dropout, trainable)
+    print(lora.lora_report(net))
+    # A hub name stays a name; a local folder becomes an absolute path, valid from anywhere.
+    model_dir = M.resolve_model_dir(s.model)
+    results["base_model"] = s.model if not Path(s.model).expanduser().is_dir() else str(model_dir.resolve())
+    return net, model_dir
+
+
+def build_model(s: Settings, dataset, manifest, val_part, device, run_dir, results):
+    """(model, tokenizer folder, teacher or None) for the method."""
+    if s.method == "distill":
+        return build_student(s, manifest, val_part, device, run_dir, results)
+    if s.method == "lora":
+        return (*build_lora(s, dataset.label_names, manifest, results), None)
+    return M.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names))), M.resolve_model_dir(s.model), None
+
+
+# -----------------------------------------------------------------------------
+# Distributed training, the model's dropout, the optimizer and the loss
 
 
 def setup_distributed(device):
@@ -132,117 +367,6 @@ def setup_distributed(device):
     return world, dist.get_rank()
 
 
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    return device
-
-
-# -----------------------------------------------------------------------------
-# Data and models
-
-
-def load_data(cfg, run_dir):
-    """(splits, manifest) for this run: the split manifest beside the runs is made once and reused."""
-    if cfg["data_mirror"]:
-        os.environ["NANOBERT_DATA"] = str(cfg["data_mirror"])
-    label_map = json.loads(cfg["label_map"]) if isinstance(cfg["label_map"], str) else cfg["label_map"]
-    normalize = cfg["normalize"]
-    dataset = data.load_dataset(cfg["data"], three_class=cfg["three_class"], normalize=normalize,
-                                text_column=cfg["text_column"], label_column=cfg["label_column"], label_map=label_map)
-    split_path = Path(cfg["split"] or run_dir.parent / "split.json")
-    parts = data.get_split(dataset, split_path, seed=cfg["split_seed"])
-    manifest = data.load_manifest(split_path)
-    # Subsets for quick runs, the same for every model of a comparison with the same settings.
-    for part, limit in (("train", cfg["max_train"]), ("validation", cfg["max_val"])):
-        if limit and limit < len(parts[part]):
-            keep = np.sort(np.random.default_rng(cfg["split_seed"]).permutation(len(parts[part]))[:limit])
-            parts[part] = parts[part].subset(keep.tolist())
-    return dataset, parts, manifest, split_path
-
-
-def load_parent_run(run_dir, manifest, what):
-    """A trained run this one builds on (a teacher, or the base of LoRA), checked to share the split
-    and to hold a full fp32 model."""
-    info = evaluation.read_run_info(run_dir)
-    if info.get("quantized"):
-        raise TrainError(f"{run_dir}: an int8 export (eval.py export); expected a run with fp32 weights as the {what}")
-    if evaluation.is_lora_run(run_dir):
-        raise TrainError(f"{run_dir}: a LoRA run; expected a run with a full model (teacher or student) as the {what}")
-    net, _, info = evaluation.load_run(run_dir)
-    if info["split_sha256"] != manifest["manifest_sha256"]:
-        raise TrainError(f"{run_dir}: the {what} was trained on another split "
-                         f"({info['split_sha256'][:12]}… vs {manifest['manifest_sha256'][:12]}…); expected the same")
-    return net, info
-
-
-def rank_teacher_layers(cfg, teacher, val_part, device):
-    """--layers auto: each teacher layer's importance (distill.layer_importance) on a fixed
-    subset of the validation split, logged and kept in run.json."""
-    if cfg["importance_texts"] < 1:
-        raise TrainError(f"--importance-texts {cfg['importance_texts']}: expected at least 1 validation text")
-    n = min(len(val_part), cfg["importance_texts"])
-    keep = np.sort(np.random.default_rng(cfg["split_seed"]).permutation(len(val_part))[:n]).tolist()
-    part = val_part.subset(keep)
-    loader = data.Loader(part.texts, part.labels, data.load_tokenizer(cfg["teacher"]), cfg["max_length"],
-                         cfg["eval_batch_size"])
-    batches = [tuple(b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")) for b in loader]
-    t0 = time.time()
-    scores = distill.layer_importance(teacher.to(device), batches)
-    ranking = sorted(range(1, len(scores) + 1), key=lambda i: -scores[i - 1])
-    cfg.update(layer_importance=scores, layer_ranking=ranking, importance_seconds=time.time() - t0, importance_n=n)
-    print(f"layer importance on {n} validation texts ({cfg['importance_seconds']:.0f}s; KL of the teacher without "
-          "the layer from the teacher):")
-    print("  " + ", ".join(f"{i}: {scores[i - 1]:.4f}" for i in ranking) + "  (most important first)")
-    return scores
-
-
-def build_model(cfg, label_names, manifest, val_part, device, run_dir):
-    """(model, tokenizer folder, teacher or None) for the method."""
-    id2label = dict(enumerate(label_names))
-    if cfg["method"] == "distill":
-        if not cfg["teacher"]:
-            raise TrainError("distill needs --teacher RUN_DIR (a teacher run written by `train.py teacher`)")
-        teacher, _ = load_parent_run(cfg["teacher"], manifest, "teacher")
-        teacher.requires_grad_(False)
-        n = teacher.config.num_hidden_layers
-        importance = None
-        if str(cfg["layers"]).startswith("auto"):
-            distill.parse_layers(cfg["layers"], n, [0.0] * n)  # a bad spec fails now, not after the measurement
-            if cfg["resume"]:  # the layers the checkpoint was trained with, not a new measurement's
-                before = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
-                cfg.update({k: before[k] for k in ("layer_importance", "layer_ranking", "importance_seconds", "importance_n")})
-                importance = before["layer_importance"]
-            else:
-                importance = rank_teacher_layers(cfg, teacher, val_part, device)
-        cfg["teacher_layers"] = distill.parse_layers(cfg["layers"], n, importance)
-        student = distill.make_student(teacher, cfg["teacher_layers"])
-        return student, Path(cfg["teacher"]), teacher
-    if cfg["method"] == "lora" and cfg["base"]:
-        net, info = load_parent_run(cfg["base"], manifest, "base run")
-        if [net.config.id2label[i] for i in range(net.config.num_labels)] != list(label_names):
-            raise TrainError(f"{cfg['base']}: classes {list(net.config.id2label.values())}, the data has "
-                             f"{list(label_names)}; expected the same")
-    else:
-        net = M.from_pretrained(cfg["model"], id2label=id2label)
-    if cfg["method"] == "lora":
-        trainable = [t for t in cfg["lora_trainable"].split(",") if t]
-        if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
-            # The checkpoint has no pooler (a bare encoder such as bge-small-en): it starts random,
-            # and a random layer that the adapter does not hold would be drawn anew at every load.
-            # Train it with the head and keep it in the adapter file.
-            trainable.append("pooler")
-            print("the base model has no pooler: training it with the classifier and saving it in the adapter")
-        cfg["lora_trainable"] = ",".join(trainable)
-        lora.inject_lora(net, cfg["lora_targets"].split(","), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], trainable)
-        print(lora.lora_report(net))
-    return net, M.resolve_model_dir(cfg["model"]), None
-
-
 def set_dropout(net, p):
     """Override every dropout probability (e.g. 0 for an exactly reproducible comparison)."""
     for m in net.modules():
@@ -252,233 +376,33 @@ def set_dropout(net, p):
             m.dropout_p = p
 
 
-def make_optimizer(net, cfg, fused):
+def make_optimizer(net, s, fused):
     # No weight decay on biases and LayerNorm weights: decaying them towards zero only hurts.
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if p.requires_grad:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg["lr"], fused=fused)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, fused=fused)
 
 
-def lr_at(step, total, cfg):
+def lr_at(step, total, s):
     """Linear warmup over the first `warmup` fraction of the steps, then linear decay to zero."""
-    warm = max(1, int(cfg["warmup"] * total))
+    warm = max(1, int(s.warmup * total))
     if step < warm:
-        return cfg["lr"] * (step + 1) / warm
-    return cfg["lr"] * max(0.0, (total - step) / max(1, total - warm))
+        return s.lr * (step + 1) / warm
+    return s.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
-def compute_loss(cfg, net, batch, teacher, weight):
+def compute_loss(s, net, batch, teacher, weight, teacher_layers=None):
     """The training loss of one batch, and its parts for the log."""
     out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     if teacher is None:
         loss = F.cross_entropy(out.logits.float(), batch["labels"], weight=weight)
         return loss, {}
     t_out = distill.teacher_forward(teacher, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    return distill.distill_loss(out, t_out, batch["labels"], cfg["teacher_layers"], batch["attention_mask"], cfg["alpha"],
-                                cfg["beta"], cfg["gamma"], cfg["temperature"], cfg["hidden_loss"])
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints: safetensors for the tensors, JSON for the rest; one file, written atomically
-
-
-def save_checkpoint(path, net, opt, loader, state):
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    opt_state = opt.state_dict()
-    for i, s in opt_state["state"].items():
-        for k, v in s.items():
-            tensors[f"optim.{i}.{k}"] = v.contiguous().clone() if torch.is_tensor(v) else torch.tensor(v)
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"param_groups": opt_state["param_groups"], "sampler": loader.state_dict(), **state}
-    files.atomic_write(path, lambda p: save_file(tensors, p, metadata={"state": json.dumps(meta)}))
-
-
-def load_checkpoint(path, net, opt, loader):
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(path)
-    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    loader.load_state_dict(meta.pop("sampler"))
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta
-
-
-# -----------------------------------------------------------------------------
-# The loop
-
-
-def log_line(path, record):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def progress(iterable, total, enabled, desc):
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
-        except ImportError:
-            pass
-    return iterable
-
-
-def save_model(net, cfg, run_dir, tokenizer_dir):
-    if cfg["method"] == "lora":
-        lora.save_adapter(net, run_dir, base_model=cfg["base_model"])
-        M.copy_tokenizer_files(tokenizer_dir, run_dir)
-    else:
-        M.save_pretrained(net, run_dir, tokenizer_dir=tokenizer_dir)
-
-
-def train(cfg, run_dir):
-    """Train one model into run_dir; returns its summary."""
-    t_start = time.time()
-    run_dir = Path(run_dir)
-    device = pick_device(cfg["device"])
-    memory = PeakMemory(device)
-    world, rank = setup_distributed(device)
-    main_process = rank == 0
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.safetensors"
-    if not cfg["resume"] and main_process:
-        for name in ("metrics.jsonl", "summary.json", "checkpoint.safetensors", "model.safetensors",
-                     "adapter_model.safetensors"):
-            (run_dir / name).unlink(missing_ok=True)
-    elif cfg["resume"] and not ckpt_path.exists():
-        raise TrainError(f"{ckpt_path}: no checkpoint to resume from; run without --resume to start afresh")
-
-    dataset, parts, manifest, split_path = load_data(cfg, run_dir)
-    net, tokenizer_dir, teacher = build_model(cfg, dataset.label_names, manifest, parts["validation"], device, run_dir)
-    if cfg["method"] == "lora":
-        model_dir = M.resolve_model_dir(cfg["model"])
-        # A hub name stays a name; a local folder becomes an absolute path, valid from anywhere.
-        cfg["base_model"] = cfg["model"] if not Path(cfg["model"]).expanduser().is_dir() else str(model_dir.resolve())
-    if cfg["dropout"] is not None:
-        set_dropout(net, cfg["dropout"])
-    net.to(device)
-    if teacher is not None:
-        teacher.to(device)
-    tokenizer = data.load_tokenizer(tokenizer_dir)
-    train_part, val_part = parts["train"], parts["validation"]
-    if cfg["batch_size"] % world:
-        raise TrainError(f"--batch-size {cfg['batch_size']} is the global batch: expected a multiple of the {world} processes")
-    loader = data.Loader(train_part.texts, train_part.labels, tokenizer, cfg["max_length"], cfg["batch_size"],
-                         shuffle=True, seed=cfg["seed"], num_replicas=world, rank=rank)
-    val_loader = data.Loader(val_part.texts, val_part.labels, tokenizer, cfg["max_length"], cfg["eval_batch_size"])
-    weight = data.class_weights(train_part.labels, len(dataset.label_names)).to(device) if cfg["class_weights"] else None
-    ddp = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
-
-    opt = make_optimizer(net, cfg, fused=device.type in ("cpu", "cuda"))
-    steps_per_epoch = math.ceil(len(loader) / cfg["accum"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    total_params, trainable_params = M.count_parameters(net)
-    info = {**cfg, "run_dir": str(run_dir), "split": str(split_path), "split_sha256": manifest["manifest_sha256"],
-            "data_sha256": manifest["data_sha256"], "id2label": {str(i): n for i, n in enumerate(dataset.label_names)},
-            "params_total": total_params, "params_trainable": trainable_params, "world_size": world,
-            "teacher_layers": getattr(net, "teacher_layers", None), "torch": torch.__version__,
-            "train_size": len(train_part), "val_size": len(val_part), "command": " ".join(sys.argv)}
-    metrics_path = run_dir / "metrics.jsonl"
-    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": None, "loss_sum": 0.0, "loss_count": 0, "epoch_loss": None}
-    if cfg["resume"]:
-        state.update(load_checkpoint(ckpt_path, net, opt, loader))
-        if main_process:
-            print(f"resumed {run_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
-    elif main_process:
-        files.atomic_write(run_dir / "run.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
-        print(f"{cfg['method']}: {len(train_part)} train / {len(val_part)} validation texts, {steps_per_epoch} steps per "
-              f"epoch, padding {loader.padding_fraction():.1%}, trainable {trainable_params:,} of {total_params:,}")
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["bf16"])
-    crash_at = int(os.environ.get("NANOBERT_CRASH_AT_STEP", 0))  # for the resume test: a real kill mid-epoch
-    while state["epoch"] < cfg["epochs"]:
-        epoch = state["epoch"]
-        ddp.train()
-        t0, seen, done_before = time.time(), 0, loader.sampler.batches_done
-        bar = progress(loader, len(loader) - done_before, cfg["progress"] and main_process, f"{cfg['method']} epoch {epoch + 1}")
-        for i, batch in enumerate(bar, start=done_before):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss, parts_ = compute_loss(cfg, ddp, batch, teacher, weight)
-            if not torch.isfinite(loss):
-                raise TrainError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}, step {state['step']}; "
-                                 f"stopped. The last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}; "
-                                 "try a lower --lr or --clip")
-            (loss / cfg["accum"]).backward()
-            seen += len(batch["labels"]) * world
-            if (i + 1) % cfg["accum"] and i + 1 < len(loader):
-                continue  # accumulate gradients over `accum` batches before one optimizer step
-            lr = lr_at(state["step"], total_steps, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["clip"]) if cfg["clip"] else None
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            state["step"] += 1
-            if world > 1:  # log the loss of the global batch, not of this process's share
-                loss = loss.detach().clone()
-                dist.all_reduce(loss)
-                loss /= world
-            state["loss_sum"] += loss.item()
-            state["loss_count"] += 1
-            speed = seen / (time.time() - t0)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", sent_s=f"{speed:.0f}")
-            if main_process and state["step"] % cfg["log_every"] == 0:
-                log_line(metrics_path, {"step": state["step"], "epoch": epoch + 1, "loss": loss.item(), "lr": lr,
-                                        "grad_norm": None if grad_norm is None else grad_norm.item(),
-                                        "sentences_per_s": speed, **parts_})
-            if main_process and cfg["checkpoint_every"] and state["step"] % cfg["checkpoint_every"] == 0:
-                save_checkpoint(ckpt_path, net, opt, loader, state)
-            if crash_at and state["step"] == crash_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        # End of epoch: validation, best model, checkpoint.
-        val = evaluation.evaluate(net, val_loader, val_part.labels, len(dataset.label_names))
-        state["epoch"] = epoch + 1
-        state["epoch_loss"] = state["loss_sum"] / max(1, state["loss_count"])
-        state["loss_sum"], state["loss_count"] = 0.0, 0
-        if main_process:
-            record = {"epoch": epoch + 1, "step": state["step"], "train_loss": state["epoch_loss"],
-                      "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch_seconds": time.time() - t0}
-            log_line(metrics_path, record)
-            better = val["macro_f1"] > state["best_f1"]
-            if better:
-                state["best_f1"], state["best_epoch"] = val["macro_f1"], epoch + 1
-                save_model(net, cfg, run_dir, tokenizer_dir)
-            print(f"{cfg['method']} epoch {epoch + 1}/{cfg['epochs']}: mean loss {state['epoch_loss']:.4f}, validation accuracy "
-                  f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{' (best, saved)' if better else ''}, "
-                  f"{time.time() - t0:.0f}s")
-            save_checkpoint(ckpt_path, net, opt, loader, state)
-
-    summary = {"method": cfg["method"], "wall_seconds": time.time() - t_start, "steps": state["step"],
-               "final_train_loss": state["epoch_loss"], "best_epoch": state["best_epoch"], "best_val_macro_f1": state["best_f1"],
-               "peak_memory_mb": memory.mb(), "params_total": total_params, "params_trainable": trainable_params}
-    if main_process:
-        if cfg["method"] == "lora" and cfg["export_merged"]:
-            best, _, _ = evaluation.load_run(run_dir, merge=False)
-            M.save_pretrained(best, run_dir / "merged", tokenizer_dir=run_dir, state_dict=lora.merged_state_dict(best))
-        files.atomic_write(run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
-        ckpt_path.unlink(missing_ok=True)  # the run is complete: the best model is saved beside
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return summary
+    return distill.distill_loss(out, t_out, batch["labels"], teacher_layers, batch["attention_mask"], s.alpha, s.beta,
+                                s.gamma, s.temperature, s.hidden_loss)
 
 
 class PeakMemory:
@@ -511,12 +435,235 @@ class PeakMemory:
         return self.peak / 2**20
 
 
+
+@dataclass
+class Training:
+    """What the loop needs, made once by setup()."""
+
+    s: Settings
+    dir: Path
+    device: torch.device
+    world: int
+    rank: int
+    net: torch.nn.Module
+    ddp: torch.nn.Module  # net itself, or its DistributedDataParallel wrapper
+    teacher: torch.nn.Module | None
+    tokenizer_dir: Path
+    loader: data.Loader
+    val_loader: data.Loader
+    opt: torch.optim.Optimizer
+    weight: torch.Tensor | None
+    total_steps: int
+    results: dict
+    memory: "PeakMemory"
+    t_start: float = field(default_factory=time.time)
+    state: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": None, "loss_sum": 0.0,
+                                                 "loss_count": 0, "epoch_loss": None, "wall_before": 0.0})
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def wall_seconds(self):
+        """This process's time plus that of the processes before a resume."""
+        return self.state["wall_before"] + time.time() - self.t_start
+
+
+def setup(s: Settings, run_dir: Path) -> Training:
+    """Check and load everything; only then touch the run folder."""
+    check(s)
+    check_folder(s, run_dir)
+    device = pick_device(s.device)
+    memory = PeakMemory(device)
+    world, rank = setup_distributed(device)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    if s.batch_size % world:
+        raise TrainError(f"--batch-size {s.batch_size} is the global batch: expected a multiple of the {world} processes")
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    torch.manual_seed(s.seed)
+    dataset, parts, manifest = load_data(s, run_dir)
+    results = {}
+    net, tokenizer_dir, teacher = build_model(s, dataset, manifest, parts["validation"], device, run_dir, results)
+    if s.max_length > net.config.max_position_embeddings:
+        raise TrainError(f"--max-length {s.max_length}: the model has {net.config.max_position_embeddings} positions; "
+                         f"expected at most {net.config.max_position_embeddings}")
+    if s.dropout is not None:
+        set_dropout(net, s.dropout)
+    net.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    tokenizer = data.load_tokenizer(tokenizer_dir)
+    train_part, val_part = parts["train"], parts["validation"]
+    loader = data.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
+                         shuffle=True, seed=s.seed, num_replicas=world, rank=rank)
+    val_loader = data.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size)
+    weight = data.class_weights(train_part.labels, len(dataset.label_names)).to(device) if s.class_weights else None
+    ddp = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    opt = make_optimizer(net, s, fused=device.type in ("cpu", "cuda"))
+    total_steps = math.ceil(len(loader) / s.accum) * s.epochs
+    total, trainable = M.count_parameters(net)
+    results.update(run_dir=str(run_dir), split_sha256=manifest["manifest_sha256"], data_sha256=manifest["data_sha256"],
+                   id2label={str(i): n for i, n in enumerate(dataset.label_names)}, params_total=total,
+                   params_trainable=trainable, world_size=world, teacher_layers=results.get("teacher_layers"),
+                   torch=torch.__version__, train_size=len(train_part), val_size=len(val_part), command=" ".join(sys.argv))
+    t = Training(s, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
+                 total_steps, results, memory)
+    if s.resume:
+        resume(t)
+    elif t.main:
+        # Everything is checked: from here on the folder is this run's.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clear_folder(run_dir)
+        runs.write_info(run_dir, runs.RunInfo(dataclasses.asdict(s), results))
+        print(f"{s.method}: {len(train_part)} train / {len(val_part)} validation texts, {len(loader)} batches per "
+              f"epoch, padding {loader.padding_fraction():.1%}, trainable {trainable:,} of {total:,}")
+    return t
+
+
+def resume(t: Training):
+    """Continue from the checkpoint: the model, the optimizer, the RNG, the sampler and the books."""
+    meta = runs.load_checkpoint(t.dir, t.net, t.opt)
+    t.loader.load_state_dict(meta.pop("sampler"))
+    t.state.update(meta)
+    # The killed process worked past its checkpoint; its last log line says how long it ran.
+    steps, epochs = runs.read_log(t.dir)
+    t.state["wall_before"] = max([t.state["wall_before"]] + [r.get("wall_seconds", 0) for r in steps + epochs])
+    if t.main:
+        runs.trim_log(t.dir, t.state["step"], t.state["epoch"])  # the steps after the checkpoint are logged again
+        print(f"resumed {t.dir} at epoch {t.state['epoch'] + 1}, step {t.state['step']}")
+
+
+def checkpoint(t: Training):
+    state = {k: v for k, v in t.state.items() if k != "wall_before"}
+    runs.save_checkpoint(t.dir, t.net, t.opt, {**state, "wall_before": t.wall_seconds(), "sampler": t.loader.state_dict()})
+
+
+# -----------------------------------------------------------------------------
+# One epoch
+
+
+def train_epoch(t: Training, epoch: int):
+    s, state = t.s, t.state
+    t.ddp.train()
+    t0, seen, done_before = time.time(), 0, t.loader.sampler.batches_done
+    autocast = torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=s.bf16)
+    crash_at = int(os.environ.get("NANOBERT_CRASH_AT_STEP", 0))  # for the resume test: a real kill mid-epoch
+    bar = files.progress(t.loader, len(t.loader) - done_before, f"{s.method} epoch {epoch + 1}", s.progress and t.main)
+    for i, batch in enumerate(bar, start=done_before):
+        batch = {k: v.to(t.device) for k, v in batch.items()}
+        with autocast:
+            loss, parts = compute_loss(s, t.ddp, batch, t.teacher, t.weight, t.results.get("teacher_layers"))
+        if not torch.isfinite(loss):
+            ckpt = t.dir / runs.CHECKPOINT_FILE
+            raise TrainError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}, step {state['step']}; "
+                             f"stopped. The last good checkpoint is {ckpt if ckpt.exists() else 'none'}; "
+                             "try a lower --lr or --clip")
+        (loss / s.accum).backward()
+        seen += len(batch["labels"]) * t.world
+        if (i + 1) % s.accum and i + 1 < len(t.loader):
+            continue  # accumulate gradients over `accum` batches before one optimizer step
+        lr = lr_at(state["step"], t.total_steps, s)
+        for group in t.opt.param_groups:
+            group["lr"] = lr
+        grad_norm = torch.nn.utils.clip_grad_norm_(t.net.parameters(), s.clip) if s.clip else None
+        t.opt.step()
+        t.opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        if t.world > 1:  # log the loss of the global batch, not of this process's share
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= t.world
+        state["loss_sum"] += loss.item()
+        state["loss_count"] += 1
+        speed = seen / (time.time() - t0)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", sent_s=f"{speed:.0f}")
+        if t.main and state["step"] % s.log_every == 0:
+            runs.log(t.dir, "step", {"step": state["step"], "epoch": epoch + 1, "loss": loss.item(), "lr": lr,
+                                     "grad_norm": None if grad_norm is None else grad_norm.item(),
+                                     "sentences_per_s": speed, "wall_seconds": t.wall_seconds(), **parts})
+        if t.main and s.checkpoint_every and state["step"] % s.checkpoint_every == 0:
+            checkpoint(t)
+        if crash_at and state["step"] == crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return time.time() - t0
+
+
+def end_epoch(t: Training, epoch: int, seconds: float):
+    """Validation, the best model so far, a checkpoint."""
+    s, state = t.s, t.state
+    probs = classifier.predict_probs(t.net, t.val_loader)
+    labels, num_classes = t.val_loader.labels.tolist(), probs.shape[1]
+    val = metrics.metrics(labels, probs.argmax(-1).tolist(), num_classes, probs[:, 1].tolist() if num_classes == 2 else None)
+    state["epoch"] = epoch + 1
+    state["epoch_loss"] = state["loss_sum"] / max(1, state["loss_count"])
+    state["loss_sum"], state["loss_count"] = 0.0, 0
+    if not t.main:
+        return
+    runs.log(t.dir, "epoch", {"epoch": epoch + 1, "step": state["step"], "train_loss": state["epoch_loss"],
+                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch_seconds": seconds,
+                              "wall_seconds": t.wall_seconds()})
+    better = val["macro_f1"] > state["best_f1"] or state["best_epoch"] is None  # the first epoch always counts
+    if better:
+        state["best_f1"], state["best_epoch"] = val["macro_f1"], epoch + 1
+        runs.save_model(t.net, t.dir, t.tokenizer_dir, t.results.get("base_model") if s.method == "lora" else None)
+    print(f"{s.method} epoch {epoch + 1}/{s.epochs}: mean loss {state['epoch_loss']:.4f}, validation accuracy "
+          f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{' (best, saved)' if better else ''}, {seconds:.0f}s")
+    checkpoint(t)
+
+
+# -----------------------------------------------------------------------------
+# Finishing: the summary (written last: it marks the run finished), test scores, the model card
+
+
+def finish(t: Training):
+    s, state = t.s, t.state
+    summary = {"method": s.method, "wall_seconds": t.wall_seconds(), "steps": state["step"],
+               "final_train_loss": state["epoch_loss"], "best_epoch": state["best_epoch"],
+               "best_val_macro_f1": state["best_f1"], "peak_memory_mb": t.memory.mb(),
+               "params_total": t.results["params_total"], "params_trainable": t.results["params_trainable"]}
+    if t.main:
+        best, tokenizer, info = runs.load_run(t.dir, merge=False)
+        if s.method == "lora" and s.export_merged:
+            M.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
+        # The test split is scored once, for the model card; it never chose anything.
+        test, _, _ = runs.load_test_split(t.dir, info)
+        info.results["test"] = report.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
+        runs.write_info(t.dir, info)
+        report.write_model_card(t.dir)
+        runs.write_summary(t.dir, summary)
+        runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
+    if t.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def train(s: Settings, run_dir) -> dict:
+    """Train one model into run_dir; returns its summary. A run that fails before its first checkpoint
+    leaves no folder behind; after it, the folder waits for --resume."""
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
+    try:
+        t = setup(s, run_dir)
+        while t.state["epoch"] < s.epochs:
+            seconds = train_epoch(t, t.state["epoch"])
+            end_epoch(t, t.state["epoch"], seconds)
+        return finish(t)
+    except BaseException:
+        if not existed and run_dir.is_dir() and not (run_dir / runs.CHECKPOINT_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 # -----------------------------------------------------------------------------
 # Command line
 
 
 def add_common(p):
-    d = DEFAULTS
+    d = dataclasses.asdict(Settings())
     g = p.add_argument_group("data")
     g.add_argument("--preset", help="presets/<NAME>.toml or a .toml path; flags override it")
     g.add_argument("--data", help=f"'davidson', 'hate_speech18' or a .csv/.jsonl path (default {d['data']})")
@@ -551,6 +698,8 @@ def add_common(p):
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: each epoch only)")
     g.add_argument("--log-every", type=int, help=f"log the loss every N steps to metrics.jsonl (default {d['log_every']})")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    g.add_argument("--overwrite", action="store_const", const=True,
+                   help="replace a finished run in --out (without it a finished run is never changed)")
     g.add_argument("--resume", action="store_const", const=True,
                    help="continue from the run folder's checkpoint (all: keep finished runs, resume the interrupted one)")
 
@@ -616,15 +765,22 @@ def build_parser():
     return parser
 
 
+# -----------------------------------------------------------------------------
+# all: every arm of the comparison on one split, then the report
+
+
 def run_all(args):
-    runs = Path(args.runs or Path("runs") / (Path(args.preset).stem if args.preset else Path(str(args.data or "davidson")).stem))
+    if args.layers is not None:
+        raise TrainError(f"--layers {args.layers}: `all` trains the odd and even students (and with --extended auto, "
+                         "bottom and top); expected no --layers, or `train.py distill --layers` for one student")
+    runs_dir = Path(args.runs or Path("runs") / (Path(args.preset).stem if args.preset else Path(str(args.data or "davidson")).stem))
     plan = [("teacher", "teacher", {}), ("odd", "distill", {"layers": "odd"}), ("even", "distill", {"layers": "even"}),
             ("lora", "lora", {})]
     if args.extended:
         plan[3:3] = [(name, "distill", {"layers": name}) for name in ("auto", "bottom", "top")]
     summaries = {}
     for name, method, extra in plan:
-        summaries[name] = run_one(args, runs, name, method, extra)
+        summaries[name] = run_one(args, runs_dir, name, method, extra)
     exports = []
     if args.extended:
         # LoRA on the student that did best on validation: chosen without looking at the test set.
@@ -632,35 +788,34 @@ def run_all(args):
         best = max(students, key=lambda n: summaries[n]["best_val_macro_f1"])
         print(f"best student on validation: {best}")
         name = f"lora-{best}"
-        extra = {"base": str(runs / best), "model": str(runs / best)}
+        extra = {"base": str(runs_dir / best), "model": str(runs_dir / best)}
         if args.lora_trainable is None:  # the student's pooler and head are trained already: adapters only
             extra["lora_trainable"] = ""
-        summaries[name] = run_one(args, runs, name, "lora", extra)
+        summaries[name] = run_one(args, runs_dir, name, "lora", extra)
         plan.append((name, "lora", {}))
         for source in ("teacher", best, name):
             print(f"== {source}-int8 ==")
-            evaluation.export_int8(runs / source, runs / f"{source}-int8", measure=False)
-            exports.append(runs / f"{source}-int8")
-    evaluation.report([runs / name for name, _, _ in plan] + exports, runs / "report")
+            exports.append(runs.export_int8(runs_dir / source, runs_dir / f"{source}-int8"))
+            report.write_model_card(exports[-1])
+    report.report([runs_dir / name for name, _, _ in plan] + exports, runs_dir / "report")
     for name, s in summaries.items():
         print(f"{name:14s} {s['wall_seconds']:7.0f}s  best validation macro-F1 {s['best_val_macro_f1']:.4f}")
 
 
-def run_one(args, runs, name, method, extra):
-    """One run of `all` into runs/name, or its summary if --resume finds it finished."""
-    cfg = settings(args, method)
-    cfg.update(extra)
-    cfg["teacher"] = str(runs / "teacher")
+def run_one(args, runs_dir, name, method, extra):
+    """One run of `all` into runs_dir/name, or its summary if --resume finds it finished."""
+    s = dataclasses.replace(settings(args, method), **extra)
+    s.teacher = str(runs_dir / "teacher")
     if getattr(args, f"{method}_lr") is not None:
-        cfg["lr"] = getattr(args, f"{method}_lr")
-    cfg["split"] = cfg["split"] or str(runs / "split.json")
-    if cfg["resume"]:  # carry on where `all` stopped: finished runs stay, an interrupted one resumes
-        if (runs / name / "summary.json").exists():
+        s.lr = getattr(args, f"{method}_lr")
+    s.split = s.split or str(runs_dir / "split.json")
+    if s.resume:  # carry on where `all` stopped: finished runs stay, an interrupted one resumes
+        if runs.is_finished(runs_dir / name):
             print(f"== {name}: done before, kept ==")
-            return json.loads((runs / name / "summary.json").read_text())
-        cfg["resume"] = (runs / name / "checkpoint.safetensors").exists()
+            return runs.read_summary(runs_dir / name)
+        s.resume = (runs_dir / name / runs.CHECKPOINT_FILE).exists()
     print(f"== {name} ==")
-    return train(cfg, runs / name)
+    return train(s, runs_dir / name)
 
 
 def main(argv=None):
@@ -670,7 +825,9 @@ def main(argv=None):
             run_all(args)
         else:
             train(settings(args, args.command), args.out)
-    except (TrainError, data.DataError, evaluation.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
+    except KeyboardInterrupt:
+        sys.exit("interrupted; an interrupted run continues from its last checkpoint with the same command and --resume")
+    except (TrainError, data.DataError, runs.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
 
 

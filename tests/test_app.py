@@ -15,8 +15,9 @@ from conftest import write_toy_csv
 st = pytest.importorskip("streamlit")  # the page is an optional extra: pip install -e ".[app]"
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+import classifier  # noqa: E402
 import data  # noqa: E402
-import eval as evaluation  # noqa: E402
+import runs as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -62,8 +63,8 @@ def page(runs_dir, monkeypatch):
 
 def expected(run_dir, text):
     """(label, probability) straight from eval.py: what the page must show."""
-    net, tokenizer, info = evaluation.load_run(run_dir)
-    p = evaluation.predict(net, data.Loader([text], None, tokenizer, info["max_length"], 1))[0].tolist()
+    net, tokenizer, info = R.load_run(run_dir)
+    p = classifier.predict_probs(net, data.Loader([text], None, tokenizer, info["max_length"], 1))[0].tolist()
     best = max(range(2), key=p.__getitem__)
     return ["not toxic", "toxic"][best], p[best]  # the toy CSV's labels are 0/1: shown as not toxic / toxic
 
@@ -181,7 +182,7 @@ def test_compare_all_models_on_one_text(runs, monkeypatch):
 def test_meaningful_label_names_are_shown_as_they_are(runs, tmp_path, monkeypatch):
     shutil.copytree(runs / "teacher", tmp_path / "hate18")
     info = json.loads((tmp_path / "hate18" / "run.json").read_text())
-    info["id2label"] = {"0": "noHate", "1": "hate"}  # as hate_speech18 runs have it
+    info["results"]["id2label"] = {"0": "noHate", "1": "hate"}  # as hate_speech18 runs have it
     (tmp_path / "hate18" / "run.json").write_text(json.dumps(info))
     at = classify(page(tmp_path, monkeypatch), TOXIC)
     assert verdict(at)[0].startswith("### hate\n") and verdict(at)[1] == "red"
@@ -255,7 +256,7 @@ def test_an_int8_export_is_served_like_any_run(runs, tmp_path, monkeypatch):
     folder = tmp_path / "runs"
     shutil.copytree(runs / "teacher", folder / "teacher")
     shutil.copy(runs / "split.json", folder / "split.json")
-    evaluation.export_int8(folder / "teacher", folder / "teacher-int8", measure=False)
+    R.export_int8(folder / "teacher", folder / "teacher-int8")
     at = page(folder, monkeypatch)
     assert at.selectbox("model").options == ["teacher — teacher", "teacher-int8 — teacher, int8"]
     at.selectbox("model").set_value(str(folder / "teacher-int8")).run()

@@ -1,6 +1,6 @@
-"""Tests for eval.py: the metrics, McNemar and the bootstrap against values worked out by hand, then the
-report and predict on tiny runs trained by train.py (a teacher, an odd student of two seeds, LoRA),
-and every kind of bad input."""
+"""Tests on tiny runs trained by train.py (a teacher, an odd student of two seeds, LoRA): the report
+(report.py, plots.py), predict and export through eval.py's command line and runs.py, and every
+kind of bad input."""
 
 import csv
 import io
@@ -19,171 +19,13 @@ from safetensors.torch import load_file, save_file
 
 import data
 import eval as E
+import metrics
+import report
+import runs as runs_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
 nan = float("nan")
-
-
-# -----------------------------------------------------------------------------
-# Metrics, by hand
-
-
-def test_metrics_by_hand():
-    # 4 toxic, 6 not. Predictions: TP 2, FN 2, FP 1, TN 5.
-    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
-    preds = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
-    m = E.metrics(labels, preds, 2)
-    assert m["confusion_matrix"] == [[5, 1], [2, 2]]
-    assert m["accuracy"] == pytest.approx(7 / 10)
-    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(1 / 2)
-    assert m["f1"] == pytest.approx(4 / 7)  # 2 TP / (predicted + actual) = 4 / 7
-    # Class 0: TP 5, predicted 7, actual 6: F1 = 10 / 13. Macro-F1 = (4/7 + 10/13) / 2 = 61/91.
-    assert m["f1_per_class"] == pytest.approx([10 / 13, 4 / 7])
-    assert m["macro_f1"] == pytest.approx(61 / 91)
-
-
-def test_roc_auc_by_hand_with_a_tie():
-    # Positives 0.9 0.8 0.4 0.3 against negatives 0.6 0.4 0.2 0.1 0.1 0.05: the positive pairs it ranks
-    # above a negative are 6 + 6 + (4 + 1/2 for the tie at 0.4) + 4 = 20.5 of 24.
-    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
-    scores = [0.9, 0.8, 0.4, 0.3, 0.6, 0.4, 0.2, 0.1, 0.1, 0.05]
-    assert E.roc_auc(labels, scores) == pytest.approx(41 / 48)
-    assert E.roc_auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # no information: every pair a tie
-    assert math.isnan(E.roc_auc([1, 1], [0.2, 0.9]))  # one class: undefined, not a crash
-
-
-def test_a_model_that_predicts_one_class_everywhere():
-    labels = [0, 0, 0, 1, 1]
-    m = E.metrics(labels, [0] * 5, 2, [0.3] * 5)
-    # Never predicts toxic: precision 0/0 is undefined, recall 0/2 = 0, F1 0; class 0: P 3/5, R 1, F1 3/4.
-    assert math.isnan(m["precision"]) and m["recall"] == 0 and m["f1"] == 0
-    assert m["macro_f1"] == pytest.approx(3 / 8) and m["accuracy"] == pytest.approx(3 / 5) and m["roc_auc"] == 0.5
-    row = {"label_names": ["not toxic", "toxic"], **m}
-    assert E.cell([row], "precision", E.fmt_num) == "n/a (never predicts toxic)"
-    assert E.cell([row], "recall", E.fmt_num) == "0.0000"
-    # Always toxic: precision 2/5, recall 1, F1 4/7; class 0 is never found, F1 0: macro-F1 2/7.
-    m = E.metrics(labels, [1] * 5, 2)
-    assert m["precision"] == pytest.approx(2 / 5) and m["recall"] == 1 and m["macro_f1"] == pytest.approx(2 / 7)
-    # No toxic text at all in the test set: recall undefined, said so.
-    row = {"label_names": ["not toxic", "toxic"], **E.metrics([0, 0], [0, 0], 2, [0.1, 0.2])}
-    assert E.cell([row], "recall", E.fmt_num) == "n/a (no toxic in the test set)"
-    assert E.cell([row], "roc_auc", E.fmt_num) == "n/a (one class in the test set)"
-
-
-def test_cells_show_mean_and_sample_std_over_seeds():
-    rows = [{"label_names": ["ok", "toxic"], "precision": 0.8}, {"label_names": ["ok", "toxic"], "precision": 0.9}]
-    assert E.cell(rows, "precision", E.fmt_num) == "0.8500 ± 0.0707"  # std with n - 1: sqrt(0.005)
-    rows[1]["precision"] = nan
-    assert E.cell(rows, "precision", E.fmt_num) == "0.8000 (n/a in 1 of 2 seeds: never predicts toxic)"
-    assert E.mean_std([0.5, None, nan]) == (0.5, 0.0) and all(map(math.isnan, E.mean_std([nan])))
-    same = [{"params_total": 1000}, {"params_total": 1000}]
-    assert E.cell(same, "params_total", lambda v: f"{v:,}", spread=False) == "1,000"
-
-
-# -----------------------------------------------------------------------------
-# McNemar and the paired bootstrap, by hand
-
-
-def test_mcnemar_exact_by_hand():
-    # p = 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2)
-    assert E.mcnemar(0, 5) == pytest.approx(2 / 32)
-    assert E.mcnemar(1, 4) == pytest.approx(2 * (1 + 5) / 32)
-    assert E.mcnemar(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
-    assert E.mcnemar(3, 3) == 1.0 and E.mcnemar(0, 0) == 1.0  # capped at 1; no disagreement, no evidence
-    # Large counts: exact in whole numbers, and close to the chi-square with continuity correction.
-    chi2 = (abs(400 - 600) - 1) ** 2 / 1000
-    assert E.mcnemar(400, 600) == E.mcnemar(600, 400)
-    assert E.mcnemar(400, 600) == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=0.3)
-    assert E.disagreements([1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [0, 1, 1, 1, 1]) == (2, 1)
-
-
-def test_weighted_scores_by_hand():
-    labels, preds = [1, 1, 0, 0], [1, 0, 0, 0]
-    weights = np.array([[1, 1, 1, 1], [2, 0, 1, 1], [0, 2, 1, 1]], dtype=float)
-    s = E.weighted_scores(weights, labels, preds, 2)
-    # Row 2: example 0 twice, example 1 left out: all right. Row 3: example 1 (a miss) twice: accuracy 2/4;
-    # toxic F1 0 (never found), class 0 F1 = 2*2 / (4 predicted + 2 actual) = 2/3: macro 1/3.
-    assert s["accuracy"] == pytest.approx([3 / 4, 1, 1 / 2])
-    m = E.metrics(labels, preds, 2)
-    assert s["macro_f1"] == pytest.approx([m["macro_f1"], 1, 1 / 3])
-
-
-def test_bootstrap_weights_are_resamples_and_reproducible():
-    w = E.bootstrap_weights(7, resamples=500, seed=3)
-    assert w.shape == (500, 7) and (w.sum(1) == 7).all() and (w >= 0).all()
-    assert (w == E.bootstrap_weights(7, resamples=500, seed=3)).all()
-    assert not (w == E.bootstrap_weights(7, resamples=500, seed=4)).all()
-    assert w.mean() == pytest.approx(1)
-
-
-def test_paired_bootstrap_and_its_conclusions():
-    labels = np.array([0, 1] * 10)
-    w = E.bootstrap_weights(20, 200, 0)
-    same = E.paired_bootstrap(labels, [labels], [labels], 2, w)
-    assert same["accuracy"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
-    assert E.conclusion("odd", "even", "accuracy", same["accuracy"]).startswith("odd and even do not differ significantly")
-    # A always right, B always wrong: every resample says A - B = 1 in accuracy.
-    d = E.paired_bootstrap(labels, [labels], [1 - labels], 2, w)
-    assert d["accuracy"] == {"diff": 1.0, "low": 1.0, "high": 1.0} and d["macro_f1"]["diff"] == 1.0
-    assert E.conclusion("odd", "lora", "accuracy", d["accuracy"]).startswith("odd is better in accuracy")
-    assert E.conclusion("lora", "odd", "accuracy", {"diff": -0.2, "low": -0.3, "high": -0.1}).startswith("odd is better")
-    # Two seeds of A: A's score is their mean. Seed 1 right everywhere, seed 2 on half: (1 + 0.5) / 2.
-    half = np.where(np.arange(20) < 10, labels, 1 - labels)
-    d = E.paired_bootstrap(labels, [labels, half], [1 - labels], 2, w)
-    assert d["accuracy"]["diff"] == pytest.approx(0.75)
-
-
-def test_bootstrap_interval_is_the_central_95_percent():
-    # Example 0: only A right; examples 1-3: both wrong. Resample i weighs example 0 by 4i/200 (the rest share
-    # what is left), so A - B in accuracy is i/200 for i = 0..200: the 2.5% and 97.5% points are 0.025 and 0.975.
-    w0 = 4 * np.arange(201) / 200
-    weights = np.column_stack([w0] + [(4 - w0) / 3] * 3)
-    d = E.paired_bootstrap(np.array([1, 1, 1, 1]), [np.array([1, 0, 0, 0])], [np.zeros(4, int)], 2, weights)
-    assert d["accuracy"]["low"] == pytest.approx(0.025) and d["accuracy"]["high"] == pytest.approx(0.975)
-    assert d["accuracy"]["diff"] == 0.25  # on the test set as it is
-
-
-def test_method_labels_and_groups(tmp_path):
-    (tmp_path / "t6").mkdir()
-    (tmp_path / "t6" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
-    def student(layers, spec="list", teacher=str(tmp_path / "t6")):
-        return {"method": "distill", "teacher_layers": layers, "layers": spec, "teacher": teacher}
-
-    assert E.method_label(student([1, 3, 5])) == "odd" and E.method_label(student([2, 4, 6])) == "even"
-    assert E.method_label(student([1, 3], "1,3")) == "layers 1,3"  # not all odd layers of six
-    assert E.method_label(student([1, 3], "odd", teacher="/gone")) == "odd"  # teacher moved: its own words
-    assert E.method_label(student([1, 2, 12], "1,2,12", teacher="/gone")) == "layers 1,2,12"
-    assert E.method_label({"method": "lora"}) == "lora" and E.method_label({"method": "teacher"}) == "teacher"
-    assert E.method_label(student([1, 2, 3])) == "bottom" and E.method_label(student([4, 5, 6])) == "top"
-    assert E.method_label(student([4, 5, 6], "top", teacher="/gone")) == "top"
-    assert E.method_label(student([1, 2, 6], "auto")) == "auto (1,2,6)"
-    (tmp_path / "odd").mkdir()
-    (tmp_path / "odd" / "run.json").write_text(json.dumps(student([1, 3, 5], "odd")))
-    assert E.method_label({"method": "lora", "base": str(tmp_path / "odd")}) == "lora on odd"
-    assert E.method_label({"method": "lora", "base": "/gone/even"}) == "lora on even"  # base moved: its folder name
-    assert E.method_label({**student([1, 3, 5]), "quantized": "dynamic-int8"}) == "odd int8"
-    runs = [{"method": "teacher", "lr": 1e-4, "seed": 0, "run_dir": "a"}, {"method": "teacher", "lr": 3e-4, "seed": 0},
-            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "x", "seed": 0},
-            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "y", "seed": 1}]
-    groups = E.group_runs(runs, ["a", "b", "c", "d"])
-    assert [(g["label"], g["names"]) for g in groups] == [
-        ("teacher (lr=0.0001)", ["a"]), ("teacher (lr=0.0003)", ["b"]), ("even", ["c", "d"])]
-    assert E.run_names([Path("s0/odd"), Path("s1/odd"), Path("s0/lora")]) == ["s0-odd", "s1-odd", "s0-lora"]
-    # Seeds of one model group, whatever differs from seed to seed: timings, the teacher's measured
-    # ranking, the base or source folder; and a run of an older version without newer fields.
-    auto = {"method": "distill", "layers": "auto", "teacher_layers": [1, 3], "importance_texts": 1000}
-    lora_on = {"method": "lora", "lora_r": 8, "importance_texts": 1000}
-    runs = [{**auto, "seed": 0, "importance_seconds": 3.1, "layer_importance": [0.2, 0.1, 0.3], "teacher": "s0/t"},
-            {**auto, "seed": 1, "importance_seconds": 3.3, "layer_importance": [0.25, 0.1, 0.3], "teacher": "s1/t"},
-            {**lora_on, "seed": 0, "base": "s0/odd", "model": "s0/odd"}, {**lora_on, "seed": 1, "base": "s1/odd", "model": "s1/odd"},
-            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 0},
-            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 1, "importance_texts": 1000, "base": None},
-            {"method": "teacher", "quantized": "q", "source_run": "s0/teacher", "seed": 0},
-            {"method": "teacher", "quantized": "q", "source_run": "s1/teacher", "seed": 1}]
-    groups = E.group_runs(runs, list("abcdefgh"))
-    assert [g["names"] for g in groups] == [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]
-    assert E.model_key({**auto, "importance_texts": 500}) != E.model_key(auto)  # it does matter for auto
 
 
 # -----------------------------------------------------------------------------
@@ -226,7 +68,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reported(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    rows = E.report(list(runs.values()), out, device="cpu", resamples=300)
+    rows = report.report(list(runs.values()), out, device="cpu", resamples=300)
     return rows, out
 
 
@@ -247,12 +89,12 @@ def test_report_rows_match_the_saved_predictions(runs, reported):
         assert saved["label_names"] == ["ok", "toxic"] and len(saved["test_indices"]) == 16
         p = np.array(saved["probabilities"])
         assert p.shape == (16, 2) and np.allclose(p.sum(1), 1, atol=1e-6)
-        again = E.metrics(saved["labels"], p.argmax(1).tolist(), 2, p[:, 1].tolist())
+        again = metrics.metrics(saved["labels"], p.argmax(1).tolist(), 2, p[:, 1].tolist())
         for k in ("accuracy", "macro_f1", "recall", "f1", "roc_auc", "confusion_matrix"):
             assert again[k] == row[k] or math.isnan(again[k]) and math.isnan(row[k]), k
         run = Path(row["run_dir"])
         summary = json.loads((run / "summary.json").read_text())
-        info = json.loads((run / "run.json").read_text())
+        info = runs_module.read_info(run)
         assert row["train_seconds"] == summary["wall_seconds"] and row["final_train_loss"] == summary["final_train_loss"]
         assert (row["params_total"], row["params_trainable"]) == (info["params_total"], info["params_trainable"])
         assert row["sentences_per_s"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"] and row["latency_n"] == 16
@@ -294,14 +136,14 @@ def test_report_statistics_are_reproducible_from_the_prediction_files(reported):
     labels = np.array(saved["teacher"]["labels"])
     preds = {n: np.array(s["probabilities"]).argmax(1) for n, s in saved.items()}
     c = next(c for c in summary["comparisons"] if (c["a"], c["b"]) == ("odd", "teacher"))
-    w = E.bootstrap_weights(16, summary["settings"]["bootstrap_resamples"], summary["settings"]["bootstrap_seed"])
-    again = E.paired_bootstrap(labels, [preds["odd"], preds["odd-s1"]], [preds["teacher"]], 2, w)
+    w = metrics.bootstrap_weights(16, summary["settings"]["bootstrap_resamples"], summary["settings"]["bootstrap_seed"])
+    again = metrics.paired_bootstrap(labels, [preds["odd"], preds["odd-s1"]], [preds["teacher"]], 2, w)
     assert again == {k: c[k] for k in ("accuracy", "macro_f1")}
     # McNemar pairs seed with seed: the teacher has seed 0 only.
     assert [(t["a"], t["b"]) for t in c["mcnemar"]] == [("odd", "teacher")]
-    b, cc = E.disagreements(labels, preds["odd"], preds["teacher"])
+    b, cc = metrics.disagreements(labels, preds["odd"], preds["teacher"])
     assert (c["mcnemar"][0]["only_a_right"], c["mcnemar"][0]["only_b_right"]) == (b, cc)
-    assert c["mcnemar"][0]["p"] == E.mcnemar(b, cc)
+    assert c["mcnemar"][0]["p"] == metrics.mcnemar(b, cc)
 
 
 def test_report_plots_are_pngs(reported):
@@ -315,7 +157,7 @@ def test_report_without_matplotlib_still_writes_the_tables(runs, tmp_path, monke
     # As if not installed: `import matplotlib...` raises ImportError, also for modules imported before.
     for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
-    E.report([runs["teacher"]], tmp_path, device="cpu", resamples=10)
+    report.report([runs["teacher"]], tmp_path, device="cpu", resamples=10)
     assert "matplotlib is not installed: no plots" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions-teacher.json", "results.csv", "results.json", "results.md"]
     assert "## Differences" not in (tmp_path / "results.md").read_text()  # one model: nothing to compare
@@ -333,7 +175,7 @@ def constant_run(runs, where):
 
 def test_report_on_a_model_that_never_predicts_toxic(runs, tmp_path):
     run = constant_run(runs, tmp_path / "runs" / "constant")
-    (row,) = E.report([run], tmp_path / "report", device="cpu", plots=False)
+    (row,) = report.report([run], tmp_path / "report", device="cpu", draw=False)
     # 8 ok, 8 toxic, all called ok: accuracy 1/2, precision undefined, recall 0, F1 0, ok's F1 = 2*8/(16+8) = 2/3,
     # macro-F1 = 1/3; every text gets the same score: ROC-AUC 1/2.
     assert row["confusion_matrix"] == [[8, 0], [8, 0]] and row["accuracy"] == 0.5 and math.isnan(row["precision"])
@@ -360,7 +202,7 @@ def test_cli_bare_form_writes_the_report_beside_the_runs(runs):
 
 def first_test_text(runs):
     manifest = data.load_manifest(runs["teacher"].parent / "split.json")
-    dataset = data.load_dataset(json.loads((runs["teacher"] / "run.json").read_text())["data"],
+    dataset = data.load_dataset(runs_module.read_info(runs["teacher"])["data"],
                                 label_map={"ok": 0, "toxic": 1})
     test = data.apply_split(dataset, manifest)["test"]
     return test.texts[0]
@@ -435,10 +277,11 @@ def test_runs_on_different_splits_are_refused(runs, tmp_path):
     other = tmp_path / "other" / "teacher"
     shutil.copytree(runs["teacher"], other)
     info = json.loads((other / "run.json").read_text())
-    dataset = data.load_dataset(info["data"], label_map={"ok": 0, "toxic": 1})
+    dataset = data.load_dataset(info["settings"]["data"], label_map={"ok": 0, "toxic": 1})
     manifest = data.make_split(dataset, seed=7)
     data.save_manifest(manifest, tmp_path / "other" / "split.json")
-    info.update(split=str(tmp_path / "other" / "split.json"), split_sha256=manifest["manifest_sha256"])
+    info["settings"]["split"] = str(tmp_path / "other" / "split.json")
+    info["results"]["split_sha256"] = manifest["manifest_sha256"]
     (other / "run.json").write_text(json.dumps(info))
     msg = error_of([runs["teacher"], other, "--out", tmp_path / "report"])
     assert msg.startswith(f"error: {other} and {runs['teacher']} were trained on different splits (split_sha256 ")
@@ -457,12 +300,13 @@ def test_the_same_run_twice_is_refused(runs, tmp_path):
 @pytest.mark.parametrize("name", ["odd", "lora"])
 def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
     out = tmp_path / f"{name}-int8"
-    result = E.export_int8(runs[name], out, latency_n=5)
-    assert E.is_lora_run(out) is False and (out / "summary.json").is_file()
-    info = json.loads((out / "run.json").read_text())
+    runs_module.export_int8(runs[name], out)
+    result = report.measure_export(runs[name], out, latency_n=5)
+    assert runs_module.is_lora_run(out) is False and (out / "summary.json").is_file()
+    info = runs_module.read_info(out)
     assert info["quantized"] == "nanobert-dynamic-int8" and info["source_run"] == str(runs[name])
-    assert E.method_label(info) == f"{name} int8"
-    net, _, _ = E.load_run(out)
+    assert runs_module.method_label(info) == f"{name} int8"
+    net, _, _ = runs_module.load_run(out)
     assert type(net.classifier).__name__ == "Linear" and net.classifier.__module__.startswith("torch.ao.nn.quantized")
     # Close to the fp32 model on every test text; the speed and size measured beside it.
     assert result["agreement"] >= 0.9 and result["max_abs_prob_diff"] < 0.1
@@ -470,15 +314,15 @@ def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
     assert result["int8"]["size_bytes"] < result["fp32"]["size_bytes"]
     assert result["fp32"]["sentences_per_s"] > 0 and result["int8"]["latency_p50_ms"] > 0
     assert "| int8 |" in (out / "export.md").read_text() and json.loads((out / "export.json").read_text())["n"] == 16
-    with pytest.raises(E.RunError, match="already an int8 model"):
-        E.export_int8(out, tmp_path / "again", measure=False)
-    with pytest.raises(E.RunError, match="must not overwrite its own source run"):
-        E.export_int8(runs[name], runs[name], measure=False)
+    with pytest.raises(runs_module.RunError, match="already an int8 model"):
+        runs_module.export_int8(out, tmp_path / "again")
+    with pytest.raises(runs_module.RunError, match="must not overwrite its own source run"):
+        runs_module.export_int8(runs[name], runs[name])
 
 
 def test_int8_runs_join_the_report_and_the_efficiency_plot(runs, tmp_path):
-    E.export_int8(runs["teacher"], tmp_path / "teacher-int8", measure=False)
-    rows = E.report([runs["teacher"], tmp_path / "teacher-int8"], tmp_path / "report", device="cpu", resamples=20, latency_n=5)
+    runs_module.export_int8(runs["teacher"], tmp_path / "teacher-int8")
+    rows = report.report([runs["teacher"], tmp_path / "teacher-int8"], tmp_path / "report", device="cpu", resamples=20, latency_n=5)
     assert [r["method"] for r in rows] == ["teacher", "teacher int8"]
     assert rows[1]["size_bytes"] < rows[0]["size_bytes"] and rows[1]["train_seconds"] == rows[0]["train_seconds"]
     assert "| teacher int8 | 0 |" in (tmp_path / "report" / "results.md").read_text()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import runs as R
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def teacher(toy, tmp_path_factory):
 
 def test_teacher_learns_and_writes_the_run_folder(teacher):
     files = sorted(p.name for p in teacher.iterdir())
-    assert files == ["config.json", "metrics.jsonl", "model.safetensors", "run.json", "summary.json",
+    assert files == ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "run.json", "summary.json",
                      "tokenizer_config.json", "vocab.txt"]
     assert (teacher.parent / "split.json").is_file()
     e = epochs(teacher)
@@ -46,7 +47,7 @@ def test_teacher_learns_and_writes_the_run_folder(teacher):
     assert e[-1]["val_macro_f1"] == 1.0
     steps = [r for r in map(json.loads, open(teacher / "metrics.jsonl")) if "loss" in r]
     assert {"step", "loss", "lr", "sentences_per_s"} <= set(steps[0]) and len(steps) == 4 * 16
-    info = json.loads((teacher / "run.json").read_text())
+    info = R.read_info(teacher)
     split = json.loads((teacher.parent / "split.json").read_text())
     assert info["split_sha256"] == split["manifest_sha256"] and info["lr"] == 3e-3 and info["method"] == "teacher"
     summary = json.loads((teacher / "summary.json").read_text())
@@ -54,7 +55,7 @@ def test_teacher_learns_and_writes_the_run_folder(teacher):
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    cfg = {"lr": 1.0, "warmup": 0.1}
+    cfg = train.Settings(lr=1.0, warmup=0.1)
     lrs = [train.lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and max(lrs) == 1.0
     assert lrs[10] == pytest.approx(1.0) and lrs[99] == pytest.approx(1 / 90) and lrs == sorted(lrs[:10]) + lrs[10:]
@@ -64,7 +65,7 @@ def test_optimizer_skips_decay_on_biases_and_layernorm(teacher):
     import model as M
 
     net = M.from_pretrained(str(teacher), verbose=False)
-    decay, no_decay = train.make_optimizer(net, {"weight_decay": 0.01, "lr": 1e-3}, fused=False).param_groups
+    decay, no_decay = train.make_optimizer(net, train.Settings(weight_decay=0.01, lr=1e-3), fused=False).param_groups
     names = {id(p): n for n, p in net.named_parameters()}
     assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
     assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
@@ -75,7 +76,7 @@ def test_optimizer_skips_decay_on_biases_and_layernorm(teacher):
 def test_distill_student_learns_from_the_teacher(toy, teacher, layers):
     out = teacher.parent / f"student-{layers}"
     run("distill", "--teacher", teacher, "--layers", layers, *common(toy, out, "--epochs", 2, "--lr", 3e-3))
-    info = json.loads((out / "run.json").read_text())
+    info = R.read_info(out)
     assert info["teacher_layers"] == ([1, 3] if layers == "odd" else [2, 3])
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     steps = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
@@ -115,7 +116,7 @@ def test_lora_trains_only_the_adapter_and_exports_merged(toy, tmp_path):
 def test_same_seed_same_metrics(toy, tmp_path):
     for name in ("a", "b"):
         run("teacher", "--model", TINY, *common(toy, tmp_path / name, "--epochs", 1, "--lr", 3e-3))
-    strip = lambda d: [{k: v for k, v in r.items() if k not in ("sentences_per_s", "epoch_seconds")} for r in
+    strip = lambda d: [{k: v for k, v in r.items() if k not in ("sentences_per_s", "epoch_seconds", "wall_seconds")} for r in
                        map(json.loads, open(tmp_path / d / "metrics.jsonl"))]
     assert strip("a") == strip("b")
     assert load_file(tmp_path / "a" / "model.safetensors") .keys() == load_file(tmp_path / "b" / "model.safetensors").keys()
@@ -163,9 +164,9 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy, tmp_path, monk
 def test_presets_and_flags(tmp_path, monkeypatch):
     args = train.build_parser().parse_args(["lora", "--preset", "quick", "--out", "x", "--lora-r", "4"])
     cfg = train.settings(args, "lora")
-    assert cfg["lr"] == train.load_preset("quick")["lora"]["lr"] and cfg["lora_r"] == 4 and cfg["model"].endswith("MiniLM-L6-v2")
+    assert cfg.lr == train.load_preset("quick")["lora"]["lr"] and cfg.lora_r == 4 and cfg.model.endswith("MiniLM-L6-v2")
     args = train.build_parser().parse_args(["lora", "--preset", "quick", "--out", "x", "--lr", "0.5"])
-    assert train.settings(args, "lora")["lr"] == 0.5
+    assert train.settings(args, "lora").lr == 0.5
     bad = tmp_path / "bad.toml"
     bad.write_text("learning_rate = 1\n")
     with pytest.raises(train.TrainError, match="unknown setting 'learning_rate'"):
@@ -191,7 +192,7 @@ def test_ddp_two_processes_match_one_process(toy, tmp_path):
                           *[str(tmp_path / "two") if a == "X" else str(a) for a in flags]],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    assert R.read_info(tmp_path / "two")["world_size"] == 2
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     # Attention's key bias adds the same number to every score of a query, which softmax ignores:
     # its true gradient is zero, so it only ever gets rounding noise, which Adam (dividing by the
@@ -207,11 +208,11 @@ def test_all_runs_every_arm_on_one_split_then_the_report(toy, tmp_path):
     runs = tmp_path / "runs"
     run("all", "--model", TINY, "--data", toy, "--runs", runs, "--batch-size", 8, "--epochs", 1, "--no-progress",
         "--teacher-lr", 3e-3, "--distill-lr", 3e-3, "--lora-lr", 1e-2)
-    hashes = {json.loads((runs / name / "run.json").read_text())["split_sha256"] for name in ("teacher", "odd", "even", "lora")}
+    hashes = {R.read_info(runs / name)["split_sha256"] for name in ("teacher", "odd", "even", "lora")}
     assert hashes == {json.loads((runs / "split.json").read_text())["manifest_sha256"]}
-    assert json.loads((runs / "odd" / "run.json").read_text())["teacher_layers"] == [1, 3]
-    assert json.loads((runs / "even" / "run.json").read_text())["teacher_layers"] == [2]
-    assert json.loads((runs / "lora" / "run.json").read_text())["lr"] == 1e-2
+    assert R.read_info(runs / "odd")["teacher_layers"] == [1, 3]
+    assert R.read_info(runs / "even")["teacher_layers"] == [2]
+    assert R.read_info(runs / "lora")["lr"] == 1e-2
     results = json.loads((runs / "report" / "results.json").read_text())
     assert len(results["runs"]) == 4
     # --resume keeps what is finished: nothing is trained again.
@@ -223,21 +224,20 @@ def test_all_runs_every_arm_on_one_split_then_the_report(toy, tmp_path):
 def test_bf16_autocast_trains(toy, tmp_path):
     run("teacher", "--model", TINY, "--bf16", *common(toy, tmp_path / "bf16", "--epochs", 2, "--lr", 3e-3))
     e = epochs(tmp_path / "bf16")
-    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["bf16"] is True
+    assert R.read_info(tmp_path / "bf16")["bf16"] is True
     assert e[-1]["train_loss"] < e[0]["train_loss"]
 
 
 def test_distill_inherits_the_teachers_data_and_split(toy, teacher):
     out = teacher.parent / "inherits"
     run("distill", "--teacher", teacher, "--out", out, "--no-progress", "--epochs", 1, "--batch-size", 16)
-    info, t = json.loads((out / "run.json").read_text()), json.loads((teacher / "run.json").read_text())
+    info, t = R.read_info(out), R.read_info(teacher)
     assert info["data"] == toy and info["split_sha256"] == t["split_sha256"] and info["batch_size"] == 16
 
 
 def test_lora_on_a_base_without_pooler_keeps_the_pooler_in_the_adapter(toy, tmp_path):
     # bge-small-en ships no pooler. A LoRA adapter that left the freshly drawn pooler out would
     # load as a different model every time (this happened: validation macro-F1 0.94, test 0.57).
-    import eval as evaluation
     import model as M
 
     base = tmp_path / "no-pooler"
@@ -254,7 +254,7 @@ def test_lora_on_a_base_without_pooler_keeps_the_pooler_in_the_adapter(toy, tmp_
     logits = []
     for seed in (1, 2):  # a different random state before each load must not matter
         torch.manual_seed(seed)
-        net, _, _ = evaluation.load_run(out)
+        net, _, _ = R.load_run(out)
         logits.append(net(ids).logits)
     assert torch.equal(logits[0], logits[1])
     assert M.count_parameters(net)[0] > 0
@@ -264,7 +264,7 @@ def test_distill_auto_ranks_the_teachers_layers_on_validation(toy, teacher, caps
     out = teacher.parent / "auto"
     run("distill", "--teacher", teacher, "--layers", "auto:2", "--importance-texts", 10,
         *common(toy, out, "--epochs", 1, "--lr", 3e-3))
-    info = json.loads((out / "run.json").read_text())
+    info = R.read_info(out)
     scores, ranking = info["layer_importance"], info["layer_ranking"]
     assert len(scores) == 3 and sorted(ranking) == [1, 2, 3] and info["importance_n"] == 10
     assert [scores[i - 1] for i in ranking] == sorted(scores, reverse=True)
@@ -274,27 +274,26 @@ def test_distill_auto_ranks_the_teachers_layers_on_validation(toy, teacher, caps
 
 
 def test_lora_on_a_student_trains_only_the_adapters(toy, teacher, capsys):
-    import eval as evaluation
 
     student = teacher.parent / "student-odd"
     if not student.exists():
         run("distill", "--teacher", teacher, "--layers", "odd", *common(toy, student, "--epochs", 1, "--lr", 3e-3))
     out = teacher.parent / "lora-on-student"
     run("lora", "--base", student, "--out", out, "--no-progress", "--epochs", 2, "--lr", 1e-2, "--batch-size", 8)
-    info, s = json.loads((out / "run.json").read_text()), json.loads((student / "run.json").read_text())
+    info, s = R.read_info(out), R.read_info(student)
     assert info["split_sha256"] == s["split_sha256"] and info["data"] == toy  # the student's data and split
     assert info["base_model"] == str(student.resolve()) and info["lora_trainable"] == ""
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
     assert info["params_trainable"] == sum(v.numel() for v in adapter.values())
     # Everything but the adapters is the student as it was; the adapters did learn.
-    net, _, _ = evaluation.load_run(out, merge=False)
+    net, _, _ = R.load_run(out, merge=False)
     base = load_file(student / "model.safetensors")
     for k, v in net.state_dict().items():
         if "lora_" not in k:
             assert torch.equal(v, base[k]), k
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)
-    assert evaluation.method_label(info) == "lora on odd"
+    assert R.method_label(info) == "lora on odd"
 
 
 def test_lora_base_errors(toy, teacher, tmp_path):
@@ -312,12 +311,12 @@ def test_all_extended_adds_layer_choices_lora_on_the_best_student_and_int8(toy, 
     runs = tmp_path / "runs"
     run("all", "--model", TINY, "--data", toy, "--runs", runs, "--batch-size", 8, "--epochs", 1, "--no-progress",
         "--teacher-lr", 3e-3, "--distill-lr", 3e-3, "--lora-lr", 1e-2, "--extended", "--importance-texts", 8)
-    layers = {n: json.loads((runs / n / "run.json").read_text())["teacher_layers"] for n in ("bottom", "top", "auto")}
+    layers = {n: R.read_info(runs / n)["teacher_layers"] for n in ("bottom", "top", "auto")}
     assert layers["bottom"] == [1] and layers["top"] == [3] and len(layers["auto"]) == 1
     students = ("odd", "even", "auto", "bottom", "top")
     val = {n: json.loads((runs / n / "summary.json").read_text())["best_val_macro_f1"] for n in students}
     best = max(students, key=val.get)
-    assert json.loads((runs / f"lora-{best}" / "run.json").read_text())["base"] == str(runs / best)
+    assert R.read_info(runs / f"lora-{best}")["base"] == str(runs / best)
     results = json.loads((runs / "report" / "results.json").read_text())
     assert [r["name"] for r in results["runs"]] == [
         "teacher", "odd", "even", "auto", "bottom", "top", "lora", f"lora-{best}",
@@ -326,9 +325,8 @@ def test_all_extended_adds_layer_choices_lora_on_the_best_student_and_int8(toy, 
 
 
 def test_an_int8_export_or_a_bad_importance_count_is_refused(toy, teacher, tmp_path):
-    import eval as evaluation
 
-    evaluation.export_int8(teacher, tmp_path / "teacher-int8", measure=False)
+    R.export_int8(teacher, tmp_path / "teacher-int8")
     for argv in (["distill", "--teacher", tmp_path / "teacher-int8"], ["lora", "--base", tmp_path / "teacher-int8"]):
         with pytest.raises(SystemExit) as e:
             run(*argv, "--out", tmp_path / "x", "--no-progress")

@@ -1,0 +1,97 @@
+"""
+Using a trained model from Python: a run folder in, labels and probabilities out.
+
+    from classifier import Classifier
+
+    clf = Classifier.from_run("runs/quick/odd")
+    for result in clf.predict(["I hate you!", "You're awesome, have a nice day!"]):
+        print(result["label"], round(result["score"], 3))
+
+Like `pipeline("text-classification")` it returns one dict per text, and like Detoxify's
+`predict` every label's probability comes with it. Texts are tokenized once and batched by
+length; the model runs on the device asked for (int8 models on the CPU, where their kernels are).
+"""
+
+import numpy as np
+import torch
+
+import data
+import runs
+
+
+def pick_device(name="auto"):
+    """'auto': a GPU when there is one, else the CPU. An unavailable device is a ValueError that says so."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU on this machine; expected cpu or auto")
+    return device
+
+
+def device_of(net):
+    return next(net.parameters()).device
+
+
+def sync(device):
+    # CUDA runs asynchronously: a clock read right after a launch measures the launch, not the work.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def predict_probs(net, loader):
+    """Class probabilities (N, C) on the CPU, in the order of the loader's texts."""
+    net.eval()
+    device = device_of(net)
+    probs = torch.empty(len(loader.ids), net.config.num_labels)
+    for batch in loader:
+        logits = net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))).logits
+        probs[batch["index"]] = torch.softmax(logits.float(), dim=-1).cpu()
+    return probs
+
+
+class Classifier:
+    """A trained run, ready to label texts."""
+
+    def __init__(self, net, tokenizer, info, *, batch_size=64):
+        self.net, self.tokenizer, self.info = net.eval(), tokenizer, info
+        self.max_length = int(info.get("max_length", 128))
+        self.batch_size = batch_size
+        self.labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
+
+    @classmethod
+    def from_run(cls, run_dir, *, device="auto", batch_size=64):
+        """The model of a run folder written by train.py (a LoRA run merged into its base)."""
+        net, tokenizer, info = runs.load_run(run_dir)
+        if not info.get("quantized"):  # int8 kernels are CPU kernels: those stay there
+            net.to(pick_device(device))
+        return cls(net, tokenizer, info, batch_size=batch_size)
+
+    def predict_proba(self, texts) -> np.ndarray:
+        """(N, C) probabilities, columns in the order of self.labels."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        loader = data.Loader(texts, None, self.tokenizer, self.max_length, self.batch_size)
+        return predict_probs(self.net, loader).numpy()
+
+    def predict(self, texts) -> list[dict]:
+        """One dict per text: the most likely label, its probability as score, and every label's
+        probability. A single string gives a list of one."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        for text, p in zip(texts, self.predict_proba(texts).tolist(), strict=True):
+            best = max(range(len(p)), key=p.__getitem__)
+            out.append({"text": text, "label": self.labels[best], "score": p[best],
+                        "probabilities": dict(zip(self.labels, p, strict=True))})
+        return out
+
+    __call__ = predict
+
+    def token_counts(self, texts) -> list[int]:
+        """Tokens per text before cutting ([CLS] and [SEP] counted, as max_length counts them)."""
+        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]

@@ -1,0 +1,189 @@
+"""
+Metrics and statistics, written out by hand with numpy (no sklearn): each is a few lines, and the
+degenerate cases (a model that never predicts a class) are said, not hidden.
+
+Read top to bottom:
+  1. scores of one set of predictions: confusion matrix, precision/recall/F1, macro-F1, ROC-AUC;
+  2. statistics over runs and test examples: mean ± std over seeds, a paired bootstrap interval,
+     McNemar's exact test, Holm's adjustment for many comparisons, and a sentence per comparison
+     that claims no more than its interval allows.
+
+This module imports nothing from the project.
+"""
+
+import math
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# 1. Scores
+
+
+def confusion_matrix(labels, preds, num_classes):
+    """cm[true][pred] counts."""
+    cm = [[0] * num_classes for _ in range(num_classes)]
+    for y, p in zip(labels, preds, strict=True):
+        cm[int(y)][int(p)] += 1
+    return cm
+
+
+def safe_div(a, b):
+    # Undefined (0/0) is reported as NaN rather than silently as 0: a model that never
+    # predicts a class has no precision for it, and the report says so.
+    return a / b if b else float("nan")
+
+
+def class_scores(cm, c):
+    """precision, recall, F1 of class c. F1 is 0 when the class exists but is never found."""
+    tp = cm[c][c]
+    predicted = sum(row[c] for row in cm)
+    actual = sum(cm[c])
+    precision, recall = safe_div(tp, predicted), safe_div(tp, actual)
+    if tp == 0:
+        f1 = 0.0 if predicted + actual else float("nan")
+    else:
+        f1 = 2 * precision * recall / (precision + recall)
+    return precision, recall, f1
+
+
+def roc_auc(labels, scores):
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties half."""
+    pairs = sorted(zip(scores, labels, strict=True))
+    n_pos = sum(1 for y in labels if y == 1)
+    n_neg = len(labels) - n_pos
+    if not n_pos or not n_neg:
+        return float("nan")
+    # Rank-sum (Mann-Whitney U) with average ranks for tied scores.
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + 1 + j) / 2
+        rank_sum += avg_rank * sum(1 for k in range(i, j) if pairs[k][1] == 1)
+        i = j
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def metrics(labels, preds, num_classes, pos_scores=None):
+    """
+    Accuracy, macro-F1 (the mean F1 over the classes that occur in labels or preds), the F1 of every
+    class, and for two classes the precision/recall/F1 of class 1 (toxic / hate) and ROC-AUC.
+    """
+    cm = confusion_matrix(labels, preds, num_classes)
+    per_class = [class_scores(cm, c) for c in range(num_classes)]
+    f1s = [f for _, _, f in per_class if not math.isnan(f)]
+    out = {
+        "n": len(labels),
+        "accuracy": safe_div(sum(cm[c][c] for c in range(num_classes)), len(labels)),
+        "macro_f1": sum(f1s) / len(f1s) if f1s else float("nan"),
+        "f1_per_class": [f for _, _, f in per_class],
+        "confusion_matrix": cm,
+    }
+    if num_classes == 2:
+        out["precision"], out["recall"], out["f1"] = per_class[1]
+        if pos_scores is not None:
+            out["roc_auc"] = roc_auc(labels, pos_scores)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 2. Statistics: seeds, paired bootstrap, McNemar, Holm
+
+
+def mean_std(values):
+    """(mean, sample standard deviation; 0 for one value) of the defined (non-NaN, non-None) values."""
+    v = [float(x) for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def bootstrap_weights(n, resamples=1000, seed=0):
+    """(resamples, n) counts: how often each test example is drawn in each resample (n draws with replacement)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n))
+    # Counting with one bincount: draw j of resample b lands in cell b * n + draws[b, j].
+    flat = (draws + np.arange(resamples)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+
+
+def weighted_scores(weights, labels, preds, num_classes):
+    """
+    Accuracy and macro-F1 of preds under each row of weights (B, N): all resamples at once, as matrix
+    products. F1 = 2 TP / (predicted + actual), equal to 2PR/(P+R), and, like metrics(), undefined
+    (left out of the macro mean) for a class neither present nor predicted in a resample.
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    accuracy = weights @ (preds == labels) / weights.sum(1)
+    f1 = np.empty((num_classes, len(weights)))
+    for c in range(num_classes):
+        tp = weights @ ((preds == c) & (labels == c))
+        both = weights @ (preds == c) + weights @ (labels == c)
+        f1[c] = np.where(both > 0, 2 * tp / np.maximum(both, 1), np.nan)
+    return {"accuracy": accuracy, "macro_f1": np.nanmean(f1, axis=0)}
+
+
+def paired_bootstrap(labels, preds_a, preds_b, num_classes, weights):
+    """
+    Difference A - B of accuracy and macro-F1, with its 95% percentile interval over resamples of the
+    test examples. preds_a, preds_b: lists of prediction arrays, one per seed; a model's score is the
+    mean over its seeds. Both models are scored on the same resamples: that is the pairing.
+    """
+    def score(preds_list, w):
+        per_seed = [weighted_scores(w, labels, p, num_classes) for p in preds_list]
+        return {k: np.mean([s[k] for s in per_seed], axis=0) for k in ("accuracy", "macro_f1")}
+
+    full = np.ones((1, len(labels)))
+    point_a, point_b = score(preds_a, full), score(preds_b, full)
+    boot_a, boot_b = score(preds_a, weights), score(preds_b, weights)
+    out = {}
+    for k in ("accuracy", "macro_f1"):
+        low, high = np.percentile(boot_a[k] - boot_b[k], [2.5, 97.5])
+        out[k] = {"diff": float(point_a[k][0] - point_b[k][0]), "low": float(low), "high": float(high)}
+    return out
+
+
+def mcnemar(b, c):
+    """
+    Exact two-sided McNemar p-value. b: examples only model A gets right, c: only B. If both models
+    were equally good, each of the b + c disagreements would go either way with probability 1/2.
+    """
+    n, k = b + c, min(b, c)
+    # 2 * P(X <= k), X ~ Binomial(n, 1/2), summed in whole numbers: exact for any n, one rounding at the end.
+    term = tail = 1
+    for i in range(k):
+        term = term * (n - i) // (i + 1)  # C(n, i + 1) from C(n, i)
+        tail += term
+    return min(1.0, 2 * tail / 2**n)
+
+
+def disagreements(labels, preds_a, preds_b):
+    """(b, c): examples only A gets right, only B gets right."""
+    labels, a, b = np.asarray(labels), np.asarray(preds_a), np.asarray(preds_b)
+    return int(((a == labels) & (b != labels)).sum()), int(((a != labels) & (b == labels)).sum())
+
+
+def conclusion(name_a, name_b, metric, d):
+    """A sentence that claims no more than the interval allows."""
+    interval = f"{name_a} − {name_b} = {d['diff']:+.4f}, 95% CI [{d['low']:+.4f}, {d['high']:+.4f}]"
+    if d["low"] <= 0 <= d["high"]:
+        return f"{name_a} and {name_b} do not differ significantly in {metric} (the interval contains 0: {interval})"
+    return f"{name_a if d['low'] > 0 else name_b} is better in {metric} ({interval})"
+
+
+def holm(p_values):
+    """Holm's step-down adjustment: p-values that keep the chance of any false 'significant' among
+    all the comparisons at the level asked for. Sorted ascending, the i-th smallest (0-based) of m
+    is multiplied by m - i, and the adjusted values are made non-decreasing in that order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+# The scores of a report, as (header, key of metrics()); the last four are those of class 1 or need two classes.
+SCORE_NAMES = [("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
+               ("macro-F1", "macro_f1"), ("ROC-AUC", "roc_auc")]

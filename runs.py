@@ -1,0 +1,436 @@
+"""
+The run folder: the one place that writes it and reads it back.
+
+A run folder, as train.py leaves it:
+
+    run.json                 {"format", "settings": what was asked, "results": what happened}
+    metrics.jsonl            one record per logged step ({"kind": "step"}) and per epoch ({"kind": "epoch"})
+    summary.json             written last: wall time, steps, best epoch, peak memory; its presence means finished
+    README.md                the model card (report.model_card)
+    config.json + model.safetensors + vocab.txt         a full model (teacher, student), or
+    adapter_config.json + adapter_model.safetensors     a LoRA adapter on a named base model, or
+    config.json + model-int8.safetensors                an int8 export (quantize.py's format)
+    checkpoint.safetensors   only while training: everything --resume needs
+
+Read top to bottom:
+  1. run.json: settings and results kept apart, and older flat files read as the same;
+  2. the log, the summary and the checkpoint;
+  3. the model files: saving what a run trained, loading a run for inference, the int8 export;
+  4. names: what a run is called in a report, which runs are seeds of one model;
+  5. the data a run was trained on: its split manifest and test part.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import data
+import distill
+import files
+import lora
+import model as M
+import quantize
+
+FORMAT = "nanobert-run-2"
+RUN_FILE, LOG_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
+CHECKPOINT_FILE, CARD_FILE = "checkpoint.safetensors", "README.md"
+MODEL_FILES = ("model.safetensors", "config.json", lora.WEIGHTS_NAME, lora.CONFIG_NAME, quantize.WEIGHTS_NAME)
+
+# Settings that say how a run was executed, not what model it makes: runs that agree on every
+# other setting are seeds (or re-runs) of one model, and a report shows their mean ± std.
+EXECUTION_SETTINGS = {"seed", "out", "split", "teacher", "base", "data_mirror", "preset", "progress", "resume",
+                      "overwrite", "threads", "device", "checkpoint_every", "log_every", "eval_batch_size"}
+
+# In run.json files of nanobert before format 2 everything was one flat dict; these were results.
+OLD_RESULT_KEYS = {"run_dir", "split_sha256", "data_sha256", "id2label", "params_total", "params_trainable",
+                   "world_size", "teacher_layers", "torch", "train_size", "val_size", "command", "layer_importance",
+                   "layer_ranking", "importance_seconds", "importance_n", "base_model", "quantized", "source_run"}
+
+
+class RunError(ValueError):
+    """A folder that is not the run it should be; the message names the folder or file."""
+
+
+# -----------------------------------------------------------------------------
+# 1. run.json
+
+
+class RunInfo:
+    """A run's settings and results. info[key] looks in the settings, then in the results."""
+
+    def __init__(self, settings: dict, results: dict, folder=None):
+        self.settings, self.results, self.dir = dict(settings), dict(results), folder and Path(folder)
+
+    @classmethod
+    def from_json(cls, raw: dict, folder=None):
+        if "settings" in raw and "results" in raw:
+            return cls(raw["settings"], raw["results"], folder)
+        # A flat run.json of an earlier version (or a plain dict of fields, as tests write).
+        return cls({k: v for k, v in raw.items() if k not in OLD_RESULT_KEYS},
+                   {k: v for k, v in raw.items() if k in OLD_RESULT_KEYS}, folder)
+
+    def __getitem__(self, key):
+        if key in self.settings:
+            return self.settings[key]
+        return self.results[key]
+
+    def __contains__(self, key):
+        return key in self.settings or key in self.results
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def to_json(self):
+        return {"format": FORMAT, "settings": self.settings, "results": self.results}
+
+
+def as_info(info) -> RunInfo:
+    return info if isinstance(info, RunInfo) else RunInfo.from_json(info)
+
+
+def read_info(run_dir, required=()) -> RunInfo:
+    """run.json of a run folder, with the `required` fields checked present."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run folder (no {RUN_FILE}); expected a folder written by train.py")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); expected the settings train.py wrote") from None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k, {}), dict) for k in ("settings", "results")):
+        raise RunError(f"{path}: not an object of settings and results; expected run.json as written by train.py")
+    info = RunInfo.from_json(raw, run_dir)
+    missing = [f for f in required if f not in info]
+    if missing:
+        raise RunError(f"{path}: missing field {missing[0]!r}; expected run.json as written by train.py")
+    return info
+
+
+def write_info(run_dir, info: RunInfo):
+    files.write_json(Path(run_dir) / RUN_FILE, info.to_json())
+
+
+def is_finished(run_dir) -> bool:
+    """summary.json is written last, after the best model: a run without it is still training, or died."""
+    return (Path(run_dir) / SUMMARY_FILE).is_file()
+
+
+def is_lora_run(run_dir) -> bool:
+    return (Path(run_dir) / lora.CONFIG_NAME).is_file()
+
+
+def weights_file(run_dir) -> Path:
+    """The file that holds what the run trained: the LoRA adapter, the whole model, or its int8 copy."""
+    if quantize.is_quantized_dir(run_dir):
+        return Path(run_dir) / quantize.WEIGHTS_NAME
+    return Path(run_dir) / (lora.WEIGHTS_NAME if is_lora_run(run_dir) else "model.safetensors")
+
+
+# -----------------------------------------------------------------------------
+# 2. The log, the summary, the checkpoint
+
+
+def log(run_dir, kind, record):
+    """Append one record of `kind` ("step" or "epoch") to metrics.jsonl."""
+    with open(Path(run_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind, **record}) + "\n")
+
+
+def read_log(run_dir):
+    """(step records, epoch records) of metrics.jsonl; a line cut short by a killed run is skipped."""
+    steps, epochs = [], []
+    path = Path(run_dir) / LOG_FILE
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        # Logs of earlier versions have no "kind": an epoch record is the one with validation scores.
+        kind = record.get("kind") or ("epoch" if "val_macro_f1" in record else "step" if "loss" in record else None)
+        (epochs if kind == "epoch" else steps if kind == "step" else []).append(record)
+    return steps, epochs
+
+
+def trim_log(run_dir, step, epoch):
+    """Keep only what happened up to a checkpoint (optimizer step `step`, `epoch` epochs done): a resumed
+    run logs the steps after the checkpoint again, and each must be in the log once."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return
+    steps, epochs = read_log(run_dir)
+    keep = [r for r in steps if r["step"] <= step] + [r for r in epochs if r["epoch"] <= epoch]
+    keep.sort(key=lambda r: (r["step"], r.get("kind") == "epoch"))
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def write_summary(run_dir, summary: dict):
+    files.write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def read_summary(run_dir) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def training_cost(run_dir, epochs):
+    """(seconds, final training loss) from summary.json, or from the log of an unfinished run."""
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary.get("wall_seconds"), summary.get("final_train_loss")
+    if not epochs:
+        return None, None
+    return sum(e.get("epoch_seconds", 0) for e in epochs), epochs[-1].get("train_loss")
+
+
+def save_checkpoint(run_dir, net, opt, state: dict):
+    """The model, the optimizer, torch's RNG and `state` (JSON: counters, the sampler) in one file,
+    written atomically: safetensors for the tensors, the header's metadata for the rest."""
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    opt_state = opt.state_dict()
+    for i, s in opt_state["state"].items():
+        for k, v in s.items():
+            tensors[f"optim.{i}.{k}"] = v.contiguous().clone() if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"param_groups": opt_state["param_groups"], **state}
+    files.atomic_write(Path(run_dir) / CHECKPOINT_FILE, lambda p: save_file(tensors, p, metadata={"state": json.dumps(meta)}))
+
+
+def load_checkpoint(run_dir, net, opt) -> dict:
+    """Restore what save_checkpoint wrote into net and opt; returns the state dict."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    meta = json.loads(files.read_safetensors_metadata(path).get("state", "{}"))
+    tensors = files.read_safetensors(path)
+    net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
+
+
+def remove_checkpoint(run_dir):
+    Path(run_dir, CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+# -----------------------------------------------------------------------------
+# 3. Model files
+
+
+def save_model(net, run_dir, tokenizer_dir, base_model=None):
+    """What the run trained: a LoRA adapter (on base_model) with the tokenizer, or the whole model."""
+    if base_model is not None:
+        lora.save_adapter(net, run_dir, base_model=base_model)
+        M.copy_tokenizer_files(tokenizer_dir, run_dir)
+    else:
+        M.save_pretrained(net, run_dir, tokenizer_dir=tokenizer_dir)
+
+
+def load_run(run_dir, merge=True, verbose=False):
+    """
+    (model, tokenizer, RunInfo) for a run folder written by train.py: a full checkpoint (teacher,
+    student), a LoRA adapter on its base model (merged for inference by default), or an int8 model
+    written by `eval.py export` (CPU only). The model is in eval mode.
+    """
+    run_dir = Path(run_dir)
+    info = read_info(run_dir)
+    if not is_lora_run(run_dir) and not (run_dir / "config.json").is_file():
+        raise RunError(f"{run_dir}: no trained model (neither config.json + model.safetensors nor "
+                       f"{lora.CONFIG_NAME}); expected a run that finished at least one epoch")
+    try:
+        if is_lora_run(run_dir):
+            # A LoRA run holds only the adapter: load its base model, then the adapter onto it.
+            base = lora.read_adapter_config(run_dir)["base_model_name_or_path"]
+            net = M.from_pretrained(base, id2label=info.get("id2label"), verbose=verbose)
+            lora.load_adapter(net, run_dir, base)
+            if merge:
+                lora.merge_all(net)
+        elif quantize.is_quantized_dir(run_dir):
+            net = quantize.load_quantized(run_dir)
+        else:
+            net = M.from_pretrained(str(run_dir), verbose=verbose)
+        tokenizer = data.load_tokenizer(run_dir)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise RunError(f"{run_dir}: cannot load the trained model ({e})") from None
+    return net.eval(), tokenizer, info
+
+
+def plain_model(net):
+    """A model without LoRA layers: the adapters folded into the weights (or net itself)."""
+    if not lora.lora_layers(net):
+        return net
+    plain = M.BertForSequenceClassification(net.config)
+    plain.load_state_dict(lora.merged_state_dict(net))
+    return plain.eval()
+
+
+def export_int8(run_dir, out_dir=None) -> Path:
+    """
+    Write run_dir's model (a LoRA run: with the adapter folded in) as a dynamically quantised int8
+    model into out_dir (default <run_dir>-int8): a run folder of its own, in quantize.py's format,
+    that the report and the web app read like any other. Returns out_dir.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir.resolve().with_name(run_dir.resolve().name + "-int8")
+    info = read_info(run_dir, required=("method",))
+    if info.get("quantized"):
+        raise RunError(f"{run_dir}: already an int8 model; expected a run with fp32 weights")
+    if out_dir.resolve() == run_dir.resolve():
+        raise RunError(f"{out_dir}: the export must not overwrite its own source run; expected another folder")
+    if (out_dir / RUN_FILE).is_file() and not read_info(out_dir).get("quantized"):
+        raise RunError(f"{out_dir}: holds another run (run.json without 'quantized'); expected a new folder or an "
+                       "earlier int8 export")
+    net = plain_model(load_run(run_dir, merge=False)[0])
+    for stale in ("export.md", "export.json", SUMMARY_FILE):  # from an earlier export into the same folder
+        (out_dir / stale).unlink(missing_ok=True)
+    quantize.save_quantized(quantize.quantize(net), out_dir, tokenizer_dir=run_dir)
+    results = {**info.results, "quantized": quantize.METHOD, "source_run": str(run_dir), "run_dir": str(out_dir),
+               "command": " ".join(sys.argv), "params_total": M.count_parameters(net)[0]}
+    write_info(out_dir, RunInfo(info.settings, results))
+    summary = read_summary(run_dir)  # the training cost is the source run's
+    if summary is not None:
+        write_summary(out_dir, summary)
+    return out_dir
+
+
+# -----------------------------------------------------------------------------
+# 4. Names: how a run is called, and which runs are seeds of one model
+
+
+def teacher_depth(info):
+    """Layers of the teacher a student was cut from, or None when its run folder is not at hand."""
+    try:
+        return json.loads((Path(info["teacher"]) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    except (KeyError, TypeError, OSError, ValueError):
+        return None
+
+
+def method_label(info):
+    """How a run is named in the report: teacher, odd, even, bottom, top, 'auto (1,2,12)',
+    'layers 1,2,12', lora, 'lora on odd'; ' int8' after an exported int8 model."""
+    info = as_info(info)
+    label = str(info.get("method"))
+    if info.get("method") == "distill":
+        label = student_label(info)
+    elif info.get("method") == "lora" and info.get("base"):
+        try:
+            label = "lora on " + method_label(read_info(info["base"]))
+        except RunError:  # the base moved away: name it by its folder
+            label = "lora on " + Path(info["base"]).name
+    return label + (" int8" if info.get("quantized") else "")
+
+
+def student_label(info):
+    layers = list(info.get("teacher_layers") or [])
+    spelled = str(info.get("layers", ""))
+    if spelled.startswith("auto"):
+        return f"auto ({','.join(map(str, layers))})"
+    depth = teacher_depth(info)
+    named = ("odd", "even", "bottom", "top")
+    if depth is None:  # the teacher moved away: trust the spelling
+        return spelled if spelled in named else "layers " + ",".join(map(str, layers))
+    # The run's own word first: with a 2-layer teacher, bottom is also odd.
+    for name in sorted(named, key=lambda n: n != spelled):
+        if distill.parse_layers(name, depth) == layers:
+            return name
+    return "layers " + ",".join(map(str, layers))
+
+
+def model_key(info):
+    """What makes a run's model: its settings less the EXECUTION_SETTINGS and less what does not
+    apply to it (a setting that is None, the model of a LoRA run on a trained base, importance_texts
+    unless the layers were chosen by importance), plus whether it is an int8 export. Runs of older
+    versions, without newer settings, group with new ones."""
+    info = as_info(info)
+    key = {k: v for k, v in info.settings.items() if k not in EXECUTION_SETTINGS and v is not None}
+    if info.get("base"):
+        key.pop("model", None)  # the base run's folder: differs seed by seed
+    if not str(info.get("layers", "")).startswith("auto") or info.get("method") != "distill":
+        key.pop("importance_texts", None)
+    if info.get("quantized"):
+        key["quantized"] = info["quantized"]
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def run_names(run_dirs):
+    """A short unique name per run folder: its name, with its parent's where two share one."""
+    run_dirs = [Path(d) for d in run_dirs]
+    names = [d.name for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{d.parent.name}-{d.name}" for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{n}-{i}" for i, n in enumerate(names)]
+    return ["".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in n) for n in names]
+
+
+def find_runs(root):
+    """(finished run folders, unfinished ones) under root: the folder itself, its subfolders, and theirs."""
+    root = Path(root)
+    finished, unfinished = [], []
+    for path in [root / RUN_FILE, *sorted(root.glob(f"*/{RUN_FILE}")), *sorted(root.glob(f"*/*/{RUN_FILE}"))]:
+        if path.is_file():
+            (finished if is_finished(path.parent) else unfinished).append(path.parent)
+    return finished, unfinished
+
+
+# -----------------------------------------------------------------------------
+# 5. The data a run was trained on
+
+
+def label_map_of(info):
+    label_map = info.get("label_map")
+    return json.loads(label_map) if isinstance(label_map, str) else label_map
+
+
+def load_run_data(info, mirror=None):
+    """The whole dataset a run was trained on, loaded with the run's own options."""
+    return data.load_dataset(info["data"], mirror=mirror or info.get("data_mirror"), three_class=info.get("three_class", False),
+                             normalize=info.get("normalize", True), text_column=info.get("text_column", "text"),
+                             label_column=info.get("label_column", "label"), label_map=label_map_of(info))
+
+
+def find_manifest(run_dir, info):
+    written = Path(info["split"])
+    # run.json keeps the path as train.py was given it, relative to where it ran; the default
+    # place of the manifest is beside the run folders, so look there too.
+    for path in (written, Path(run_dir).parent / written.name):
+        if path.is_file():
+            return path
+    raise RunError(f"{run_dir}: split manifest {written} not found (nor {Path(run_dir).parent / written.name}); "
+                   "expected the manifest the run was trained on")
+
+
+def load_test_split(run_dir, info):
+    """(test Dataset, manifest path, manifest): the held-out part of the run's data, as its manifest says."""
+    path = find_manifest(run_dir, info)
+    manifest = data.load_manifest(path)
+    if manifest["manifest_sha256"] != info["split_sha256"]:
+        raise RunError(f"{path}: sha256 {manifest['manifest_sha256'][:12]}…, but {run_dir} was trained on split "
+                       f"{info['split_sha256'][:12]}…; expected the run's own manifest")
+    # max_train / max_val only ever limited training and validation: the test part is always whole.
+    return data.apply_split(load_run_data(info), manifest)["test"], path, manifest
+
+
+def subset_for_quick_runs(part, limit, seed):
+    """A fixed subset of `limit` texts of a split part (the same for every model with the same settings)."""
+    if not limit or limit >= len(part):
+        return part
+    keep = np.sort(np.random.default_rng(seed).permutation(len(part))[:limit])
+    return part.subset(keep.tolist())
+
+
+def remove_files(run_dir, names):
+    for name in names:
+        try:
+            os.unlink(Path(run_dir) / name)
+        except FileNotFoundError:
+            pass

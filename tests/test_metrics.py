@@ -1,0 +1,139 @@
+"""Tests for metrics.py: every score, McNemar, the bootstrap and Holm against values worked out by hand,
+and report.py's table cells that show them."""
+
+import math
+
+import numpy as np
+import pytest
+
+import metrics
+import report
+
+nan = float("nan")
+
+
+# -----------------------------------------------------------------------------
+# Metrics, by hand
+
+
+def test_metrics_by_hand():
+    # 4 toxic, 6 not. Predictions: TP 2, FN 2, FP 1, TN 5.
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    preds = [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    m = metrics.metrics(labels, preds, 2)
+    assert m["confusion_matrix"] == [[5, 1], [2, 2]]
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(4 / 7)  # 2 TP / (predicted + actual) = 4 / 7
+    # Class 0: TP 5, predicted 7, actual 6: F1 = 10 / 13. Macro-F1 = (4/7 + 10/13) / 2 = 61/91.
+    assert m["f1_per_class"] == pytest.approx([10 / 13, 4 / 7])
+    assert m["macro_f1"] == pytest.approx(61 / 91)
+
+
+def test_roc_auc_by_hand_with_a_tie():
+    # Positives 0.9 0.8 0.4 0.3 against negatives 0.6 0.4 0.2 0.1 0.1 0.05: the positive pairs it ranks
+    # above a negative are 6 + 6 + (4 + 1/2 for the tie at 0.4) + 4 = 20.5 of 24.
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    scores = [0.9, 0.8, 0.4, 0.3, 0.6, 0.4, 0.2, 0.1, 0.1, 0.05]
+    assert metrics.roc_auc(labels, scores) == pytest.approx(41 / 48)
+    assert metrics.roc_auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # no information: every pair a tie
+    assert math.isnan(metrics.roc_auc([1, 1], [0.2, 0.9]))  # one class: undefined, not a crash
+
+
+def test_a_model_that_predicts_one_class_everywhere():
+    labels = [0, 0, 0, 1, 1]
+    m = metrics.metrics(labels, [0] * 5, 2, [0.3] * 5)
+    # Never predicts toxic: precision 0/0 is undefined, recall 0/2 = 0, F1 0; class 0: P 3/5, R 1, F1 3/4.
+    assert math.isnan(m["precision"]) and m["recall"] == 0 and m["f1"] == 0
+    assert m["macro_f1"] == pytest.approx(3 / 8) and m["accuracy"] == pytest.approx(3 / 5) and m["roc_auc"] == 0.5
+    row = {"label_names": ["not toxic", "toxic"], **m}
+    assert report.cell([row], "precision", report.fmt_num) == "n/a (never predicts toxic)"
+    assert report.cell([row], "recall", report.fmt_num) == "0.0000"
+    # Always toxic: precision 2/5, recall 1, F1 4/7; class 0 is never found, F1 0: macro-F1 2/7.
+    m = metrics.metrics(labels, [1] * 5, 2)
+    assert m["precision"] == pytest.approx(2 / 5) and m["recall"] == 1 and m["macro_f1"] == pytest.approx(2 / 7)
+    # No toxic text at all in the test set: recall undefined, said so.
+    row = {"label_names": ["not toxic", "toxic"], **metrics.metrics([0, 0], [0, 0], 2, [0.1, 0.2])}
+    assert report.cell([row], "recall", report.fmt_num) == "n/a (no toxic in the test set)"
+    assert report.cell([row], "roc_auc", report.fmt_num) == "n/a (one class in the test set)"
+
+
+def test_cells_show_mean_and_sample_std_over_seeds():
+    rows = [{"label_names": ["ok", "toxic"], "precision": 0.8}, {"label_names": ["ok", "toxic"], "precision": 0.9}]
+    assert report.cell(rows, "precision", report.fmt_num) == "0.8500 ± 0.0707"  # std with n - 1: sqrt(0.005)
+    rows[1]["precision"] = nan
+    assert report.cell(rows, "precision", report.fmt_num) == "0.8000 (n/a in 1 of 2 seeds: never predicts toxic)"
+    assert metrics.mean_std([0.5, None, nan]) == (0.5, 0.0) and all(map(math.isnan, metrics.mean_std([nan])))
+    same = [{"params_total": 1000}, {"params_total": 1000}]
+    assert report.cell(same, "params_total", lambda v: f"{v:,}", spread=False) == "1,000"
+
+
+# -----------------------------------------------------------------------------
+# McNemar and the paired bootstrap, by hand
+
+
+def test_mcnemar_exact_by_hand():
+    # p = 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2)
+    assert metrics.mcnemar(0, 5) == pytest.approx(2 / 32)
+    assert metrics.mcnemar(1, 4) == pytest.approx(2 * (1 + 5) / 32)
+    assert metrics.mcnemar(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert metrics.mcnemar(3, 3) == 1.0 and metrics.mcnemar(0, 0) == 1.0  # capped at 1; no disagreement, no evidence
+    # Large counts: exact in whole numbers, and close to the chi-square with continuity correction.
+    chi2 = (abs(400 - 600) - 1) ** 2 / 1000
+    assert metrics.mcnemar(400, 600) == metrics.mcnemar(600, 400)
+    assert metrics.mcnemar(400, 600) == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=0.3)
+    assert metrics.disagreements([1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [0, 1, 1, 1, 1]) == (2, 1)
+
+
+def test_weighted_scores_by_hand():
+    labels, preds = [1, 1, 0, 0], [1, 0, 0, 0]
+    weights = np.array([[1, 1, 1, 1], [2, 0, 1, 1], [0, 2, 1, 1]], dtype=float)
+    s = metrics.weighted_scores(weights, labels, preds, 2)
+    # Row 2: example 0 twice, example 1 left out: all right. Row 3: example 1 (a miss) twice: accuracy 2/4;
+    # toxic F1 0 (never found), class 0 F1 = 2*2 / (4 predicted + 2 actual) = 2/3: macro 1/3.
+    assert s["accuracy"] == pytest.approx([3 / 4, 1, 1 / 2])
+    m = metrics.metrics(labels, preds, 2)
+    assert s["macro_f1"] == pytest.approx([m["macro_f1"], 1, 1 / 3])
+
+
+def test_bootstrap_weights_are_resamples_and_reproducible():
+    w = metrics.bootstrap_weights(7, resamples=500, seed=3)
+    assert w.shape == (500, 7) and (w.sum(1) == 7).all() and (w >= 0).all()
+    assert (w == metrics.bootstrap_weights(7, resamples=500, seed=3)).all()
+    assert not (w == metrics.bootstrap_weights(7, resamples=500, seed=4)).all()
+    assert w.mean() == pytest.approx(1)
+
+
+def test_paired_bootstrap_and_its_conclusions():
+    labels = np.array([0, 1] * 10)
+    w = metrics.bootstrap_weights(20, 200, 0)
+    same = metrics.paired_bootstrap(labels, [labels], [labels], 2, w)
+    assert same["accuracy"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    assert metrics.conclusion("odd", "even", "accuracy", same["accuracy"]).startswith("odd and even do not differ significantly")
+    # A always right, B always wrong: every resample says A - B = 1 in accuracy.
+    d = metrics.paired_bootstrap(labels, [labels], [1 - labels], 2, w)
+    assert d["accuracy"] == {"diff": 1.0, "low": 1.0, "high": 1.0} and d["macro_f1"]["diff"] == 1.0
+    assert metrics.conclusion("odd", "lora", "accuracy", d["accuracy"]).startswith("odd is better in accuracy")
+    assert metrics.conclusion("lora", "odd", "accuracy", {"diff": -0.2, "low": -0.3, "high": -0.1}).startswith("odd is better")
+    # Two seeds of A: A's score is their mean. Seed 1 right everywhere, seed 2 on half: (1 + 0.5) / 2.
+    half = np.where(np.arange(20) < 10, labels, 1 - labels)
+    d = metrics.paired_bootstrap(labels, [labels, half], [1 - labels], 2, w)
+    assert d["accuracy"]["diff"] == pytest.approx(0.75)
+
+
+def test_bootstrap_interval_is_the_central_95_percent():
+    # Example 0: only A right; examples 1-3: both wrong. Resample i weighs example 0 by 4i/200 (the rest share
+    # what is left), so A - B in accuracy is i/200 for i = 0..200: the 2.5% and 97.5% points are 0.025 and 0.975.
+    w0 = 4 * np.arange(201) / 200
+    weights = np.column_stack([w0] + [(4 - w0) / 3] * 3)
+    d = metrics.paired_bootstrap(np.array([1, 1, 1, 1]), [np.array([1, 0, 0, 0])], [np.zeros(4, int)], 2, weights)
+    assert d["accuracy"]["low"] == pytest.approx(0.025) and d["accuracy"]["high"] == pytest.approx(0.975)
+    assert d["accuracy"]["diff"] == 0.25  # on the test set as it is
+
+
+def test_holm_by_hand():
+    # Four tests, p sorted 0.01, 0.03, 0.04, 0.5: multiplied by 4, 3, 2, 1 -> 0.04, 0.09, 0.08, 0.5, then made
+    # non-decreasing in that order -> 0.04, 0.09, 0.09, 0.5; back in the order given.
+    assert metrics.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert metrics.holm([0.5, 0.9]) == [1.0, 1.0] and metrics.holm([]) == []  # 0.5 * 2 = 1, and none below it after
+    assert metrics.holm([0.02]) == [0.02]  # one test: nothing to adjust
