@@ -6,9 +6,11 @@ The command line for trained runs: the comparison report, labelling texts or fil
     python eval.py predict --run runs/quick/lora "you are awesome"                      # or texts on stdin
     python eval.py predict --run runs/quick/lora --input comments.csv --text-column body --output labelled.csv
     python eval.py export runs/quick/odd                                                # -> runs/quick/odd-int8/
+    python eval.py behaviour runs/quick/teacher runs/quick/odd                          # the functional test suite
 
 The work is done elsewhere: report.py (evaluation, tables, statistics, the model card), plots.py,
-classifier.py (predicting), runs.py (the run folder, the int8 export). This file only reads flags.
+classifier.py (predicting), runs.py (the run folder, the int8 export), behaviour.py (the functional
+test suite). This file only reads flags.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import behaviour
 import classifier
 import files
 import report
@@ -145,9 +148,45 @@ def cmd_export(args):
 
 
 # -----------------------------------------------------------------------------
+# behaviour: the functional test suite (behaviour.py, suites/behaviour.toml)
+
+
+def suite_outputs(clf):
+    """predict(texts) -> {"toxic": probs, "hate": probs} for behaviour.run_suite. A two-class model has one
+    question to answer with its class-1 probability: it is scored against both labels' expectations, the
+    way a user would read its one flag."""
+    def predict(texts):
+        probs = clf.predict_proba(texts)
+        named = {label: probs[:, i] for i, label in enumerate(clf.labels) if label in behaviour.LABELS}
+        if len(named) == len(behaviour.LABELS):  # a model with an output per question
+            return named
+        return {label: probs[:, 1] for label in behaviour.LABELS}
+    return predict
+
+
+def cmd_behaviour(args):
+    cases = behaviour.load_suite(args.suite)
+    lines = [f"# Behaviour suite: {args.suite}", "", f"{len(cases)} cases in {len(behaviour.functionalities(cases))} "
+             "functionalities.", ""]
+    results = {}
+    for run_dir in args.runs:
+        clf = classifier.Classifier.from_run(run_dir, device=args.device)
+        result = behaviour.run_suite(cases, suite_outputs(clf))
+        results[str(run_dir)] = result
+        summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
+                            f"({s['min_functionality']})" for label, s in result["summary"].items())
+        print(f"{run_dir}: {summary}")
+        lines += [f"## {run_dir}", "", behaviour.format_markdown(result), ""]
+    if args.out:
+        files.write_text(Path(args.out) / "behaviour.md", "\n".join(lines) + "\n")
+        files.write_json(Path(args.out) / "behaviour.json", report.json_safe(results))
+        print(f"wrote {Path(args.out) / 'behaviour.md'} and behaviour.json")
+
+
+# -----------------------------------------------------------------------------
 # The command line
 
-COMMANDS = ("report", "predict", "export")
+COMMANDS = ("report", "predict", "export", "behaviour")
 
 
 def build_parser():
@@ -178,6 +217,11 @@ def build_parser():
     p.add_argument("--no-measure", action="store_true", help="write the model only; no test-split comparison")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice); the speed depends on it")
     p.add_argument("--latency-sentences", type=int, default=50, help="test sentences timed one by one (default 50)")
+    p = sub.add_parser("behaviour", help="the functional test suite (hate vs swearing, identity terms, spelling, ...)")
+    p.add_argument("runs", nargs="+", help="run folders written by train.py")
+    p.add_argument("--suite", default=str(behaviour.DEFAULT_SUITE), help="suite file (default suites/behaviour.toml)")
+    p.add_argument("--out", help="folder for behaviour.md and behaviour.json (default: print only)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
     return parser
 
 
@@ -187,7 +231,7 @@ def main(argv=None):
         argv.insert(0, "report")  # `python eval.py RUN_DIR ...` is the report
     args = build_parser().parse_args(argv)
     try:
-        {"predict": cmd_predict, "report": cmd_report, "export": cmd_export}[args.command](args)
+        {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # RunError and data.DataError are ValueErrors
         sys.exit(f"error: {e}")
 

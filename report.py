@@ -434,8 +434,7 @@ def model_card(info, summary=None, name="model"):
                      f"{fmt_num(summary.get('best_val_macro_f1'))}); {fmt_seconds(summary.get('wall_seconds'))} of training |")
     test = info.get("test")
     if test:
-        scores = ", ".join(f"{k.replace('_', '-')} {fmt_num(test.get(k))}" for k in
-                           ("accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc") if k in test)
+        scores = ", ".join(f"{header} {fmt_num(test.get(k))}" for header, k in metrics.SCORE_NAMES if k in test)
         lines.append(f"| test ({test['n']} texts) | {scores}" + (f" (precision/recall/F1 of *{labels[1]}*)" if len(labels) == 2 else "")
                      + " |")
     lines += ["", "## Use", "",
@@ -454,7 +453,8 @@ def model_card(info, summary=None, name="model"):
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(run_dir, name=None):
+def write_model_card(run_dir, summary=None, name=None):
     run_dir = Path(run_dir)
     info = runs.read_info(run_dir)
-    files.write_text(run_dir / runs.CARD_FILE, model_card(info, runs.read_summary(run_dir), name or run_dir.name))
+    summary = summary or runs.read_summary(run_dir)
+    files.write_text(run_dir / runs.CARD_FILE, model_card(info, summary, name or run_dir.name))

@@ -428,6 +428,12 @@ def subset_for_quick_runs(part, limit, seed):
     return part.subset(keep.tolist())
 
 
+def remove_stale_temporaries(run_dir):
+    """A process killed in the middle of files.atomic_write leaves its hidden .tmp file: remove them."""
+    for path in Path(run_dir).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def remove_files(run_dir, names):
     for name in names:
         try:

@@ -32,11 +32,11 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -244,6 +244,7 @@ def clear_folder(run_dir: Path):
     """A fresh start in run_dir: what an earlier run of this folder left goes (only once all is checked)."""
     runs.remove_files(run_dir, (*runs.MODEL_FILES, runs.LOG_FILE, runs.SUMMARY_FILE, runs.CHECKPOINT_FILE, runs.CARD_FILE))
     shutil.rmtree(run_dir / "merged", ignore_errors=True)
+    runs.remove_stale_temporaries(run_dir)
 
 
 def load_data(s: Settings, run_dir: Path):
@@ -524,6 +525,7 @@ def setup(s: Settings, run_dir: Path) -> Training:
 
 def resume(t: Training):
     """Continue from the checkpoint: the model, the optimizer, the RNG, the sampler and the books."""
+    runs.remove_stale_temporaries(t.dir)
     meta = runs.load_checkpoint(t.dir, t.net, t.opt)
     t.loader.load_state_dict(meta.pop("sampler"))
     t.state.update(meta)
@@ -632,7 +634,7 @@ def finish(t: Training):
         test, _, _ = runs.load_test_split(t.dir, info)
         info.results["test"] = report.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
         runs.write_info(t.dir, info)
-        report.write_model_card(t.dir)
+        report.write_model_card(t.dir, summary)
         runs.write_summary(t.dir, summary)
         runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
     if t.world > 1:

@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,75 @@ def test_export_cli(runs, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "eval.py"), "export", tmp_path / "nothing"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "not a run folder (no run.json)" in done.stderr
+
+
+# -----------------------------------------------------------------------------
+# The Python API, labelling files, the model card
+
+
+def test_classifier_api_agrees_with_the_report(runs, reported):
+    from classifier import Classifier
+
+    rows, out = reported
+    text = first_test_text(runs)
+    clf = Classifier.from_run(runs["lora"], device="cpu")
+    (result,) = clf.predict(text)  # a single string is a batch of one
+    saved = strict_json(out / "predictions-lora.json")["probabilities"][0]
+    assert clf.labels == ["ok", "toxic"] and result["text"] == text
+    assert result["probabilities"]["toxic"] == pytest.approx(saved[1], abs=2e-6)
+    assert result["label"] == ["ok", "toxic"][int(np.argmax(saved))] and result["score"] == max(result["probabilities"].values())
+    batch = Classifier.from_run(runs["teacher"]).predict([text, "you are terrible", "what a great day"])
+    assert [r["label"] for r in batch[1:]] == ["toxic", "ok"] and clf.predict_proba([]).shape == (0, 2)
+    with pytest.raises(ValueError, match="no CUDA GPU on this machine") if not torch.cuda.is_available() else nullcontext():
+        Classifier.from_run(runs["lora"], device="cuda")
+
+
+def test_predict_labels_a_csv_and_a_jsonl_file(runs, tmp_path, capsys):
+    rows = [{"id": "1", "body": "you are terrible"}, {"id": "2", "body": "  "}, {"id": "3", "body": "what a great day"}]
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "body"])
+        writer.writeheader()
+        writer.writerows(rows)
+    E.main(["predict", "--run", str(runs["teacher"]), "--input", str(tmp_path / "in.csv"), "--text-column", "body",
+            "--output", str(tmp_path / "out.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "labelled 2 of 3 rows" in err and "1 blank row(s) left without a label" in err
+    out = list(csv.DictReader(open(tmp_path / "out.csv", newline="")))
+    assert [r["id"] for r in out] == ["1", "2", "3"] and [r["label"] for r in out] == ["toxic", "", "ok"]
+    assert float(out[0]["p_toxic"]) + float(out[0]["p_ok"]) == pytest.approx(1, abs=1e-5) and out[1]["score"] == ""
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    E.main(["predict", "--run", str(runs["teacher"]), "--input", str(tmp_path / "in.jsonl"), "--text-column", "body",
+            "--output", str(tmp_path / "out.jsonl"), "--no-progress"])
+    got = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    assert [r.get("label") for r in got] == ["toxic", None, "ok"] and got[0]["id"] == "1"
+    assert "--text-column 'text': not a column of" in error_of(["predict", "--run", runs["teacher"], "--input",
+                                                               tmp_path / "in.csv", "--output", tmp_path / "x.csv"])
+    assert "the same file as --input" in error_of(["predict", "--run", runs["teacher"], "--input", tmp_path / "in.csv",
+                                                   "--text-column", "body", "--output", tmp_path / "in.csv"])
+    assert "--input needs --output" in error_of(["predict", "--run", runs["teacher"], "--input", tmp_path / "in.csv"])
+
+
+def test_stdin_blank_lines_are_skipped_not_fatal(runs, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("you are terrible\n\nwhat a great day\n"))
+    E.main(["predict", "--run", str(runs["teacher"])])
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and "skipped 1 blank text" in captured.err
+
+
+def test_every_run_folder_has_a_model_card(runs):
+    card = (runs["teacher"] / "README.md").read_text()
+    info = runs_module.read_info(runs["teacher"])
+    assert card.startswith("# teacher: teacher") and f"{info['test']['n']} texts" in card
+    assert f"macro-F1 {report.fmt_num(info['test']['macro_f1'])}" in card and "Classifier.from_run" in card
+    assert info["split_sha256"][:12] in card and "Intended use and limitations" in card
+    student = (runs["odd"] / "README.md").read_text()
+    assert "# odd: odd" in student and "layers [1, 3] of the teacher" in student
+
+
+def test_behaviour_command_scores_runs_on_the_suite(runs, tmp_path, capsys):
+    E.main(["behaviour", str(runs["teacher"]), "--out", str(tmp_path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert f"{runs['teacher']}: toxic: mean pass rate" in out and "hate: mean pass rate" in out
+    result = json.loads((tmp_path / "behaviour.json").read_text())[str(runs["teacher"])]
+    assert set(result["summary"]) == {"toxic", "hate"} and len(result["functionalities"]) >= 20
+    assert "| " in (tmp_path / "behaviour.md").read_text()

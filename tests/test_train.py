@@ -337,3 +337,82 @@ def test_an_int8_export_or_a_bad_importance_count_is_refused(toy, teacher, tmp_p
     with pytest.raises(SystemExit) as e:  # refused before any measuring
         run("distill", "--teacher", teacher, "--layers", "auto:9", "--out", tmp_path / "z", "--no-progress")
     assert "auto:K with K in 1..3" in str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# A finished run is never lost; bad settings are refused before anything is touched
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+def test_a_finished_run_is_kept_unless_overwrite(toy, teacher, tmp_path):
+    student = tmp_path / "odd"
+    run("distill", "--teacher", teacher, "--layers", "odd", *common(toy, student, "--epochs", 1))
+    before = snapshot(student)
+    for extra, message in ((["--layers", "13"], "holds a finished run; expected a new folder, or --overwrite"),
+                           (["--layers", "13", "--overwrite"], "layer 13 out of range"),
+                           (["--resume"], "the run is finished (summary.json); nothing to resume")):
+        with pytest.raises(SystemExit) as e:
+            run("distill", "--teacher", teacher, *common(toy, student, *extra))
+        assert message in str(e.value)
+        assert snapshot(student) == before  # byte for byte
+    run("distill", "--teacher", teacher, "--layers", "even", *common(toy, student, "--epochs", 1, "--overwrite"))
+    assert R.read_info(student)["teacher_layers"] == [2] and snapshot(student) != before
+
+
+def test_a_teacher_over_a_lora_run_leaves_no_adapter_behind(toy, tmp_path):
+    out = tmp_path / "x"
+    run("lora", "--model", TINY, *common(toy, out, "--epochs", 1, "--lr", 1e-2))
+    run("teacher", "--model", TINY, *common(toy, out, "--epochs", 1, "--overwrite"))
+    assert not (out / "adapter_config.json").exists() and R.load_run(out)[2]["method"] == "teacher"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-train", 0], "--max-train 0: expected a number above 0"),
+    (["--max-train", -5], "--max-train -5: expected a number above 0"),
+    (["--accum", 0], "--accum 0: expected a number above 0"),
+    (["--lr", 0], "--lr 0.0: expected a number above 0"),
+    (["--threads", -1], "--threads -1: expected a number above 0"),
+    (["--epochs", 0], "--epochs 0: expected a number above 0"),
+    (["--warmup", 2], "--warmup 2.0: expected a number in [0, 1]"),
+    (["--max-length", 10000], "--max-length 10000: the model has 128 positions; expected at most 128"),
+    (["--label-map", "{bad"], "--label-map '{bad': not valid JSON"),
+])
+def test_bad_settings_are_one_line_errors_and_leave_nothing(toy, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as e:
+        run("teacher", "--model", TINY, *common(toy, tmp_path / "run", *flags))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_teacher_is_named_as_such(toy, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("distill", "--teacher", tmp_path / "nowhere", *common(toy, tmp_path / "s"))
+    assert f"--teacher {tmp_path / 'nowhere'}: {tmp_path / 'nowhere'}: not a run folder" in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_that_is_not_there(toy, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("teacher", "--model", TINY, *common(toy, tmp_path / "run", "--device", "cuda"))
+    assert "--device: device 'cuda': no CUDA GPU on this machine" in str(e.value)
+
+
+def test_all_refuses_layers_it_would_ignore(toy, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("all", "--model", TINY, "--data", toy, "--runs", tmp_path, "--layers", "1,2")
+    assert "--layers 1,2: `all` trains the odd and even students" in str(e.value)
+
+
+def test_resume_keeps_honest_books(toy, tmp_path):
+    args = ["teacher", "--model", TINY, *common(toy, tmp_path / "r", "--epochs", 2, "--lr", 3e-3, "--checkpoint-every", 3)]
+    killed = cli(*args, env={"NANOBERT_CRASH_AT_STEP": "20"})
+    assert killed.returncode == -9
+    before = max(r["wall_seconds"] for r in R.read_log(tmp_path / "r")[0])
+    assert cli(*args, "--resume").returncode == 0
+    steps, epochs = R.read_log(tmp_path / "r")
+    assert [r["step"] for r in steps] == list(range(1, 33)) and [r["epoch"] for r in epochs] == [1, 2]  # each once
+    assert R.read_summary(tmp_path / "r")["wall_seconds"] > before  # the killed process's time counts
+    assert not list((tmp_path / "r").glob(".*"))  # nothing hidden left behind
