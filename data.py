@@ -2,9 +2,12 @@
 
 Read top to bottom:
   1. the tokenizer, rebuilt from vocab.txt exactly like the reference BertTokenizer;
-  2. the datasets (Davidson et al. 2017, hate_speech18, any CSV/JSONL) as plain lists;
+  2. the datasets (Davidson et al. 2017, hate_speech18, any CSV/JSONL) as plain lists, each text
+     with the group it must stay with (its author, or its near-duplicate tweets), and the two-label
+     dataset (toxic, hate) that joins both sources;
   3. getting the files: an offline mirror, then a local cache, then a checked download;
-  4. one stratified train/validation/test split, saved as a manifest every model reuses;
+  4. one stratified train/validation/test split that keeps every group on one side, saved as a
+     manifest every model reuses, and a measure of how much an older split leaks;
   5. batches: pre-tokenized once, bucketed by length so little compute goes to padding.
 
 This module imports nothing from the rest of nanobert but the file plumbing (files.py), so it can be read
@@ -32,6 +35,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 
 import files
+
 
 class DataError(ValueError):
     """Input that cannot be used as it is; the message names the file, the row and what was expected."""
@@ -136,7 +140,16 @@ def encode(tokenizer, texts, max_length):
 
 @dataclass
 class Dataset:
-    """Texts with integer labels 0..len(label_names)-1, and notes saying what loading changed."""
+    """Texts with labels, and notes saying what loading changed.
+
+    A label is an integer 0..len(label_names)-1 (one class per text), or in a multi-label dataset a
+    list with one entry per label name: 1 yes, 0 no, -1 not annotated by the source of the text.
+    The per-text lists groups, sources and posts are None where the data has no such thing:
+      groups   the key of the group a text must stay with in a split (its author, its near-duplicate
+               tweets, a column of the file); None for a text that is a group of its own;
+      sources  the dataset each text comes from, in a dataset that joins several;
+      posts    the post a sentence was taken from (hate_speech18), to measure leakage by post.
+    """
 
     name: str
     texts: list
@@ -144,15 +157,40 @@ class Dataset:
     label_names: list
     notes: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # how it was loaded; recorded in split manifests
+    groups: list | None = None
+    grouping: str | None = None  # what the groups are: "author", "near-duplicate", "column:<name>"; None: unnamed
+    sources: list | None = None
+    posts: list | None = None
+
+    PER_TEXT = ("texts", "labels", "groups", "sources", "posts")
+
+    def __post_init__(self):
+        for key in self.PER_TEXT[1:]:
+            values = getattr(self, key)
+            if values is not None and len(values) != len(self.texts):
+                raise ValueError(f"{self.name}: {len(values)} {key} for {len(self.texts)} texts; expected one per text")
 
     def __len__(self):
         return len(self.texts)
 
+    @property
+    def multilabel(self):
+        return bool(self.labels) and isinstance(self.labels[0], (list, tuple))
+
+    def _with(self, per_text, name=None, notes=None):
+        """A dataset like this one holding other texts: per_text maps PER_TEXT keys to new lists."""
+        return Dataset(name or self.name, per_text["texts"], per_text["labels"], self.label_names,
+                       [] if notes is None else notes, self.options, per_text.get("groups"), self.grouping,
+                       per_text.get("sources"), per_text.get("posts"))
+
     def subset(self, indices, name=None):
-        return Dataset(name or self.name, [self.texts[i] for i in indices], [self.labels[i] for i in indices],
-                       self.label_names, [], self.options)
+        picked = {key: [getattr(self, key)[i] for i in indices] for key in self.PER_TEXT if getattr(self, key) is not None}
+        return self._with(picked, name)
 
     def class_counts(self):
+        """Texts per class; multi-label: {label name: [no, yes, not annotated]}."""
+        if self.multilabel:
+            return {name: [sum(y[j] == v for y in self.labels) for v in (0, 1, -1)] for j, name in enumerate(self.label_names)}
         counts = Counter(self.labels)
         return [counts[i] for i in range(len(self.label_names))]
 
@@ -177,6 +215,57 @@ def normalize_tweet(text, *, html_entities=True, mentions=True, urls=True, retwe
     if retweets:
         text = _RETWEET.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
+
+
+_HTTP = re.compile(r"(?<!\w)http(?!\w)")  # the placeholder normalize_tweet leaves for a link
+_NOT_WORD = re.compile(r"[\W_]+")  # punctuation, symbols, emoji, spaces
+
+
+def near_duplicate_key(tweet):
+    """What is left of a tweet without mentions, links, RT, HTML escapes, case, punctuation, emoji and spaces.
+
+    Tweets with the same key are one group in a split: retweets of one tweet by other users, with
+    other @mentions, or with the punctuation changed, must not be on both sides of it. None if
+    nothing is left (a tweet of only mentions and links): such a tweet is a group of its own, since
+    tweets that share nothing must not be lumped together.
+    """
+    # The key removes everything normalize_tweet replaces (links, @user, RT), so a normalised text
+    # keeps the key of its raw tweet, and near-copies keep one key whether normalised or not.
+    text = html.unescape(tweet)
+    for pattern in (_URL, _MENTION, _RETWEET, _HTTP):
+        text = pattern.sub(" ", text)
+    return _NOT_WORD.sub("", text.lower()) or None
+
+
+def near_duplicate_groups(texts, min_length=20):
+    """Per text, the group of its near-duplicates: same near_duplicate_key, or a key that begins or
+    ends another one and has at least min_length characters; None for a text alone.
+
+    The second rule catches a retweet cut short with "…" (the start of the whole tweet) and a quote
+    that adds a comment ("@user: <the tweet>" and more, or "Photo: <the tweet>"). Below min_length
+    a shared start is more often a common phrase than a copy. A group is named by its first key in
+    sorted order, so the names depend on the texts only, not on their order.
+    """
+    keys = [near_duplicate_key(text) for text in texts]
+    unique = sorted({k for k in keys if k is not None})
+    parent = {k: k for k in unique}
+
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    # In sorted order, the keys that begin with k follow k directly; reversed, those that end with it.
+    for flip in (False, True):
+        view = sorted((k[::-1] if flip else k, k) for k in unique)
+        for j, (v, k) in enumerate(view):
+            after = j + 1
+            while len(k) >= min_length and after < len(view) and view[after][0].startswith(v):
+                a, b = root(k), root(view[after][1])
+                parent[max(a, b)] = min(a, b)
+                after += 1
+    return [None if k is None else root(k) for k in keys]
 
 
 def _csv_records(text, where, columns):
@@ -236,11 +325,20 @@ def _note_empty(notes, empty):
         notes.append(f"dropped {empty} empty or whitespace-only text(s)")
 
 
-def read_davidson(path, *, three_class=False, normalize=True):
-    """Davidson et al. 2017 labeled_data.csv: toxic (hate or offensive) vs not, or the 3 classes."""
+TWO_LABELS = ["toxic", "hate"]  # the two questions of the multi-label model; -1: not annotated
+
+
+def read_davidson(path, *, three_class=False, normalize=True, multilabel=False):
+    """Davidson et al. 2017 labeled_data.csv: toxic (hate or offensive) vs not, or the 3 classes,
+    or (multilabel) the pair [toxic, hate]. Each tweet is grouped with its near-duplicates."""
+    if three_class and multilabel:
+        raise ValueError("three_class=True, multilabel=True: expected one of them")
     records, notes = _read_records(path, ["class", "tweet"])
-    # The paper's classes: 0 hate speech, 1 offensive, 2 neither. Binary toxicity merges 0 and 1.
+    # The paper's classes: 0 hate speech, 1 offensive, 2 neither. Binary toxicity merges 0 and 1;
+    # the two labels say both: hate speech is toxic and hateful, offensive only toxic.
     mapping = {"0": 0, "1": 1, "2": 2} if three_class else {"0": 1, "1": 1, "2": 0}
+    if multilabel:
+        mapping = {"0": [1, 1], "1": [1, 0], "2": [0, 0]}
     options = normalize if isinstance(normalize, dict) else {}
     texts, labels, empty = [], [], 0
     for line, row in records:
@@ -254,8 +352,12 @@ def read_davidson(path, *, three_class=False, normalize=True):
         labels.append(mapping[row["class"].strip()])
     _note_empty(notes, empty)
     names = ["hate", "offensive", "neither"] if three_class else ["not toxic", "toxic"]
-    return Dataset("davidson", texts, labels, names, [f"read {len(records)} tweets from {path}"] + notes,
-                   {"three_class": three_class, "normalize": normalize})
+    # Keyed on the text as loaded, so that copies drop_duplicates merges are always of one group.
+    groups = near_duplicate_groups(texts)
+    return Dataset("davidson", texts, labels, TWO_LABELS if multilabel else names,
+                   [f"read {len(records)} tweets from {path}"] + notes,
+                   {"three_class": three_class, "normalize": normalize, **({"multilabel": True} if multilabel else {})},
+                   groups, "near-duplicate")
 
 
 HATE18_META = "annotations_metadata.csv"
@@ -296,15 +398,19 @@ def _hate_speech18_files(path):
         yield read
 
 
-def read_hate_speech18(path, *, drop=("relation", "idk/skip")):
-    """de Gibert et al. 2018 sentences: hate (1) vs noHate (0); labels in `drop` are left out."""
+def read_hate_speech18(path, *, drop=("relation", "idk/skip"), multilabel=False):
+    """de Gibert et al. 2018 sentences: hate (1) vs noHate (0), or (multilabel) the pair [toxic, hate];
+    labels in `drop` are left out. Each sentence is grouped with its author's, and knows its post."""
     # "relation" sentences are hateful only together with their neighbours and "idk/skip" ones the
     # annotators could not decide: neither has a label of its own, hence dropped by default.
     names = ["noHate", "hate"] + [name for name in ("relation", "idk/skip") if name not in drop]
+    if multilabel and names != ["noHate", "hate"]:
+        raise ValueError(f"drop={drop}: multilabel needs 'relation' and 'idk/skip' dropped; expected the default")
     texts, labels, notes, dropped, empty, replaced = [], [], [], Counter(), 0, 0
+    users, posts = [], []
     with _hate_speech18_files(path) as read:
         meta, bad = _decode(read(HATE18_META))
-        records = _csv_records(meta, f"{path}:{HATE18_META}", ["file_id", "label"])
+        records = _csv_records(meta, f"{path}:{HATE18_META}", ["file_id", "user_id", "label"])
         for line, row in records:
             if row["label"] in drop:
                 dropped[row["label"]] += 1
@@ -319,26 +425,42 @@ def read_hate_speech18(path, *, drop=("relation", "idk/skip")):
                 continue
             texts.append(text.strip())
             labels.append(names.index(row["label"]))
+            # file_id is <post id>_<sentence number>: sentences of one post, and all posts of one
+            # author, share words, topics and style; a split keeps an author on one side.
+            users.append(row["user_id"].strip() or None)
+            posts.append(row["file_id"].rsplit("_", 1)[0])
+    if multilabel:
+        # hate is offensive too; noHate says nothing of toxicity (the forum's annotators were
+        # asked about hate only), so toxic is not annotated there.
+        labels = [[1, 1] if label == 1 else [-1, 0] for label in labels]
     notes.append(f"read {len(records)} annotated sentences from {path}")
     if dropped:
         notes.append("dropped " + ", ".join(f"{n} {label!r}" for label, n in sorted(dropped.items())) + " sentences")
     if replaced + bad:
         notes.append(f"{replaced + bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD")
     _note_empty(notes, empty)
-    return Dataset("hate_speech18", texts, labels, names, notes, {"drop": list(drop)})
+    options = {"drop": list(drop), **({"multilabel": True} if multilabel else {})}
+    return Dataset("hate_speech18", texts, labels, TWO_LABELS if multilabel else names, notes, options,
+                   users, "author", posts=posts)
 
 
-def read_table(path, *, text_column="text", label_column="label", label_map=None):
+def _cell(value):
+    """A CSV/JSON value as a stripped string: JSON 1 -> "1", null -> "null"."""
+    return value.strip() if isinstance(value, str) else json.dumps(value)
+
+
+def read_table(path, *, text_column="text", label_column="label", label_map=None, group_column=None):
     """Any .csv or .jsonl file with a text and a label column: bring your own toxic-comment data.
 
     Without label_map the labels must be the integers 0..K-1. With it, label_map maps the label as
     written in the file (e.g. "toxic", or "1" for a JSON 1) to an id; an id of None drops the row.
+    group_column (e.g. an author or thread id) keeps the texts of one value on one side of a split;
+    a row with an empty value (or JSON null) is a group of its own.
     """
-    records, notes = _read_records(path, [text_column, label_column])
-    texts, labels, bad, empty, dropped = [], [], [], 0, 0
+    records, notes = _read_records(path, [text_column, label_column] + ([group_column] if group_column else []))
+    texts, labels, groups, bad, empty, dropped = [], [], [], [], 0, 0
     for line, row in records:
-        value = row[label_column]
-        key = value.strip() if isinstance(value, str) else json.dumps(value)
+        key = _cell(row[label_column])
         if label_map is not None:
             if key not in label_map:
                 bad.append(f"line {line}: {key!r}")
@@ -360,6 +482,9 @@ def read_table(path, *, text_column="text", label_column="label", label_map=None
             continue
         texts.append(text.strip())
         labels.append(label)
+        if group_column:
+            value = row[group_column]
+            groups.append(None if value is None else _cell(value) or None)
     if bad:
         expected = f"one of {sorted(label_map)}" if label_map is not None else "an integer 0..K-1 (or pass label_map)"
         raise DataError(f"{path}: {len(bad)} label(s) in column {label_column!r} not usable, e.g. "
@@ -376,7 +501,24 @@ def read_table(path, *, text_column="text", label_column="label", label_map=None
     else:
         names = [str(i) for i in range(max(labels, default=-1) + 1)]
     options = {"text_column": text_column, "label_column": label_column, "label_map": label_map}
-    return Dataset(Path(path).name, texts, labels, names, [f"read {len(records)} rows from {path}"] + notes, options)
+    if group_column:
+        options["group_column"] = group_column  # only then: the options of older manifests stay as they were
+    return Dataset(Path(path).name, texts, labels, names, [f"read {len(records)} rows from {path}"] + notes, options,
+                   groups if group_column else None, f"column:{group_column}" if group_column else None)
+
+
+def _majority(copies):
+    """The most common of the copies' labels (ties: the first seen), and whether they disagreed."""
+    if not isinstance(copies[0], (list, tuple)):
+        counts = Counter(copies)
+        return counts.most_common(1)[0][0], len(counts) > 1  # ties are ordered by first appearance
+    # Multi-label: a vote per label among the copies that annotate it; -1 only if none does.
+    label, conflict = [], False
+    for votes in zip(*copies):
+        counts = Counter(v for v in votes if v != -1)
+        label.append(counts.most_common(1)[0][0] if counts else -1)
+        conflict |= len(counts) > 1
+    return label, conflict
 
 
 def drop_duplicates(dataset):
@@ -384,17 +526,26 @@ def drop_duplicates(dataset):
     # Where copies disagree on the label we keep the majority label (ties: the first one seen):
     # the crowd's vote is the better guess, and the text keeps the place of its first copy.
     seen = {}
-    for text, label in zip(dataset.texts, dataset.labels):
-        seen.setdefault(text, []).append(label)
+    for i, text in enumerate(dataset.texts):
+        seen.setdefault(text, []).append(i)
     labels, conflicts = [], 0
     for copies in seen.values():
-        counts = Counter(copies)
-        labels.append(counts.most_common(1)[0][0])  # ties are ordered by first appearance
-        conflicts += len(counts) > 1
+        label, conflict = _majority([dataset.labels[i] for i in copies])
+        labels.append(label)
+        conflicts += conflict
+    kept = {"texts": list(seen), "labels": labels}
+    # The rest (source, post) is the first copy's; so is the group, or the first one that a copy has.
+    # Near-duplicate keys are computed from the text, so merged copies never join two groups.
+    for key in ("sources", "posts"):
+        if getattr(dataset, key) is not None:
+            kept[key] = [getattr(dataset, key)[copies[0]] for copies in seen.values()]
+    if dataset.groups is not None:
+        kept["groups"] = [next((dataset.groups[i] for i in copies if dataset.groups[i] is not None), None)
+                          for copies in seen.values()]
     removed = len(dataset) - len(seen)
     note = f"removed {removed} duplicate text(s) ({conflicts} with conflicting labels: majority label kept)" \
         if removed else "no duplicate texts"
-    return Dataset(dataset.name, list(seen), labels, dataset.label_names, dataset.notes + [note], dataset.options)
+    return dataset._with(kept, notes=dataset.notes + [note])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,18 +598,70 @@ def fetch(name, *, mirror=None, cache_dir=None, url=None, progress=True):
                         f"to a folder holding {FILES[name]}") from None
 
 
+def join_sources(datasets):
+    """One multi-label dataset of several (already without duplicates): sources kept, groups prefixed by source.
+
+    A text in more than one source is kept once, as the first source named has it (its place, source
+    and group); its labels are voted label by label as drop_duplicates does, so an annotation of one
+    source fills in a label the other leaves out (-1), and where both annotate it and disagree, the
+    first source's label stands (a tie of two copies).
+    """
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names) or any(d.label_names != datasets[0].label_names for d in datasets):
+        raise ValueError(f"{names}: expected distinct datasets with the same label names")
+    per_text = {key: [] for key in Dataset.PER_TEXT}
+    for d in datasets:
+        per_text["texts"] += d.texts
+        per_text["labels"] += d.labels
+        per_text["sources"] += d.sources or [d.name] * len(d)
+        # Prefixed, an author of one source never meets a near-duplicate key of the other.
+        for key in ("groups", "posts"):
+            per_text[key] += [None if v is None else f"{d.name}:{v}" for v in getattr(d, key) or [None] * len(d)]
+    for key in ("groups", "posts"):
+        if all(getattr(d, key) is None for d in datasets):
+            per_text[key] = None
+    grouping = datasets[0].grouping if len(datasets) == 1 else "+".join(f"{d.name}:{d.grouping or 'groups'}" for d in datasets)
+    joined = Dataset("+".join(names), per_text["texts"], per_text["labels"], datasets[0].label_names,
+                     [n for d in datasets for n in d.notes], {"multilabel": True, "sources": {d.name: d.options for d in datasets}},
+                     per_text["groups"], grouping, per_text["sources"], per_text["posts"])
+    if len(datasets) == 1:
+        return joined
+    merged = drop_duplicates(joined)
+    merged.notes[-1] = "across sources: " + merged.notes[-1]
+    return merged
+
+
 def load_dataset(name_or_path, *, mirror=None, cache_dir=None, three_class=False, normalize=True,
-                 text_column="text", label_column="label", label_map=None):
+                 text_column="text", label_column="label", label_map=None, group_column=None, multilabel=False):
     """'davidson', 'hate_speech18' or a path to a .csv/.jsonl file, ready to split: duplicates removed.
 
     normalize (Davidson only): True, False, or a dict of normalize_tweet switches.
+    'davidson+hate_speech18' (either order; the first wins a text both have), or one of them with
+    multilabel=True: the two-label dataset, labels [toxic, hate] with -1 where the source is silent.
+    group_column (CSV/JSONL only): the column of an author or thread id to keep together in a split.
     """
+    table = Path(name_or_path).suffix.lower() in (".csv", ".jsonl")
+    names = [name_or_path] if table else str(name_or_path).split("+")
+    if len(names) > 1 or multilabel and name_or_path in FILES:
+        unknown = [n for n in names if n not in FILES]
+        if unknown or len(set(names)) != len(names) or three_class:
+            raise ValueError(f"{name_or_path!r}{', three_class' if three_class else ''}: expected distinct names "
+                             f"of {sorted(FILES)} joined by '+', for the two labels {TWO_LABELS}")
+        parts = []
+        for name in names:
+            path = fetch(name, mirror=mirror, cache_dir=cache_dir)
+            parts.append(drop_duplicates(read_davidson(path, normalize=normalize, multilabel=True) if name == "davidson"
+                                         else read_hate_speech18(path, multilabel=True)))
+        return join_sources(parts)
+    if multilabel:
+        raise ValueError(f"{name_or_path!r}, multilabel=True: expected 'davidson', 'hate_speech18' or both joined by '+'")
     if name_or_path in FILES:
         path = fetch(name_or_path, mirror=mirror, cache_dir=cache_dir)
         dataset = read_davidson(path, three_class=three_class, normalize=normalize) if name_or_path == "davidson" \
             else read_hate_speech18(path)
-    elif Path(name_or_path).suffix.lower() in (".csv", ".jsonl"):
-        dataset = read_table(name_or_path, text_column=text_column, label_column=label_column, label_map=label_map)
+    elif table:
+        dataset = read_table(name_or_path, text_column=text_column, label_column=label_column, label_map=label_map,
+                             group_column=group_column)
     else:
         raise ValueError(f"{name_or_path!r}: expected 'davidson', 'hate_speech18' or a path to a .csv or .jsonl file")
     return drop_duplicates(dataset)
@@ -467,7 +670,11 @@ def load_dataset(name_or_path, *, mirror=None, cache_dir=None, three_class=False
 # ----------------------------------------------------------------------------------------------
 # 4. One split for every model of a comparison
 
-MANIFEST_FORMAT = "nanobert-split-1"
+# Format 1 split text by text, so near-copies of a tweet or sentences of one author could be on
+# both sides; format 2 keeps each group on one side and says which grouping it used. Both load,
+# apply and verify, so that runs made on a format-1 split stay reproducible.
+MANIFEST_FORMAT = "nanobert-split-2"
+OLD_FORMATS = ("nanobert-split-1",)
 PARTS = ("train", "validation", "test")
 
 
@@ -484,23 +691,98 @@ def _manifest_hash(manifest):
     return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0):
-    """A stratified train/validation/test split of `dataset`, as a manifest dict (see save_manifest)."""
+def _strata(dataset):
+    """Per text, what every part keeps in proportion: the label, or in a multi-label dataset source and labels."""
+    if not dataset.multilabel:
+        return list(dataset.labels)
+    sources = dataset.sources or [dataset.name] * len(dataset)
+    return [f"{source}:{','.join(map(str, label))}" for source, label in zip(sources, dataset.labels)]
+
+
+def _units(groups):
+    """Lists of the positions that go to one part together, in order of first appearance; None: alone."""
+    units = {}
+    for i, group in enumerate(groups):
+        units.setdefault((i,) if group is None else group, []).append(i)  # a tuple is never a group key
+    return list(units.values())
+
+
+def _random_split(dataset, fractions, rng):
+    """Text by text, stratum by stratum: format 1's method, so grouping="none" gives its very splits."""
+    strata = np.asarray(_strata(dataset))
+    keys = sorted(set(strata.tolist())) if dataset.multilabel else range(len(dataset.label_names))
+    parts = {part: [] for part in PARTS}
+    for key in keys:
+        members = rng.permutation(np.flatnonzero(strata == key))
+        n_test, n_val = round(len(members) * fractions[2]), round(len(members) * fractions[1])
+        parts["test"] += members[:n_test].tolist()
+        parts["validation"] += members[n_test : n_test + n_val].tolist()
+        parts["train"] += members[n_test + n_val :].tolist()
+    return parts
+
+
+def _grouped_split(dataset, fractions, rng):
+    """Whole groups, one part each, so that every stratum stays near its share in every part.
+
+    The groups are shuffled (seed), then each joins the part where it least increases the distance
+    sum over parts p and strata s of (n[p, s] - target[p, s])^2 / target[p, s] (Pearson's chi-square)
+    of the counts so far from the targets fraction[p] * (texts of s). Dividing by the target keeps
+    rare classes in proportion as well as common ones, and sends a large group to the large part.
+    """
+    units, strata = _units(dataset.groups), _strata(dataset)
+    column = {key: j for j, key in enumerate(sorted(set(strata), key=str))}
+    counts = np.zeros((len(units), len(column)))
+    for u, members in enumerate(units):
+        for i in members:
+            counts[u, column[strata[i]]] += 1
+    target = np.outer(fractions, counts.sum(axis=0))
+    safe = np.where(target > 0, target, 1.0)  # a zero target meets only zero counts
+    n, parts = np.zeros_like(target), {part: [] for part in PARTS}
+    for u in rng.permutation(len(units)):
+        c = counts[u]
+        growth = ((2 * (n - target) + c) * c / safe).sum(axis=1)  # the change of the distance, per part
+        growth[np.asarray(fractions) == 0] = np.inf
+        p = int(np.argmin(growth))  # ties: the first part, train
+        n[p] += c
+        parts[PARTS[p]] += units[u]
+    return parts
+
+
+def _grouping(dataset, grouping):
+    """The grouping a split of `dataset` uses: 'none' (text by text) or the name of the dataset's groups."""
+    if grouping == "none" or grouping == "auto" and dataset.groups is None:
+        return "none"
+    if dataset.groups is None:
+        raise DataError(f"{dataset.name}: has no groups for grouping={grouping!r}; expected 'auto' or 'none' "
+                        "(or a dataset loaded with groups, e.g. group_column=)")
+    name = dataset.grouping or "groups"
+    if grouping not in ("auto", name):
+        raise ValueError(f"grouping={grouping!r}: expected 'auto', 'none' or {name!r} (the groups {dataset.name} has)")
+    return name
+
+
+def _part_counts(dataset, indices):
+    """Texts per class in a part; multi-label: per label [no, yes, not annotated]."""
+    if dataset.multilabel:
+        return dataset.subset(indices).class_counts()
+    return np.bincount(np.asarray(dataset.labels, dtype=np.int64)[indices], minlength=len(dataset.label_names)).tolist()
+
+
+def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0, grouping="auto"):
+    """A stratified train/validation/test split of `dataset`, as a manifest dict (see save_manifest).
+
+    grouping="auto": if the dataset has groups (authors, near-duplicate tweets, a group column),
+    each group goes whole to one part, and the parts keep the label (and source) proportions about
+    right; without groups, and with grouping="none", text by text with exact proportions.
+    """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions={fractions}: expected three non-negative numbers that sum to 1")
     if len(set(dataset.texts)) != len(dataset):
         raise DataError(f"{dataset.name}: has duplicate texts; expected them removed (load_dataset or drop_duplicates) "
                         "so no test text is also in training")
-    # Class by class, so that every part keeps the class balance of the whole (stratification).
+    grouping = _grouping(dataset, grouping)
     rng = np.random.default_rng(seed)
-    labels = np.asarray(dataset.labels)
-    parts = {part: [] for part in PARTS}
-    for label in range(len(dataset.label_names)):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test, n_val = round(len(members) * fractions[2]), round(len(members) * fractions[1])
-        parts["test"] += members[:n_test].tolist()
-        parts["validation"] += members[n_test : n_test + n_val].tolist()
-        parts["train"] += members[n_test + n_val :].tolist()
+    parts = _random_split(dataset, fractions, rng) if grouping == "none" else _grouped_split(dataset, fractions, rng)
     manifest = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset.name,
@@ -510,12 +792,30 @@ def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0):
         "size": len(dataset),
         "seed": seed,
         "fractions": list(fractions),
-        "class_counts": {p: np.bincount(labels[parts[p]], minlength=len(dataset.label_names)).tolist() for p in PARTS},
-        # The training part is everything else: listing it too would triple the file for nothing.
-        "indices": {p: sorted(parts[p]) for p in ("validation", "test")},
+        "grouping": grouping,
+        "groups": len(dataset) if grouping == "none" else len(_units(dataset.groups)),  # what was dealt out
+        "class_counts": {p: _part_counts(dataset, parts[p]) for p in PARTS},
     }
+    if dataset.sources is not None:
+        manifest["source_counts"] = {p: dict(Counter(dataset.sources[i] for i in parts[p])) for p in PARTS}
+    # The training part is everything else: listing it too would triple the file for nothing.
+    manifest["indices"] = {p: sorted(parts[p]) for p in ("validation", "test")}
     manifest["manifest_sha256"] = _manifest_hash(manifest)
     return manifest
+
+
+def split_kind(manifest):
+    """How a manifest's parts were drawn, in words (for reports): random by text, or grouped by what."""
+    grouping = manifest.get("grouping", "none")  # format 1 had no groups
+    if grouping == "none":
+        return "random by text (may leak: near-duplicates/authors can be on both sides)"
+    words = lambda kind: f"column {kind[7:]!r}" if kind.startswith("column:") else \
+        {"near-duplicate": "near-duplicate tweet", "groups": "the dataset's groups"}.get(kind, kind)
+    if "+" not in grouping or grouping.startswith("column:"):
+        return f"grouped by {words(grouping)}"
+    # Joined sources, e.g. davidson:near-duplicate+hate_speech18:author.
+    return "grouped by " + " and ".join(f"{words(kind)} ({source})" for source, kind in
+                                        (part.split(":", 1) for part in grouping.split("+")))
 
 
 def save_manifest(manifest, path):
@@ -526,8 +826,8 @@ def save_manifest(manifest, path):
 
 def check_manifest(manifest, dataset, where="split manifest"):
     """Raise DataError unless `manifest` is intact and was made from exactly this dataset."""
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{where}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    if manifest.get("format") not in (MANIFEST_FORMAT, *OLD_FORMATS):
+        raise DataError(f"{where}: format {manifest.get('format')!r}, expected one of {[MANIFEST_FORMAT, *OLD_FORMATS]}")
     if manifest.get("manifest_sha256") != _manifest_hash(manifest):
         raise DataError(f"{where}: manifest_sha256 does not match its content; expected an unedited manifest")
     if dataset is not None:
@@ -573,15 +873,39 @@ def apply_split(dataset, manifest):
     return {part: dataset.subset(indices, f"{dataset.name}/{part}") for part, indices in parts.items()}
 
 
-def get_split(dataset, manifest_path, *, fractions=(0.8, 0.1, 0.1), seed=0):
-    """Load the split at manifest_path (checking it fits dataset), or make and save it there; then apply it."""
+def leakage(dataset, manifest, *, keys=None, part="test"):
+    """Share of the texts of `part` whose group also has a text in training (0.0: no leak).
+
+    keys: per text, what to compare instead of dataset.groups, e.g. dataset.posts; None never matches.
+    Any manifest of this dataset can be measured, so also how much an older random split leaked.
+    """
+    check_manifest(manifest, dataset)
+    keys = dataset.groups if keys is None else keys
+    if keys is None or len(keys) != len(dataset):
+        raise DataError(f"{dataset.name}: {'no groups' if keys is None else f'{len(keys)} keys'} for {len(dataset)} texts; "
+                        "expected a dataset with groups, or one key per text")
+    indices = split_indices(manifest)
+    seen = {keys[i] for i in indices["train"]} - {None}
+    held = indices[part]
+    return sum(keys[i] in seen for i in held) / len(held) if held else 0.0
+
+
+def get_split(dataset, manifest_path, *, fractions=(0.8, 0.1, 0.1), seed=0, grouping="auto"):
+    """Load the split at manifest_path (checking it fits dataset), or make and save it there; then apply it.
+
+    A new split keeps the dataset's groups whole (see make_split); a saved one is used as it is,
+    of whatever kind (split_kind), unless `grouping` asks for another kind.
+    """
     if Path(manifest_path).exists():
         manifest = load_manifest(manifest_path, dataset)
         if manifest["seed"] != seed or manifest["fractions"] != list(fractions):
             raise DataError(f"{manifest_path}: seed {manifest['seed']}, fractions {manifest['fractions']}, expected "
                             f"{seed}, {list(fractions)}; use another path for another split")
+        if grouping != "auto" and manifest.get("grouping", "none") != _grouping(dataset, grouping):
+            raise DataError(f"{manifest_path}: {split_kind(manifest)}, expected grouping {grouping!r}; "
+                            "use another path for another split")
     else:
-        manifest = make_split(dataset, fractions=fractions, seed=seed)
+        manifest = make_split(dataset, fractions=fractions, seed=seed, grouping=grouping)
         save_manifest(manifest, manifest_path)
     return apply_split(dataset, manifest)
 
@@ -676,17 +1000,34 @@ def class_weights(labels, num_classes=None):
     return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
 
 
+def pos_weights(labels):
+    """Per label of a multi-label dataset, negatives / positives among the texts that annotate it (-1 does not).
+
+    The pos_weight of a binary cross-entropy: a label's positives then weigh as much as its negatives.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 2:
+        raise DataError(f"labels of shape {labels.shape}: expected (texts, labels), one 0/1/-1 list per text")
+    positives, negatives = (labels == 1).sum(axis=0), (labels == 0).sum(axis=0)
+    if (positives == 0).any() or (negatives == 0).any():
+        empty = np.flatnonzero((positives == 0) | (negatives == 0)).tolist()
+        raise DataError(f"label(s) {empty} lack positive or negative examples; expected both for negatives/positives")
+    return torch.tensor(negatives / positives, dtype=torch.float32)
+
+
 class Loader:
     """Batches of tensors from texts: tokenized once up front, then padded per batch.
 
-    Yields dicts with input_ids, attention_mask, token_type_ids (B, T), labels (B,) if labels were
-    given, and index (B,): each row's position in `texts`, to put predictions back in order.
+    Yields dicts with input_ids, attention_mask, token_type_ids (B, T), labels if labels were given
+    ((B,) of class ids, or (B, L) of 1/0/-1 for multi-label lists), and index (B,): each row's
+    position in `texts`, to put predictions back in order.
     """
 
     def __init__(self, texts, labels, tokenizer, max_length, batch_size, *, shuffle=False, seed=0,
                  bucket_batches=50, drop_last=False, num_replicas=1, rank=0):
         ids = _token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
         self.ids, self.lengths = _pad(ids, tokenizer)
+        # One tensor either way: a list of ints is (N,), a list of [toxic, hate] pairs is (N, 2).
         self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
         if self.labels is not None and len(self.labels) != len(ids):
             raise ValueError(f"{len(ids)} texts but {len(self.labels)} labels; expected one label per text")

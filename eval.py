@@ -85,6 +85,7 @@ def label_file(clf, args):
         raise ValueError(f"--output {args.output}: expected a .csv or .jsonl file")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise ValueError(f"--output {args.output}: the same file as --input; expected another file")
+    files.check_writable(Path(args.output).parent, "--output")
     rows, fields = read_table(args.input, args.text_column)
     texts = [row.get(args.text_column) for row in rows]
     keep = [i for i, t in enumerate(texts) if isinstance(t, str) and not is_blank(t)]
@@ -129,6 +130,8 @@ def cmd_predict(args):
 
 
 def cmd_report(args):
+    if args.out:
+        files.check_writable(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
@@ -137,6 +140,8 @@ def cmd_report(args):
 
 
 def cmd_export(args):
+    if args.out:
+        files.check_writable(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = runs.export_int8(args.run, args.out)
@@ -234,6 +239,8 @@ def main(argv=None):
         {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # RunError and data.DataError are ValueErrors
         sys.exit(f"error: {e}")
+    except OSError as e:  # read-only folder, a path under a file, a full disk
+        sys.exit(f"error: {files.os_error_message(e)}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,30 @@ def atomic_write(path, write):
         raise
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: the file and what the system said (read-only, not a folder, disk full)."""
+    if e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror.lower()}"
+    return str(e)
+
+
+def nearest_folder(path) -> Path:
+    """The deepest part of path that exists (path itself, or a parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path, flag):
+    """Raise ValueError naming flag unless path (a folder, existing or to be made) can be written."""
+    existing = nearest_folder(path)
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable; expected a folder you can write to")
+
+
 def write_bytes(path, data: bytes):
     atomic_write(path, lambda p: Path(p).write_bytes(data))
 

@@ -55,6 +55,10 @@ class BertConfig:
         return len(self.id2label)
 
     def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} is not a size; expected a whole number of at least 1")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
         if self.hidden_size % self.num_attention_heads:
@@ -93,8 +97,16 @@ class BertConfig:
             method = raw["quantization_config"].get("quant_method") if isinstance(raw["quantization_config"], dict) else None
             raise ValueError(f"quantization_config: a quantised model ({method!r}); expected fp32 weights "
                              "(an int8 model of quantize.py loads with eval.load_run)")
-        known = {f.name for f in fields(cls)}
+        known = {f.name: f.type for f in fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in known}
+        for k, v in kwargs.items():
+            # A config written by hand can hold "big" where a number belongs: say which field, here,
+            # rather than fail somewhere inside nn.Linear.
+            expected = CONFIG_TYPES.get(k)
+            if expected and not (isinstance(v, expected) and not isinstance(v, bool)) and not (v is None and k == "classifier_dropout"):
+                raise ValueError(f"field {k!r} is {v!r}; expected {CONFIG_TYPE_NAMES[expected]}")
+        if not isinstance(kwargs.get("id2label", {}), dict):
+            raise ValueError(f"field 'id2label' is {kwargs['id2label']!r}; expected an object of id -> label name")
         if "id2label" not in raw and "num_labels" in raw:
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(raw["num_labels"])}
         return cls(**kwargs)
@@ -108,6 +120,14 @@ class BertConfig:
                  position_embedding_type="absolute")
         return d
 
+
+# The type each config field must have in config.json (ints are accepted where floats are).
+CONFIG_TYPES = {"vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+                "intermediate_size": int, "hidden_act": str, "hidden_dropout_prob": (int, float),
+                "attention_probs_dropout_prob": (int, float), "max_position_embeddings": int, "type_vocab_size": int,
+                "layer_norm_eps": (int, float), "initializer_range": (int, float), "pad_token_id": int,
+                "classifier_dropout": (int, float)}
+CONFIG_TYPE_NAMES = {int: "a whole number", str: "a string", (int, float): "a number"}
 
 # -----------------------------------------------------------------------------
 # The model

@@ -208,19 +208,13 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
     test, manifest_path, manifest = runs.load_test_split(run_dirs[0], infos[0])
     device = classifier.pick_device(device)
     names = runs.run_names(run_dirs)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
+    # Evaluate everything first: a run that fails to load leaves no half-written report behind.
     rows, probs = [], {}
     for d, info, name in zip(run_dirs, infos, names, strict=True):
         print(f"evaluating {name} ({d}) on {len(test)} test texts")
         row, probs[name] = evaluate_run(d, info, test, device=device, batch_size=batch_size, latency_n=latency_n)
-        row = {"name": name, **row, "predictions": f"predictions-{name}.json"}
-        rows.append(row)
-        record = {"name": name, "run_dir": str(d), "method": row["method"], "seed": row["seed"],
-                  "split_sha256": info["split_sha256"], "test_indices": manifest["indices"]["test"],
-                  "label_names": test.label_names, "labels": test.labels, "probabilities": probs[name].tolist()}
-        files.write_text(out_dir / row["predictions"], json.dumps(record) + "\n")
-
+        rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
     groups = group_runs(infos, names)
     by_name = {r["name"]: r for r in rows}
     for g in groups:
@@ -232,22 +226,36 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
     settings = {"device": str(device), "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
                 "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
-                 "label_names": test.label_names,
+                 "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "class_counts": np.bincount(test.labels, minlength=len(test.label_names)).tolist()}
+    write_report(out_dir, test_info, settings, groups, by_name, comparisons, probs, run_dirs, names, draw)
+    return rows
 
+
+def write_report(out_dir, test_info, settings, groups, by_name, comparisons, probs, run_dirs, names, draw):
+    """results.md / .csv / .json, predictions-<name>.json per run, and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, d in zip(names, run_dirs, strict=True):
+        row = by_name[name]
+        record = {"name": name, "run_dir": str(d), "method": row["method"], "seed": row["seed"],
+                  "split_sha256": test_info["split_sha256"], "test_indices": test_info["test_indices"],
+                  "label_names": test_info["label_names"], "labels": test_info["labels"],
+                  "probabilities": probs[name].tolist()}
+        files.write_text(out_dir / row["predictions"], json.dumps(record) + "\n")
     pngs = plots.write_plots(out_dir, groups, by_name, run_dirs, names) if draw else []
-    md = results_markdown(test_info, settings, groups, by_name, comparisons, pngs)
-    files.write_text(out_dir / "results.md", md)
+    test_info = {k: v for k, v in test_info.items() if k not in ("test_indices", "labels")}
+    columns = table_columns(len(test_info["label_names"]))
+    files.write_text(out_dir / "results.md", results_markdown(test_info, settings, groups, by_name, comparisons, pngs))
+    rows = [by_name[n] for n in names]
     files.write_text(out_dir / "results.csv", results_csv(rows))
-    keys = [k for _, k, _, _ in table_columns(len(test.label_names))]
     for g in groups:  # the numbers behind the mean ± std cells
-        g.update({k: dict(zip(("mean", "std"), metrics.mean_std([by_name[n].get(k) for n in g["names"]]), strict=True)) for k in keys})
+        g.update({k: dict(zip(("mean", "std"), metrics.mean_std([by_name[n].get(k) for n in g["names"]]), strict=True))
+                  for _, k, _, _ in columns})
     summary = {"test": test_info, "settings": settings, "runs": rows, "groups": groups, "comparisons": comparisons}
     files.write_text(out_dir / "results.json", json.dumps(json_safe(summary), indent=2) + "\n")
-    print(models_table(groups, by_name, table_columns(len(test.label_names))))
+    print(models_table(groups, by_name, columns))
     print(f"wrote {out_dir / 'results.md'}, results.csv, results.json, predictions-*.json ({len(rows)})"
           + (f" and {len(pngs)} plots" if pngs else ""))
-    return rows
 
 
 def compare(groups, by_name, probs, labels, num_classes, resamples, seed):

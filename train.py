@@ -236,6 +236,10 @@ def check_folder(s: Settings, run_dir: Path):
         raise TrainError(f"--out {run_dir}: holds a finished run; expected a new folder, or --overwrite to replace it")
     if run_dir.is_file():
         raise TrainError(f"--out {run_dir}: a file; expected a folder for the run")
+    try:
+        files.check_writable(run_dir, "--out")
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / runs.RUN_FILE).is_file():
         raise TrainError(f"--out {run_dir}: not empty and not a run folder; expected a new or empty folder")
 
@@ -831,6 +835,8 @@ def main(argv=None):
         sys.exit("interrupted; an interrupted run continues from its last checkpoint with the same command and --resume")
     except (TrainError, data.DataError, runs.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # read-only folder, a path under a file, a full disk
+        sys.exit(f"error: {files.os_error_message(e)}")
 
 
 if __name__ == "__main__":

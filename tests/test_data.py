@@ -1,8 +1,9 @@
 """Tests of data.py: tokenizer parity, dataset loaders, downloads, splits and batches.
 
 Fixtures: tests/fixtures/tokenizer (made by make_tokenizer_fixture.py with transformers) and
-tests/fixtures/data (made by make_data_fixtures.py). Checks against the real datasets run only
-where the offline mirror ../shared exists beside the repository.
+tests/fixtures/data (made by make_data_fixtures.py, and make_group_fixtures.py for the grouped
+splits and the two-label dataset). Checks against the real datasets run only where the offline
+mirror ../shared exists beside the repository.
 """
 
 import hashlib
@@ -29,6 +30,9 @@ SHARED = ROOT.parent / "shared"
 
 DAVIDSON_TINY = DATA / "davidson_tiny.csv"
 HATE18_TINY = DATA / "hate18_tiny.zip"
+DAVIDSON_NEAR_DUPS = DATA / "davidson_near_dups.csv"  # these three: made by make_group_fixtures.py
+HATE18_AUTHORS = DATA / "hate18_authors.zip"
+SPLIT_V1 = DATA / "split_v1.json"
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +216,168 @@ def test_load_dataset_removes_duplicates_majority_label():
     with pytest.raises(ValueError) as e:
         data.load_dataset("comments.parquet")
     one_line_error(e, "comments.parquet", ".csv", ".jsonl")
+
+# ----------------------------------------------------------------------------------------------
+# Groups: what a split keeps on one side
+
+
+def test_near_duplicate_key():
+    key = data.near_duplicate_key
+    same = ["RT @alice: You are such a LOSER!!! 😂😂 http://t.co/aaa", "@bob @carol you are such a loser &#128514;",
+            "you are Such a loser.", "you are such a loser", "  You ARE such-a loser?! www.x.com/y RT"]
+    assert {key(t) for t in same} == {"youaresuchaloser"}
+    assert all(key(data.normalize_tweet(t)) == key(t) for t in same)  # normalised copies keep their raw key
+    assert len({key(t) for t in ["you are such a loser", "you are such a winner", "you are a loser", "ARTS and RTs"]}) == 4
+    assert key("ART RTs") == "artrts"  # only a standalone RT is a retweet marker
+    # Nothing left: a group of its own (None), never one key shared by all such tweets.
+    assert key("@dave") is None and key("RT @erin: http://t.co/x 😂!!") is None
+
+
+def test_davidson_near_duplicate_groups():
+    ds = data.read_davidson(DAVIDSON_NEAR_DUPS)
+    assert ds.grouping == "near-duplicate" and ds.sources is None and ds.posts is None
+    group = dict(zip(ds.texts, ds.groups))
+    copies = ["@user: You are such a LOSER!!! 😂😂 http", "@user @user you are such a loser 😂", "you are Such a loser."]
+    assert {group[t] for t in copies} == {"youaresuchaloser"}
+    # A retweet cut short with "…", and a quote that adds a comment, join the whole tweet's group.
+    assert group["@user: this whole tweet is a long one about nothing at all and it gets cut…"] == \
+        group["this whole tweet is a long one about nothing at all and it gets cut off right here"]
+    assert group["“@user: good morning to everyone except my haters” lol true"] == \
+        group["good morning to everyone except my haters"]
+    assert group["lol ok"] != group["lol ok then"]  # a short shared start is no copy
+    assert group["What a lovely day at the beach"] != group["what a lovely day at the park"]
+    assert group["@user"] is None and group["@user http"] is None
+    assert len(data._units(ds.groups)) == 10  # 14 tweets
+    # Without normalisation the texts differ, but the groups are the same.
+    raw = data.read_davidson(DAVIDSON_NEAR_DUPS, normalize=False)
+    assert raw.texts[0].startswith("RT @alice") and raw.groups == ds.groups
+
+
+def test_hate_speech18_groups_are_authors():
+    ds = data.read_hate_speech18(HATE18_AUTHORS)
+    assert ds.grouping == "author" and len(ds) == 39 and len(set(ds.groups)) == 8
+    assert (ds.groups[0], ds.posts[0], ds.texts[0]) == ("1000", "3000", "Author 0 writes sentence 1 of post 3000 .")
+    assert ds.posts[5] == "3010" and ds.groups[5] == "1001"
+    assert data.read_hate_speech18(HATE18_TINY).groups == ["572066"] * 5
+    # "Thank you ." by authors 1000 and 1006: kept once, in the group of its first copy.
+    unique = data.drop_duplicates(ds)
+    assert len(unique) == 38 and unique.groups[unique.texts.index("Thank you .")] == "1000"
+    assert unique.groups.count("1006") == 4 and unique.posts[unique.texts.index("Thank you .")] == "3000"
+    picked = unique.subset([5, 0])
+    assert (picked.groups, picked.posts, picked.grouping) == (["1001", "1000"], ["3010", "3000"], "author")
+
+
+def test_table_group_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label,thread\na,0,t1\nb,1,t1\nc,0,\nd,1,t2\ne,0, \n")
+    ds = data.load_dataset(path, group_column="thread")
+    assert ds.groups == ["t1", "t1", None, "t2", None] and ds.grouping == "column:thread"
+    assert ds.options["group_column"] == "thread"
+    assert data.read_table(path).groups is None and "group_column" not in data.read_table(path).options
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "a", "label": 0, "user": 7}\n{"text": "b", "label": 1, "user": null}\n'
+                    '{"text": "c", "label": 1, "user": "7"}\n')
+    assert data.read_table(path, group_column="user").groups == ["7", None, "7"]
+    with pytest.raises(data.DataError) as e:
+        data.read_table(path, group_column="author")
+    one_line_error(e, str(path), "line 1", "['author']")
+
+
+# ----------------------------------------------------------------------------------------------
+# The two-label dataset: toxic and hate, -1 where a source does not say
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path, monkeypatch):
+    """A mirror folder holding the two fixtures as davidson and hate_speech18, accepted by their checksums."""
+    mirror = tmp_path / "mirror"
+    (mirror / "davidson").mkdir(parents=True)
+    (mirror / "hate_speech18").mkdir()
+    shutil.copy(DAVIDSON_NEAR_DUPS, mirror / data.FILES["davidson"])
+    shutil.copy(HATE18_AUTHORS, mirror / data.FILES["hate_speech18"])
+    monkeypatch.setitem(data.SHA256, "davidson", hashlib.sha256(DAVIDSON_NEAR_DUPS.read_bytes()).hexdigest())
+    with zipfile.ZipFile(HATE18_AUTHORS) as archive:
+        meta = archive.read("hate-speech-dataset-master/annotations_metadata.csv")
+    monkeypatch.setitem(data.SHA256, "hate_speech18", hashlib.sha256(meta).hexdigest())
+    return mirror
+
+
+def test_two_labels_of_each_source(tiny_mirror):
+    davidson = data.load_dataset("davidson", mirror=tiny_mirror, multilabel=True)
+    label = dict(zip(davidson.texts, davidson.labels))
+    assert davidson.label_names == ["toxic", "hate"] and davidson.sources == ["davidson"] * len(davidson)
+    assert label["you are Such a loser."] == [1, 1]  # class 0, hate speech: toxic and hateful
+    assert label["@user"] == [1, 0]  # class 1, offensive
+    assert label["what a lovely day at the park"] == [0, 0]  # class 2, neither
+    assert label["@user: You are such a LOSER!!! 😂😂 http"] == [1, 0]  # a near-copy keeps its own labels
+    assert davidson.groups[0] == "davidson:youaresuchaloser" and davidson.groups.count(None) == 2
+    binary = data.load_dataset("davidson", mirror=tiny_mirror)
+    assert binary.texts == davidson.texts and binary.labels == [y[0] for y in davidson.labels]
+    assert binary.sources is None and binary.label_names == ["not toxic", "toxic"]
+    hate = data.load_dataset("hate_speech18", mirror=tiny_mirror, multilabel=True)
+    single = data.load_dataset("hate_speech18", mirror=tiny_mirror)
+    assert hate.texts == single.texts and hate.label_names == ["toxic", "hate"]
+    assert hate.labels == [[1, 1] if y == 1 else [-1, 0] for y in single.labels]  # noHate says nothing of toxicity
+    assert hate.groups[0] == "hate_speech18:1000" and hate.posts[0] == "hate_speech18:3000"
+    assert hate.class_counts() == {"toxic": [0, 11, 27], "hate": [27, 11, 0]}
+
+
+def test_two_label_dataset_joins_the_sources(tiny_mirror):
+    both = data.load_dataset("davidson+hate_speech18", mirror=tiny_mirror)
+    assert both.name == "davidson+hate_speech18" and both.label_names == ["toxic", "hate"] and both.multilabel
+    assert both.grouping == "davidson:near-duplicate+hate_speech18:author"
+    assert both.sources.count("davidson") == 14 and both.sources.count("hate_speech18") == 37
+    assert len(both) == 14 + 38 - 1  # "What a lovely day at the beach" is in both
+    shared = both.texts.index("What a lovely day at the beach")
+    assert (both.sources[shared], both.labels[shared], both.groups[shared]) == \
+        ("davidson", [0, 0], "davidson:whatalovelydayatthebeach")
+    assert both.notes[-1] == "across sources: removed 1 duplicate text(s) (0 with conflicting labels: majority label kept)"
+    assert {g.split(":")[0] for g in both.groups if g} == {"davidson", "hate_speech18"}
+    assert set(both.options["sources"]) == {"davidson", "hate_speech18"} and both.options["multilabel"]
+    # The other order: the forum's copy is kept, and Davidson's annotation fills in its toxic label.
+    other = data.load_dataset("hate_speech18+davidson", mirror=tiny_mirror)
+    shared = other.texts.index("What a lovely day at the beach")
+    assert (other.sources[shared], other.labels[shared], other.groups[shared]) == \
+        ("hate_speech18", [0, 0], "hate_speech18:1001")
+    for bad in ("davidson+davidson", "davidson+reddit"):
+        with pytest.raises(ValueError) as e:
+            data.load_dataset(bad, mirror=tiny_mirror)
+        one_line_error(e, bad, "hate_speech18")
+    with pytest.raises(ValueError):
+        data.load_dataset("davidson+hate_speech18", mirror=tiny_mirror, three_class=True)
+    with pytest.raises(ValueError):
+        data.load_dataset(DATA / "comments.csv", multilabel=True)
+
+
+def test_one_manifest_covers_the_two_label_dataset(tiny_mirror, tmp_path):
+    both = data.load_dataset("davidson+hate_speech18", mirror=tiny_mirror)
+    split = data.make_split(both, fractions=(0.6, 0.2, 0.2), seed=2)
+    assert split["grouping"] == both.grouping and split["groups"] == len(data._units(both.groups))
+    assert data.split_kind(split) == "grouped by near-duplicate tweet (davidson) and author (hate_speech18)"
+    assert split["class_counts"]["train"].keys() == {"toxic", "hate"}
+    assert sum(split["source_counts"][p]["hate_speech18"] for p in data.PARTS) == 37
+    data.save_manifest(split, tmp_path / "split.json")
+    parts = data.apply_split(both, data.load_manifest(tmp_path / "split.json", both))
+    assert sum(len(parts[p]) for p in data.PARTS) == len(both)
+    for part, indices in data.split_indices(split).items():
+        assert parts[part].sources == [both.sources[i] for i in indices]
+        assert parts[part].labels == [both.labels[i] for i in indices] and parts[part].multilabel
+        assert split["class_counts"][part] == parts[part].class_counts()
+        assert all(parts[part].sources) and parts[part].grouping == both.grouping
+    users = {p: {g for g in parts[p].groups if g and g.startswith("hate_speech18:")} for p in data.PARTS}
+    assert not users["train"] & users["test"] and not users["train"] & users["validation"]
+    assert not users["validation"] & users["test"] and data.leakage(both, split) == 0.0
+    assert users["test"] and {s for p in data.PARTS for s in parts[p].sources} == {"davidson", "hate_speech18"}
+
+
+def test_drop_duplicates_votes_label_by_label():
+    ds = data.Dataset("m", ["a", "a", "a", "b", "b"], [[1, -1], [0, -1], [1, 0], [-1, -1], [-1, 1]], ["toxic", "hate"],
+                      groups=[None, "g1", "g2", "g3", "g3"], sources=["x", "y", "y", "x", "x"])
+    unique = data.drop_duplicates(ds)
+    assert unique.texts == ["a", "b"] and unique.labels == [[1, 0], [-1, 1]]
+    assert unique.groups == ["g1", "g3"] and unique.sources == ["x", "x"]  # the first group a copy has
+    assert unique.notes == ["removed 3 duplicate text(s) (1 with conflicting labels: majority label kept)"]
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +673,142 @@ def test_get_split_makes_once_then_reuses(tmp_path):
         data.get_split(ds, path, seed=8)
     one_line_error(e, str(path), "seed 7")
 
+def users_by_part(dataset, manifest):
+    return {part: {dataset.groups[i] for i in indices} for part, indices in data.split_indices(manifest).items()}
+
+
+def test_author_split_puts_no_user_on_both_sides():
+    ds = data.drop_duplicates(data.read_hate_speech18(HATE18_AUTHORS))
+    leaky = 0
+    for seed in range(5):
+        split = data.make_split(ds, fractions=(0.5, 0.25, 0.25), seed=seed)
+        users = users_by_part(ds, split)
+        assert not users["train"] & users["validation"] and not users["train"] & users["test"]
+        assert not users["validation"] & users["test"] and all(users.values())
+        assert data.leakage(ds, split) == 0.0 and data.leakage(ds, split, keys=ds.posts) == 0.0
+        assert (split["format"], split["grouping"], split["groups"]) == ("nanobert-split-2", "author", 8)
+        random = data.make_split(ds, fractions=(0.5, 0.25, 0.25), seed=seed, grouping="none")
+        assert random["grouping"] == "none" and random["groups"] == len(ds)
+        leaky += data.leakage(ds, random) > 0
+    assert leaky == 5  # by text, 8 authors cannot stay apart
+    assert data.split_kind(split) == "grouped by author"
+    assert data.split_kind(random) == "random by text (may leak: near-duplicates/authors can be on both sides)"
+
+
+def test_grouped_split_keeps_near_duplicates_together():
+    ds = data.drop_duplicates(data.read_davidson(DAVIDSON_NEAR_DUPS))
+    for seed in range(5):
+        split = data.make_split(ds, fractions=(0.5, 0.25, 0.25), seed=seed)
+        part_of = {i: part for part, indices in data.split_indices(split).items() for i in indices}
+        for members in data._units(ds.groups):
+            assert len({part_of[i] for i in members}) == 1, [ds.texts[i] for i in members]
+        assert data.leakage(ds, split) == 0.0 and split["grouping"] == "near-duplicate"
+    assert data.split_kind(split) == "grouped by near-duplicate tweet"
+
+
+def grouped_toy(n=600, seed=0):
+    """Texts in groups of 1 to 6; a group's texts mostly share its label."""
+    rng = np.random.default_rng(seed)
+    texts, labels, groups = [], [], []
+    while len(texts) < n:
+        g, size, label = len(set(groups)), int(rng.integers(1, 7)), int(rng.choice(3, p=[0.6, 0.3, 0.1]))
+        for _ in range(size):
+            labels.append(label if rng.random() < 0.8 else int(rng.integers(3)))
+            texts.append(f"text number {len(texts)}")
+            groups.append(f"g{g}")
+    return data.Dataset("grouped", texts, labels, ["a", "b", "c"], groups=groups, grouping="column:who")
+
+
+def test_grouped_split_is_stratified_whole_and_deterministic():
+    ds = grouped_toy()
+    total = np.array(ds.class_counts())
+    split = data.make_split(ds, seed=3)
+    assert data.make_split(ds, seed=3) == split and data.make_split(ds, seed=4)["indices"] != split["indices"]
+    indices = data.split_indices(split)
+    assert sorted(sum(indices.values(), [])) == list(range(len(ds)))
+    assert data.leakage(ds, split) == 0.0 and data.leakage(ds, split, part="validation") == 0.0
+    for part, fraction in zip(data.PARTS, (0.8, 0.1, 0.1)):
+        # Whole groups of up to 6 texts: each class within a few texts of its share.
+        assert np.abs(np.array(split["class_counts"][part]) - fraction * total).max() <= 3, (part, split["class_counts"])
+    assert split["groups"] == len(set(ds.groups)) and data.split_kind(split) == "grouped by column 'who'"
+    empty_validation = data.make_split(ds, fractions=(0.9, 0.0, 0.1), seed=3)
+    assert empty_validation["indices"]["validation"] == []
+
+
+def test_grouping_choices():
+    ds = grouped_toy(60)
+    assert data.make_split(ds, grouping="column:who") == data.make_split(ds)
+    with pytest.raises(ValueError) as e:
+        data.make_split(ds, grouping="author")
+    one_line_error(e, "'author'", "'column:who'")
+    with pytest.raises(data.DataError) as e:
+        data.make_split(toy_dataset(), grouping="author")
+    one_line_error(e, "toy", "no groups")
+    assert data.make_split(toy_dataset())["grouping"] == "none"  # no groups: by text, as before
+    unnamed = data.Dataset("u", ds.texts, ds.labels, ds.label_names, groups=ds.groups)
+    assert data.make_split(unnamed)["grouping"] == "groups"
+
+
+def test_old_manifest_loads_applies_and_says_it_may_leak(tmp_path):
+    ds = data.drop_duplicates(data.read_davidson(DAVIDSON_TINY))  # what load_dataset("davidson") gives
+    old = data.load_manifest(SPLIT_V1, ds)
+    assert old["format"] == "nanobert-split-1" and "grouping" not in old
+    assert data.split_kind(old) == "random by text (may leak: near-duplicates/authors can be on both sides)"
+    parts = data.apply_split(ds, old)
+    assert [len(parts[p]) for p in data.PARTS] == [4, 2, 2]
+    assert parts["test"].texts == [ds.texts[i] for i in old["indices"]["test"]]
+    # grouping="none" is format 1's method: the same parts, now in a format-2 manifest.
+    again = data.make_split(ds, fractions=(0.5, 0.25, 0.25), seed=0, grouping="none")
+    assert again["indices"] == old["indices"] and again["class_counts"] == old["class_counts"]
+    assert data.same_split(old, again)
+    # get_split keeps using a saved format-1 split, even though the dataset now has groups.
+    path = tmp_path / "split.json"
+    shutil.copy(SPLIT_V1, path)
+    assert data.get_split(ds, path, fractions=(0.5, 0.25, 0.25))["test"].texts == parts["test"].texts
+    assert path.read_bytes() == SPLIT_V1.read_bytes()
+    with pytest.raises(data.DataError) as e:
+        data.get_split(ds, path, fractions=(0.5, 0.25, 0.25), grouping="near-duplicate")
+    one_line_error(e, str(path), "random by text", "'near-duplicate'")
+    edited = json.loads(SPLIT_V1.read_text())
+    edited["indices"]["test"] = [4, 5]
+    with pytest.raises(data.DataError) as e:
+        data.check_manifest(edited, ds)
+    one_line_error(e, "manifest_sha256")
+
+
+def test_new_manifest_round_trip_and_edits_fail(tmp_path):
+    ds = data.drop_duplicates(data.read_hate_speech18(HATE18_AUTHORS))
+    path = tmp_path / "split.json"
+    parts = data.get_split(ds, path, fractions=(0.5, 0.25, 0.25), seed=1)
+    split = data.load_manifest(path, ds)
+    assert split == data.make_split(ds, fractions=(0.5, 0.25, 0.25), seed=1) and split["format"] == data.MANIFEST_FORMAT
+    assert parts["test"].groups == [ds.groups[i] for i in split["indices"]["test"]]
+    assert data.get_split(ds, path, fractions=(0.5, 0.25, 0.25), seed=1, grouping="author")["test"].texts == parts["test"].texts
+    for key, value in (("grouping", "none"), ("groups", 7), ("format", "nanobert-split-1")):
+        edited = dict(split, **{key: value})
+        with pytest.raises(data.DataError) as e:
+            data.check_manifest(edited, ds)
+        one_line_error(e, "manifest_sha256")
+    with pytest.raises(data.DataError) as e:
+        data.check_manifest(dict(split, format="nanobert-split-9"), ds)
+    one_line_error(e, "'nanobert-split-9'", "nanobert-split-2", "nanobert-split-1")
+
+
+def test_leakage_counts_test_texts_whose_group_is_in_train():
+    ds = data.Dataset("d", list("abcdefgh"), [0, 1, 0, 1, 0, 1, 0, 1], ["n", "y"],
+                      groups=["u1", "u1", None, "u3", "u3", None, "u4", "u2"], posts=list("pqprrsst"))
+    manifest = {"format": data.MANIFEST_FORMAT, "size": 8, "data_sha256": data.dataset_hash(ds.texts, ds.labels),
+                "indices": {"validation": [6], "test": [1, 4, 5, 7]}}
+    manifest["manifest_sha256"] = data._manifest_hash(manifest)
+    # train: a c d (u1 None u3); test: b (u1: yes) e (u3: yes) f (None, alone: no) h (u2: no)
+    assert data.leakage(ds, manifest) == 2 / 4
+    assert data.leakage(ds, manifest, keys=ds.posts) == 1 / 4  # train posts p p r; test q r s t: only e's r
+    assert data.leakage(ds, manifest, part="validation") == 0.0
+    with pytest.raises(data.DataError) as e:
+        data.leakage(data.Dataset("d", ds.texts, ds.labels, ds.label_names), manifest)
+    one_line_error(e, "no groups")
+
+
 
 # ----------------------------------------------------------------------------------------------
 # Batches
@@ -611,6 +913,24 @@ def test_loader_shuffled_resume(cased):
     assert [b["index"].tolist() for b in loader] == full[6:]
 
 
+def test_loader_multilabel_and_pos_weights(cased):
+    texts = ["Hello", "Hello World", "World", "Hello World !", "!"]
+    labels = [[1, 0], [0, -1], [-1, 1], [1, 0], [1, 0]]
+    loader = data.Loader(texts, labels, cased, max_length=5, batch_size=2)
+    batches = list(loader)
+    assert batches[0]["labels"].shape == (2, 2) and batches[0]["labels"].dtype == torch.long
+    assert torch.cat([b["labels"] for b in batches]).tolist() == labels
+    assert data.Loader(texts, [0, 1, 1, 0, 1], cased, 5, 2).collate([2, 0])["labels"].tolist() == [1, 0]
+    # toxic: annotated by texts 0 1 3 4, yes 3 no 1; hate: by 0 2 3 4, yes 1 no 3.
+    weights = data.pos_weights(labels)
+    assert weights.tolist() == pytest.approx([1 / 3, 3.0]) and weights.dtype == torch.float32
+    with pytest.raises(data.DataError) as e:
+        data.pos_weights([[1, 0], [0, 0], [-1, 0]])
+    one_line_error(e, "[1]", "positive")
+    with pytest.raises(data.DataError):
+        data.pos_weights([0, 1])
+
+
 # ----------------------------------------------------------------------------------------------
 # The real datasets, where the offline mirror is present
 
@@ -637,3 +957,59 @@ def test_real_hate_speech18_class_counts():
     ds = data.read_hate_speech18(path)
     assert ds.class_counts() == [9507, 1196]
     assert ds.notes[1] == "dropped 73 'idk/skip', 168 'relation' sentences"
+
+
+@pytest.fixture(scope="module")
+def real():
+    """The real datasets as load_dataset gives them, loaded once for the tests below."""
+    mirror = SHARED / "data"
+    return {name: data.load_dataset(name, mirror=mirror) for name in ("davidson", "hate_speech18", "davidson+hate_speech18")}
+
+
+def as_format1(manifest):
+    """The format-1 manifest that format 1's make_split wrote for the same split (grouping="none")."""
+    old = {k: v for k, v in manifest.items() if k not in ("grouping", "groups", "manifest_sha256")}
+    old["format"] = "nanobert-split-1"
+    return dict(old, manifest_sha256=data._manifest_hash(old))
+
+
+@needs_shared
+def test_real_davidson_split_leaks_no_near_duplicates(real):
+    ds = real["davidson"]
+    # The binary dataset of the earlier runs, text for text and label for label ...
+    assert data.dataset_hash(ds.texts, ds.labels) == "a2f29c1bc375300625e82403f9067a7114f63d4f3669bb4563c7d28570623ee4"
+    assert len(data._units(ds.groups)) == 23819 and ds.groups.count(None) == 2
+    # ... so their split (docs/results: split.json c7afdec1739a…) is grouping="none" at seed 0,
+    old = data.make_split(ds, seed=0, grouping="none")
+    assert as_format1(old)["manifest_sha256"].startswith("c7afdec1739a")
+    assert data.leakage(ds, old) > 0.03  # about 100 test tweets had a near-copy in training
+    new = data.make_split(ds, seed=0)
+    assert data.leakage(ds, new) == 0.0 and data.leakage(ds, new, part="validation") == 0.0
+    assert new["class_counts"] == {"train": [3292, 16371], "validation": [411, 2046], "test": [411, 2046]}
+
+
+@needs_shared
+def test_real_hate_speech18_split_puts_no_user_on_both_sides(real):
+    ds = real["hate_speech18"]
+    assert data.dataset_hash(ds.texts, ds.labels) == "bcdd35e770e3de676681e6d8e74efbaa1067655255d346e4bcf4de38e439d523"
+    assert len(set(ds.groups)) == 2778
+    old = data.make_split(ds, seed=0, grouping="none")
+    assert as_format1(old)["manifest_sha256"].startswith("7f7f1d6de5ed")  # the split of docs/results
+    assert data.leakage(ds, old) > 0.5 and data.leakage(ds, old, keys=ds.posts) > 0.5
+    new = data.make_split(ds, seed=0)
+    users = users_by_part(ds, new)
+    assert not users["train"] & users["validation"] and not users["train"] & users["test"]
+    assert not users["validation"] & users["test"]
+    assert data.leakage(ds, new) == 0.0 and data.leakage(ds, new, keys=ds.posts) == 0.0
+    for part, fraction in zip(data.PARTS, (0.8, 0.1, 0.1)):
+        assert np.abs(np.array(new["class_counts"][part]) - fraction * np.array([9342, 1192])).max() < 10
+
+
+@needs_shared
+def test_real_two_label_dataset(real):
+    both = real["davidson+hate_speech18"]
+    assert len(both) == 24577 + 10534 and both.sources.count("hate_speech18") == 10534
+    assert both.class_counts() == {"toxic": [4114, 21655, 9342], "hate": [32503, 2608, 0]}
+    split = data.make_split(both, seed=0)
+    assert data.leakage(both, split) == 0.0 and data.leakage(both, split, keys=both.posts) == 0.0
+    assert split["source_counts"]["test"] == {"davidson": 2458, "hate_speech18": 1052}
