@@ -49,16 +49,25 @@ class BertConfig:
     pad_token_id: int = 0
     classifier_dropout: float | None = None  # None: use hidden_dropout_prob, as BERT does
     id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    # None or "single_label_classification": one class per text (softmax over the logits);
+    # "multi_label_classification": a yes/no question per label (a sigmoid per logit), as in transformers.
+    problem_type: str | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.problem_type == "multi_label_classification"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)} is not a size; expected a whole number of at least 1")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type {self.problem_type!r} is not supported; expected one of {PROBLEM_TYPES}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
         if self.hidden_size % self.num_attention_heads:
@@ -103,7 +112,7 @@ class BertConfig:
             # A config written by hand can hold "big" where a number belongs: say which field, here,
             # rather than fail somewhere inside nn.Linear.
             expected = CONFIG_TYPES.get(k)
-            if expected and not (isinstance(v, expected) and not isinstance(v, bool)) and not (v is None and k == "classifier_dropout"):
+            if expected and not (isinstance(v, expected) and not isinstance(v, bool)) and not (v is None and k in ("classifier_dropout", "problem_type")):
                 raise ValueError(f"field {k!r} is {v!r}; expected {CONFIG_TYPE_NAMES[expected]}")
         if not isinstance(kwargs.get("id2label", {}), dict):
             raise ValueError(f"field 'id2label' is {kwargs['id2label']!r}; expected an object of id -> label name")
@@ -114,6 +123,8 @@ class BertConfig:
     def to_dict(self) -> dict:
         # Written so that the reference library reads it back as a BERT classifier.
         d = asdict(self)
+        if d["problem_type"] is None:  # as the reference library leaves it out when unset
+            del d["problem_type"]
         d["id2label"] = {str(k): v for k, v in self.id2label.items()}
         d["label2id"] = {v: k for k, v in self.id2label.items()}
         d.update(model_type="bert", architectures=["BertForSequenceClassification"],
@@ -121,12 +132,14 @@ class BertConfig:
         return d
 
 
+PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification")
+
 # The type each config field must have in config.json (ints are accepted where floats are).
 CONFIG_TYPES = {"vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
                 "intermediate_size": int, "hidden_act": str, "hidden_dropout_prob": (int, float),
                 "attention_probs_dropout_prob": (int, float), "max_position_embeddings": int, "type_vocab_size": int,
                 "layer_norm_eps": (int, float), "initializer_range": (int, float), "pad_token_id": int,
-                "classifier_dropout": (int, float)}
+                "classifier_dropout": (int, float), "problem_type": str}
 CONFIG_TYPE_NAMES = {int: "a whole number", str: "a string", (int, float): "a number"}
 
 # -----------------------------------------------------------------------------
