@@ -768,6 +768,31 @@ def _part_counts(dataset, indices):
     return np.bincount(np.asarray(dataset.labels, dtype=np.int64)[indices], minlength=len(dataset.label_names)).tolist()
 
 
+def _split_parts(dataset, fractions, seed, grouping):
+    """{part: positions}. A dataset of several sources is split source by source, each exactly as its
+    own single-label split would be (same seed, same groups, stratified by its own label): a text is in
+    the test part of the joined dataset exactly when it is in the test part of its source's split, so
+    a model trained on one source and one trained on all can be compared on the same test texts."""
+    def split(d):
+        rng = np.random.default_rng(seed)
+        return _random_split(d, fractions, rng) if grouping == "none" else _grouped_split(d, fractions, rng)
+
+    if not dataset.multilabel or dataset.sources is None or len(set(dataset.sources)) == 1 and dataset.sources[0] == dataset.name:
+        return split(dataset)
+    parts = {part: [] for part in PARTS}
+    for source in dict.fromkeys(dataset.sources):
+        where = [i for i, s in enumerate(dataset.sources) if s == source]
+        labels = [dataset.labels[i] for i in where]
+        # The source's own label: the first one it annotates for every text (Davidson: toxic; hate_speech18: hate).
+        column = next(j for j in range(len(dataset.label_names)) if all(y[j] >= 0 for y in labels))
+        names = [f"not {dataset.label_names[column]}", dataset.label_names[column]]
+        groups = None if dataset.groups is None else [dataset.groups[i] for i in where]
+        own = Dataset(source, [dataset.texts[i] for i in where], [y[column] for y in labels], names, groups=groups)
+        for part, positions in split(own).items():
+            parts[part] += [where[k] for k in positions]
+    return parts
+
+
 def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0, grouping="auto"):
     """A stratified train/validation/test split of `dataset`, as a manifest dict (see save_manifest).
 
@@ -781,8 +806,7 @@ def make_split(dataset, *, fractions=(0.8, 0.1, 0.1), seed=0, grouping="auto"):
         raise DataError(f"{dataset.name}: has duplicate texts; expected them removed (load_dataset or drop_duplicates) "
                         "so no test text is also in training")
     grouping = _grouping(dataset, grouping)
-    rng = np.random.default_rng(seed)
-    parts = _random_split(dataset, fractions, rng) if grouping == "none" else _grouped_split(dataset, fractions, rng)
+    parts = _split_parts(dataset, fractions, seed, grouping)
     manifest = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset.name,

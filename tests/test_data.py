@@ -1012,4 +1012,18 @@ def test_real_two_label_dataset(real):
     assert both.class_counts() == {"toxic": [4114, 21655, 9342], "hate": [32503, 2608, 0]}
     split = data.make_split(both, seed=0)
     assert data.leakage(both, split) == 0.0 and data.leakage(both, split, keys=both.posts) == 0.0
-    assert split["source_counts"]["test"] == {"davidson": 2458, "hate_speech18": 1052}
+    assert split["source_counts"]["test"] == {"davidson": 2457, "hate_speech18": 1052}  # each source as its own split
+
+
+@needs_shared
+def test_the_joined_split_is_each_sources_own_split():
+    # A binary Davidson teacher and the two-label model must meet on the same test tweets: the joined
+    # dataset's parts, source by source, are exactly the parts of that source's own split.
+    mirror = SHARED / "data"
+    both = data.load_dataset("davidson+hate_speech18", mirror=mirror)
+    parts = data.split_indices(data.make_split(both, seed=3))
+    for name in ("davidson", "hate_speech18"):
+        alone = data.load_dataset(name, mirror=mirror)
+        own = data.split_indices(data.make_split(alone, seed=3))
+        for part in ("train", "validation", "test"):
+            assert {both.texts[i] for i in parts[part] if both.sources[i] == name} == {alone.texts[i] for i in own[part]}
