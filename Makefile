@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) train.py all --preset quick
+	$(PY) train.py all --preset quick --resume
 
 paper: setup
 	$(PY) train.py all --preset paper

@@ -127,10 +127,27 @@ def is_blank(text):
 
 
 def verdict(model, probs):
-    """(name, probability) of the most likely class of one text."""
+    """(name, probability) of one text: the most likely class; for a two-question model the last label
+    said yes to at its threshold (hate before toxic), or "neither" with the largest probability."""
     p = probs.tolist()
+    if model.multilabel:
+        yes = [k for k, v in zip(model.labels, p, strict=True) if v >= model.thresholds[k]]
+        return (yes[-1], p[model.labels.index(yes[-1])]) if yes else ("neither", max(p))
     best = max(range(len(p)), key=p.__getitem__)
     return label_names(model.info)[best], p[best]
+
+
+def flagged(model, probs):
+    """Does the answer warn (red), or not (green)? None for a task of more than two classes (blue)."""
+    if model.multilabel:
+        return any(v >= model.thresholds[k] for k, v in zip(model.labels, probs.tolist(), strict=True))
+    return bool(probs[1] > 0.5) if len(model.labels) == 2 else None
+
+
+def each_label(model, probs):
+    """'toxic 97.0% (yes) · hate 12.0% (no, threshold 40.0%)': every question of a two-label model."""
+    return " · ".join(f"{k} {v:.1%} ({'yes' if v >= model.thresholds[k] else 'no'}, threshold {model.thresholds[k]:.1%})"
+                      for k, v in zip(model.labels, probs.tolist(), strict=True))
 
 
 # -----------------------------------------------------------------------------
@@ -211,8 +228,9 @@ def show_verdict(run, text):
         return
     probs, seconds, lengths = classify(model, [text])
     name, p = verdict(model, probs[0])
-    box = (st.error if probs[0, 1] > 0.5 else st.success) if len(model.info["id2label"]) == 2 else st.info
-    box(f"### {name}\n{p:.1%} probability · model {run.label} · {seconds * 1000:.0f} ms")
+    box = {True: st.error, False: st.success, None: st.info}[flagged(model, probs[0])]
+    box(f"### {name}\n{p:.1%} probability · model {run.label} · {seconds * 1000:.0f} ms"
+        + (f"\n\n{each_label(model, probs[0])}" if model.multilabel else ""))
     if lengths[0] > model.max_length:
         st.caption(f"Note: the text has {lengths[0]} tokens; the model reads only the first {model.max_length} "
                    f"(its max_length), so the rest was cut.")
@@ -228,15 +246,22 @@ def show_comparison(all_runs, text):
             continue
         probs, seconds, lengths = classify(model, [text])
         name, p = verdict(model, probs[0])
+        two = len(model.labels) == 2
         rows.append({"model": run.label, "label": name, "probability": p,
-                     "P(toxic)": float(probs[0, 1]) if len(model.info["id2label"]) == 2 else None,
+                     "P(toxic)": float(probs[0, model.labels.index("toxic")]) if model.multilabel else float(probs[0, 1]) if two else None,
+                     "P(hate)": float(probs[0, model.labels.index("hate")]) if model.multilabel and "hate" in model.labels else None,
                      "latency (ms)": seconds * 1000})
         if lengths[0] > model.max_length:
             cut.append(run.name)
+    if all(r["P(hate)"] is None for r in rows):  # no two-question model here: no hate column
+        for r in rows:
+            del r["P(hate)"]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "probability": st.column_config.NumberColumn(format="%.3f", help="of the label shown"),
         "P(toxic)": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f",
-                                                    help="probability of class 1 (toxic / hate)"),
+                                                    help="probability of class 1 (toxic / hate), or of toxic"),
+        "P(hate)": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f",
+                                                   help="two-question models: probability of hate"),
         "latency (ms)": st.column_config.NumberColumn(format="%.1f", help="tokenizing and one forward pass, CPU")})
     labels = {r["label"] for r in rows}
     st.caption(f"All {len(rows)} models agree." if len(labels) == 1 else f"The models disagree: {', '.join(sorted(labels))}.")

@@ -44,13 +44,15 @@ def sync(device):
 
 @torch.no_grad()
 def predict_probs(net, loader):
-    """Class probabilities (N, C) on the CPU, in the order of the loader's texts."""
+    """Probabilities (N, C) on the CPU, in the order of the loader's texts: of each class (softmax), or
+    for a multi-label model of each label's yes (a sigmoid per label)."""
     net.eval()
     device = device_of(net)
     probs = torch.empty(len(loader.ids), net.config.num_labels)
+    multilabel = getattr(net.config, "multilabel", False)
     for batch in loader:
-        logits = net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))).logits
-        probs[batch["index"]] = torch.softmax(logits.float(), dim=-1).cpu()
+        logits = net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))).logits.float()
+        probs[batch["index"]] = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)).cpu()
     return probs
 
 
@@ -62,6 +64,10 @@ class Classifier:
         self.max_length = int(info.get("max_length", 128))
         self.batch_size = batch_size
         self.labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
+        self.multilabel = net.config.multilabel
+        # Multi-label: the yes/no threshold of each label, chosen on validation when the run was trained.
+        self.thresholds = {label: float((info.get("thresholds") or {}).get(label, 0.5)) for label in self.labels} \
+            if self.multilabel else None
 
     @classmethod
     def from_run(cls, run_dir, *, device="auto", batch_size=64):
@@ -80,14 +86,23 @@ class Classifier:
         return predict_probs(self.net, loader).numpy()
 
     def predict(self, texts) -> list[dict]:
-        """One dict per text: the most likely label, its probability as score, and every label's
-        probability. A single string gives a list of one."""
+        """One dict per text: "label" and its probability "score", and every label's probability.
+        One class per text: the most likely class. Multi-label (toxic, hate): "decisions" says yes or no
+        to each label at its threshold, and "label" is the last label said yes to (hate before toxic:
+        hate is also toxic), or "none"; its score is that label's probability (for none: the largest)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = []
         for text, p in zip(texts, self.predict_proba(texts).tolist(), strict=True):
-            best = max(range(len(p)), key=p.__getitem__)
-            out.append({"text": text, "label": self.labels[best], "score": p[best],
-                        "probabilities": dict(zip(self.labels, p, strict=True))})
+            probabilities = dict(zip(self.labels, p, strict=True))
+            if self.multilabel:
+                decisions = {k: v >= self.thresholds[k] for k, v in probabilities.items()}
+                yes = [k for k in self.labels if decisions[k]]
+                label = yes[-1] if yes else "none"
+                out.append({"text": text, "label": label, "score": probabilities[label] if yes else max(p),
+                            "probabilities": probabilities, "decisions": decisions})
+            else:
+                best = max(range(len(p)), key=p.__getitem__)
+                out.append({"text": text, "label": self.labels[best], "score": p[best], "probabilities": probabilities})
         return out
 
     __call__ = predict

@@ -456,12 +456,24 @@ def read_table(path, *, text_column="text", label_column="label", label_map=None
     written in the file (e.g. "toxic", or "1" for a JSON 1) to an id; an id of None drops the row.
     group_column (e.g. an author or thread id) keeps the texts of one value on one side of a split;
     a row with an empty value (or JSON null) is a group of its own.
+    label_column "toxic,hate" (several columns): a multi-label dataset, one yes/no question per column,
+    each cell 1, 0, or empty (or null) where the row does not annotate that question.
     """
-    records, notes = _read_records(path, [text_column, label_column] + ([group_column] if group_column else []))
+    label_columns = [c.strip() for c in label_column.split(",")]
+    records, notes = _read_records(path, [text_column, *label_columns] + ([group_column] if group_column else []))
+    multilabel = len(label_columns) > 1
+    if multilabel and label_map is not None:
+        raise DataError(f"{path}: label_map with several label columns {label_columns}; expected 0/1 cells, no label_map")
     texts, labels, groups, bad, empty, dropped = [], [], [], [], 0, 0
     for line, row in records:
-        key = _cell(row[label_column])
-        if label_map is not None:
+        key = _cell(row[label_column]) if not multilabel else None
+        if multilabel:
+            cells = [_cell(row[c]) for c in label_columns]
+            if any(c not in ("0", "1", "") for c in cells):
+                bad.append(f"line {line}: {cells}")
+                continue
+            label = [int(c) if c else -1 for c in cells]
+        elif label_map is not None:
             if key not in label_map:
                 bad.append(f"line {line}: {key!r}")
                 continue
@@ -487,12 +499,16 @@ def read_table(path, *, text_column="text", label_column="label", label_map=None
             groups.append(None if value is None else _cell(value) or None)
     if bad:
         expected = f"one of {sorted(label_map)}" if label_map is not None else "an integer 0..K-1 (or pass label_map)"
+        if multilabel:
+            expected = "1, 0 or empty in each label column"
         raise DataError(f"{path}: {len(bad)} label(s) in column {label_column!r} not usable, e.g. "
                         f"{', '.join(bad[:3])}; expected {expected}")
     if dropped:
         notes.append(f"dropped {dropped} row(s) whose label maps to None")
     _note_empty(notes, empty)
-    if label_map is not None:
+    if multilabel:
+        names = label_columns
+    elif label_map is not None:
         # Several file labels may share an id (e.g. hate and offensive -> toxic): name it after all of them.
         ids = sorted({v for v in label_map.values() if v is not None})
         if ids != list(range(len(ids))):
@@ -503,6 +519,8 @@ def read_table(path, *, text_column="text", label_column="label", label_map=None
     options = {"text_column": text_column, "label_column": label_column, "label_map": label_map}
     if group_column:
         options["group_column"] = group_column  # only then: the options of older manifests stay as they were
+    if multilabel:
+        options["multilabel"] = True
     return Dataset(Path(path).name, texts, labels, names, [f"read {len(records)} rows from {path}"] + notes, options,
                    groups if group_column else None, f"column:{group_column}" if group_column else None)
 

@@ -143,11 +143,37 @@ def hidden_loss(student_hidden, teacher_hidden, layers, attention_mask, kind: st
     return total / len(layers)
 
 
+def masked_bce(logits, labels, pos_weight=None):
+    """Binary cross-entropy of a multi-label task, one sigmoid per label, averaged over the (text, label)
+    pairs that are annotated: a label marked -1 (its source does not annotate it) has weight 0, so no
+    gradient flows through it. pos_weight (L,) weighs the positives of each label (rare hate)."""
+    mask = (labels >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels.clamp(min=0).float(), weight=mask,
+                                              pos_weight=pos_weight, reduction="sum")
+    return loss / mask.sum().clamp(min=1)
+
+
+def soft_binary_kl(student_logits, teacher_logits, T: float, mask):
+    """The multi-label soft term: per label, KL between the teacher's and the student's yes/no
+    distributions softened by T, times T^2; averaged over the annotated (text, label) pairs."""
+    log_s = torch.stack([F.logsigmoid(-student_logits / T), F.logsigmoid(student_logits / T)], dim=-1)
+    log_t = torch.stack([F.logsigmoid(-teacher_logits / T), F.logsigmoid(teacher_logits / T)], dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, L)
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1) * T * T
+
+
 def distill_loss(student_out, teacher_out, labels, layers, attention_mask,
-                 alpha=1 / 3, beta=1 / 3, gamma=1 / 3, T=2.0, hidden="cosine"):
-    """The weighted sum and its three parts (as floats, for logging)."""
-    ce = F.cross_entropy(student_out.logits, labels)
-    kl = soft_kl(student_out.logits, teacher_out.logits, T)
+                 alpha=1 / 3, beta=1 / 3, gamma=1 / 3, T=2.0, hidden="cosine", pos_weight=None):
+    """The weighted sum and its three parts (as floats, for logging). labels (B,): one class per text;
+    (B, L) with -1 where not annotated: a multi-label task, whose unannotated labels are left out of
+    both the hard and the soft term."""
+    if labels.dim() == 2:
+        ce = masked_bce(student_out.logits, labels, pos_weight)
+        kl = soft_binary_kl(student_out.logits.float(), teacher_out.logits.float(), T, labels >= 0)
+    else:
+        ce = F.cross_entropy(student_out.logits, labels)
+        kl = soft_kl(student_out.logits, teacher_out.logits, T)
     hs = hidden_loss(student_out.hidden_states, teacher_out.hidden_states, layers, attention_mask, hidden)
     loss = alpha * ce + beta * kl + gamma * hs
     return loss, {"ce": ce.item(), "kl": kl.item(), "hidden": hs.item()}

@@ -119,8 +119,11 @@ def cmd_predict(args):
     for result in clf.predict(texts):
         if args.json:
             print(json.dumps({"text": result["text"], "label": result["label"], "probability": round(result["score"], 6),
-                              "probabilities": {k: round(v, 6) for k, v in result["probabilities"].items()}},
-                             ensure_ascii=False))
+                              "probabilities": {k: round(v, 6) for k, v in result["probabilities"].items()},
+                              **({"decisions": result["decisions"]} if "decisions" in result else {})}, ensure_ascii=False))
+        elif "decisions" in result:  # two questions: each label's probability, and its decision
+            scores = " ".join(f"{k}={v:.3f}{'*' if result['decisions'][k] else ''}" for k, v in result["probabilities"].items())
+            print(f"{result['label']}\t{scores}\t{result['text']}")
         else:
             print(f"{result['label']}\t{result['score']:.3f}\t{result['text']}")
 
@@ -136,7 +139,7 @@ def cmd_report(args):
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
     report.report(args.runs, out, device=args.device, batch_size=args.batch_size, latency_n=args.latency_sentences,
-                  resamples=args.resamples, seed=args.seed, draw=not args.no_plots)
+                  resamples=args.resamples, seed=args.seed, draw=not args.no_plots, beyond=not args.test_split_only)
 
 
 def cmd_export(args):
@@ -156,19 +159,6 @@ def cmd_export(args):
 # behaviour: the functional test suite (behaviour.py, suites/behaviour.toml)
 
 
-def suite_outputs(clf):
-    """predict(texts) -> {"toxic": probs, "hate": probs} for behaviour.run_suite. A two-class model has one
-    question to answer with its class-1 probability: it is scored against both labels' expectations, the
-    way a user would read its one flag."""
-    def predict(texts):
-        probs = clf.predict_proba(texts)
-        named = {label: probs[:, i] for i, label in enumerate(clf.labels) if label in behaviour.LABELS}
-        if len(named) == len(behaviour.LABELS):  # a model with an output per question
-            return named
-        return {label: probs[:, 1] for label in behaviour.LABELS}
-    return predict
-
-
 def cmd_behaviour(args):
     cases = behaviour.load_suite(args.suite)
     lines = [f"# Behaviour suite: {args.suite}", "", f"{len(cases)} cases in {len(behaviour.functionalities(cases))} "
@@ -176,7 +166,7 @@ def cmd_behaviour(args):
     results = {}
     for run_dir in args.runs:
         clf = classifier.Classifier.from_run(run_dir, device=args.device)
-        result = behaviour.run_suite(cases, suite_outputs(clf))
+        result = behaviour.run_suite(cases, report.suite_predict(clf))
         results[str(run_dir)] = result
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
                             f"({s['min_functionality']})" for label, s in result["summary"].items())
@@ -207,6 +197,8 @@ def build_parser():
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--test-split-only", action="store_true",
+                   help="leave out the behaviour suite and the hate scores on each dataset's test split")
     p = sub.add_parser("predict", help="label texts with a trained run (arguments, stdin one per line, or --input FILE)")
     p.add_argument("--run", required=True, help="run folder written by train.py")
     p.add_argument("--json", action="store_true", help="one JSON object per text")

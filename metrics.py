@@ -187,3 +187,45 @@ def holm(p_values):
 # The scores of a report, as (header, key of metrics()); the last four are those of class 1 or need two classes.
 SCORE_NAMES = [("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("F1", "f1"),
                ("macro-F1", "macro_f1"), ("ROC-AUC", "roc_auc")]
+
+
+# -----------------------------------------------------------------------------
+# 3. Multi-label: each label a yes/no question, scored on the texts that annotate it (-1: not annotated)
+
+
+def label_metrics(labels, probs, threshold=0.5):
+    """metrics() of one label of a multi-label task at a threshold on its probability, on the texts
+    whose source annotates the label."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    keep = labels >= 0
+    y, p = labels[keep].astype(int), probs[keep]
+    out = metrics(y.tolist(), (p >= threshold).astype(int).tolist(), 2, p.tolist())
+    out["threshold"] = float(threshold)
+    return out
+
+
+def best_threshold(labels, probs, target_precision=None):
+    """
+    The threshold on one label's probability, chosen on validation texts that annotate the label:
+    the one with the best macro-F1 of the yes/no decision, or with target_precision the lowest one
+    whose precision reaches it (the most recall at that precision; the best macro-F1 if none does).
+    A text is called yes when its probability is >= the threshold.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    keep = labels >= 0
+    y, p = labels[keep].astype(int), probs[keep]
+    if not len(y) or y.min() == y.max():
+        return 0.5  # nothing to choose from: one class only
+    order = np.argsort(-p, kind="stable")
+    y, p = y[order], p[order]
+    tp, fp = np.cumsum(y), np.cumsum(1 - y)  # calling the first k + 1 texts yes
+    last = np.r_[p[1:] != p[:-1], True]  # a threshold can only cut between different probabilities
+    tp, fp, cut = tp[last], fp[last], p[last]
+    pos, neg = y.sum(), len(y) - y.sum()
+    fn, tn = pos - tp, neg - fp
+    macro_f1 = (2 * tp / (2 * tp + fp + fn) + 2 * tn / np.maximum(2 * tn + fn + fp, 1)) / 2
+    if target_precision is not None:
+        reached = np.flatnonzero(tp / (tp + fp) >= target_precision)
+        if len(reached):
+            return float(cut[reached[-1]])
+    return float(cut[int(np.argmax(macro_f1))])

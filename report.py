@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import behaviour
 import classifier
 import data
 import files
@@ -77,7 +78,15 @@ def evaluate_run(run_dir, info, test, *, device="cpu", batch_size=64, latency_n=
     probs, seconds = timed_predict(net, data.Loader(test.texts, test.labels, tokenizer, max_length, batch_size))
     lat = latencies_ms(net, tokenizer, test.texts[:latency_n], max_length)
     probs = probs.numpy()
-    m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes, probs[:, 1].tolist() if num_classes == 2 else None)
+    if test.multilabel:  # each label at its threshold on the texts that annotate it; the mean over labels
+        labels, thresholds = np.asarray(test.labels), info.get("thresholds") or {}
+        per_label = {name: metrics.label_metrics(labels[:, j], probs[:, j], thresholds.get(name, 0.5))
+                     for j, name in enumerate(test.label_names)}
+        m = {"n": len(test), "labels": per_label,
+             **{k: float(np.mean([v[k] for v in per_label.values()])) for k in ("accuracy", "macro_f1")}}
+    else:
+        m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes,
+                            probs[:, 1].tolist() if num_classes == 2 else None)
     _, epochs = runs.read_log(run_dir)
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
@@ -188,7 +197,8 @@ def json_safe(x):
     return x
 
 
-def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, resamples=1000, seed=0, draw=True):
+def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, resamples=1000, seed=0, draw=True,
+           beyond=True):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
     predictions-<name>.json per run and the plots into out_dir; return the rows (one per run).
@@ -216,23 +226,191 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
         row, probs[name] = evaluate_run(d, info, test, device=device, batch_size=batch_size, latency_n=latency_n)
         rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
     groups = group_runs(infos, names)
-    by_name = {r["name"]: r for r in rows}
     for g in groups:
-        for r in (by_name[n] for n in g["names"]):
-            r["group"] = g["label"]
-    comparisons = compare(groups, by_name, probs, test.labels, len(test.label_names), resamples, seed)
+        for r in rows:
+            if r["name"] in g["names"]:
+                r["group"] = g["label"]
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
     settings = {"device": str(device), "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
                 "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
-                 "class_counts": np.bincount(test.labels, minlength=len(test.label_names)).tolist()}
-    write_report(out_dir, test_info, settings, groups, by_name, comparisons, probs, run_dirs, names, draw)
+                 "kind": data.split_kind(manifest)}
+    # Beyond the test split: the functional suite, and hate on each dataset's test split.
+    extras = beyond_the_split(run_dirs, infos, names, device) if beyond else None
+    if not test.multilabel:
+        preds = {name: p.argmax(1) for name, p in probs.items()}
+        test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()
+        comparisons = compare(groups, {r["name"]: r for r in rows}, preds, test.labels, len(test.label_names), resamples, seed)
+        write_report(out_dir, test_info, settings, groups, {r["name"]: r for r in rows}, comparisons, probs, run_dirs,
+                     names, draw, extras)
+        return rows
+    # Two questions: each label is a yes/no task of its own, on the test texts that annotate it, with
+    # each run's decisions at its threshold; a report per label, and one page that joins them.
+    for j, label in enumerate(test.label_names):
+        view, view_probs, view_preds, view_info = label_view(rows, probs, test_info, infos, j, label)
+        comparisons = compare(groups, {r["name"]: r for r in view}, view_preds, view_info["labels"], 2, resamples, seed)
+        write_report(out_dir / label, view_info, settings, groups, {r["name"]: r for r in view}, comparisons, view_probs,
+                     run_dirs, names, draw, None)
+    files.write_text(out_dir / "results.md", multilabel_markdown(test_info, groups, rows, extras))
+    files.write_text(out_dir / "results.json", json.dumps(json_safe({"test": {k: v for k, v in test_info.items()
+                     if k not in ("labels", "test_indices")}, "settings": settings, "runs": rows, "beyond": extras}),
+                     indent=2) + "\n")
+    print(f"wrote {out_dir / 'results.md'} and a report per label in " + ", ".join(str(out_dir / n) for n in test.label_names))
     return rows
 
 
-def write_report(out_dir, test_info, settings, groups, by_name, comparisons, probs, run_dirs, names, draw):
+def label_view(rows, probs, test_info, infos, j, label):
+    """One label of a multi-label report as a two-class task: (rows, probabilities [no, yes], decisions,
+    test info), on the test texts whose source annotates the label."""
+    labels = np.asarray(test_info["labels"])[:, j]
+    keep = labels >= 0
+    view, view_probs, view_preds = [], {}, {}
+    for row, info in zip(rows, infos, strict=True):
+        p = probs[row["name"]][keep, j]
+        threshold = (info.get("thresholds") or {}).get(label, 0.5)
+        view.append({**row, **row["labels"][label], "label_names": [f"not {label}", label]})
+        view_probs[row["name"]] = np.stack([1 - p, p], axis=1)
+        view_preds[row["name"]] = (p >= threshold).astype(int)
+    y = labels[keep].astype(int)
+    info = {**test_info, "n": int(keep.sum()), "label_names": [f"not {label}", label], "labels": y.tolist(),
+            "test_indices": np.asarray(test_info["test_indices"])[keep].tolist(), "class_counts": np.bincount(y, minlength=2).tolist()}
+    return view, view_probs, view_preds, info
+
+
+def multilabel_markdown(test_info, groups, rows, extras):
+    """The page that joins a two-label report: each label's scores per model, and what lies beyond the test split."""
+    by_name = {r["name"]: r for r in rows}
+    header = ["model", "seeds"]
+    lines = []
+    for label in test_info["label_names"]:
+        header += [f"{label}: precision", f"{label}: recall", f"{label}: F1", f"{label}: macro-F1", f"{label}: ROC-AUC",
+                   f"{label}: threshold"]
+    for g in groups:
+        runs_ = [by_name[n] for n in g["names"]]
+        line = [g["label"], ", ".join(str(r["seed"]) for r in runs_)]
+        for label in test_info["label_names"]:
+            line += [cell([r["labels"][label] for r in runs_], k, fmt_num) for k in ("precision", "recall", "f1", "macro_f1",
+                                                                                      "roc_auc", "threshold")]
+        lines.append(line)
+    out = ["# Results: two questions, one model", "",
+           f"Test split: `{test_info['manifest']}` (sha256 {test_info['split_sha256'][:12]}…; {test_info['kind']}), "
+           f"{test_info['n']} texts. Each label is scored on the test texts whose source annotates it, with each "
+           "run's decision threshold (chosen on validation); per label, the full report with intervals and tests: "
+           + ", ".join(f"[{n}]({n}/results.md)" for n in test_info["label_names"]) + ".", "",
+           markdown_table(header, lines)]
+    if extras:
+        out += ["", beyond_markdown(extras, groups)]
+    return "\n".join(out) + "\n"
+
+
+# -----------------------------------------------------------------------------
+# Beyond the test split: the functional suite, and hate on each dataset's test split
+
+CROSS_DATASETS = ("davidson", "hate_speech18")
+
+
+def suite_predict(clf):
+    """predict(texts) -> {"toxic": probs, "hate": probs} for behaviour.run_suite. A model of one class per
+    text has one question to answer with its class-1 probability: it is scored against both labels'
+    expectations, the way a user reads its one flag."""
+    def predict(texts):
+        probs = clf.predict_proba(texts)
+        named = {label: probs[:, i] for i, label in enumerate(clf.labels) if label in behaviour.LABELS}
+        if clf.multilabel and len(named) == len(behaviour.LABELS):
+            return named
+        return {label: probs[:, 1] for label in behaviour.LABELS}
+    return predict
+
+
+def hate_column(clf):
+    """(column of the hate probability, threshold), or None: a two-label model's hate, or the class-1
+    probability of a two-class model (toxic or hate) read as its flag."""
+    if clf.multilabel and "hate" in clf.labels:
+        return clf.labels.index("hate"), clf.thresholds["hate"]
+    return (1, 0.5) if len(clf.labels) == 2 else None
+
+
+def hate_test_texts(run_dir, info, name, cache):
+    """(texts, hate labels) of dataset `name`'s test split: the run's own test texts of that dataset when
+    it trained on it, else the dataset's own grouped split (seed of the run): texts it never saw."""
+    mirror, normalize = info.get("data_mirror"), info.get("normalize", True)
+    key = (name, mirror, json.dumps(normalize, default=str))
+    if key not in cache:
+        both = data.load_dataset(name, mirror=mirror, normalize=normalize, multilabel=True)
+        cache[key] = dict(zip(both.texts, (y[1] for y in both.labels), strict=True))
+    hate_of = cache[key]
+    if name in str(info["data"]).split("+"):
+        test, _, _ = runs.load_test_split(run_dir, info)
+        texts = [t for t, s in zip(test.texts, test.sources or [name] * len(test), strict=True) if s == name]
+    else:
+        alone = data.load_dataset(name, mirror=mirror, normalize=normalize)
+        texts = data.apply_split(alone, data.make_split(alone, seed=info.get("split_seed", 0)))["test"].texts
+    return texts, [hate_of[t] for t in texts]
+
+
+def beyond_the_split(run_dirs, infos, names, device):
+    """Per run: the behaviour suite's result, and hate scores on each dataset's test split (for runs
+    trained on Davidson or hate_speech18: the other one is text they never saw)."""
+    cases, cache, out = behaviour.load_suite(), {}, {}
+    for d, info, name in zip(run_dirs, infos, names, strict=True):
+        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0])
+        entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf)), "cross": {}}
+        trained_on = str(info["data"]).split("+")
+        column = hate_column(clf)
+        if column and set(trained_on) & set(CROSS_DATASETS) and not info.get("three_class"):
+            for dataset in CROSS_DATASETS:
+                texts, labels = hate_test_texts(d, info, dataset, cache)
+                probs = clf.predict_proba(texts)[:, column[0]]
+                entry["cross"][dataset] = {**metrics.label_metrics(labels, probs, column[1]),
+                                           "seen": dataset in trained_on}
+        out[name] = entry
+    return out
+
+
+def beyond_markdown(extras, groups):
+    """Tables: the functional suite per model (mean pass rate over functionalities, the lowest one),
+    hate on each dataset's test split, and the pass rate of every functionality."""
+    lines = ["## Beyond the test split", "",
+             "Behaviour: the functional suite of `suites/behaviour.toml` (templates written for nanobert, never "
+             "trained on), mean pass rate over its functionalities for each question, and the lowest one. A model of "
+             "one class per text answers both questions with its one flag. Hate on each dataset's test split: the "
+             "run's own test texts of a dataset it trained on, else that dataset's grouped test split (text it never "
+             "saw, marked *).", ""]
+    header = ["model", "behaviour hate: mean", "hate: lowest", "behaviour toxic: mean", "toxic: lowest"] + \
+        [f"{d} hate: F1, macro-F1, ROC-AUC" for d in CROSS_DATASETS]
+    rows = []
+    for g in groups:
+        entries = [extras[n] for n in g["names"]]
+        line = [g["label"]]
+        for label in ("hate", "toxic"):
+            summaries = [e["behaviour"]["summary"].get(label, {}) for e in entries]
+            line += [cell(summaries, "mean_pass_rate", lambda v: f"{v:.3f}"),
+                     cell(summaries, "min_pass_rate", lambda v: f"{v:.3f}") + f" ({summaries[0].get('min_functionality')})"]
+        for dataset in CROSS_DATASETS:
+            scores = [e["cross"].get(dataset) for e in entries]
+            if any(s is None for s in scores):
+                line.append("n/a")
+                continue
+            line.append(", ".join(cell(scores, k, lambda v: f"{v:.3f}") for k in ("f1", "macro_f1", "roc_auc"))
+                        + ("" if scores[0]["seen"] else " *"))
+        rows.append(line)
+    lines.append(markdown_table(header, rows))
+    functionalities = list(next(iter(extras.values()))["behaviour"]["functionalities"])
+    table = []
+    for f in functionalities:
+        line = [f]
+        for g in groups:
+            cells = [extras[n]["behaviour"]["functionalities"][f]["labels"].get("hate") for n in g["names"]]
+            line.append(cell([c for c in cells if c], "pass_rate", lambda v: f"{v:.2f}") if any(cells) else "–")
+        table.append(line)
+    lines += ["", "Pass rate of each functionality, hate question (INV/DIR: consistency and direction):", "",
+              markdown_table(["functionality"] + [g["label"] for g in groups], table)]
+    return "\n".join(lines)
+
+
+def write_report(out_dir, test_info, settings, groups, by_name, comparisons, probs, run_dirs, names, draw, extras=None):
     """results.md / .csv / .json, predictions-<name>.json per run, and the plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, d in zip(names, run_dirs, strict=True):
@@ -245,24 +423,26 @@ def write_report(out_dir, test_info, settings, groups, by_name, comparisons, pro
     pngs = plots.write_plots(out_dir, groups, by_name, run_dirs, names) if draw else []
     test_info = {k: v for k, v in test_info.items() if k not in ("test_indices", "labels")}
     columns = table_columns(len(test_info["label_names"]))
-    files.write_text(out_dir / "results.md", results_markdown(test_info, settings, groups, by_name, comparisons, pngs))
+    md = results_markdown(test_info, settings, groups, by_name, comparisons, pngs)
+    files.write_text(out_dir / "results.md", md + ("\n" + beyond_markdown(extras, groups) + "\n" if extras else ""))
     rows = [by_name[n] for n in names]
     files.write_text(out_dir / "results.csv", results_csv(rows))
     for g in groups:  # the numbers behind the mean ± std cells
         g.update({k: dict(zip(("mean", "std"), metrics.mean_std([by_name[n].get(k) for n in g["names"]]), strict=True))
                   for _, k, _, _ in columns})
-    summary = {"test": test_info, "settings": settings, "runs": rows, "groups": groups, "comparisons": comparisons}
+    summary = {"test": test_info, "settings": settings, "runs": rows, "groups": groups, "comparisons": comparisons,
+               "beyond": extras}
     files.write_text(out_dir / "results.json", json.dumps(json_safe(summary), indent=2) + "\n")
     print(models_table(groups, by_name, columns))
     print(f"wrote {out_dir / 'results.md'}, results.csv, results.json, predictions-*.json ({len(rows)})"
           + (f" and {len(pngs)} plots" if pngs else ""))
 
 
-def compare(groups, by_name, probs, labels, num_classes, resamples, seed):
-    """Every pair of models: paired bootstrap differences and McNemar, students first, the teacher last."""
+def compare(groups, by_name, preds, labels, num_classes, resamples, seed):
+    """Every pair of models: paired bootstrap differences and McNemar, students first, the teacher last.
+    preds: each run's decisions on the test texts."""
     weights = metrics.bootstrap_weights(len(labels), resamples, seed)  # the same resamples for every pair
     ordered = sorted(groups, key=lambda g: ORDER.get(g["method"], 1))
-    preds = {name: p.argmax(1) for name, p in probs.items()}
     out = []
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
@@ -300,7 +480,8 @@ def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
     columns = table_columns(len(test_info["label_names"]))
     lines = [
         "# Results", "",
-        f"Test split: `{test_info['manifest']}` (sha256 {test_info['split_sha256'][:12]}…), {test_info['n']} texts "
+        f"Test split: `{test_info['manifest']}` (sha256 {test_info['split_sha256'][:12]}…; "
+        f"{test_info.get('kind', 'random by text')}), {test_info['n']} texts "
         f"({counts}), never seen in training or model selection.",
     ]
     if len(test_info["label_names"]) == 2:
@@ -404,13 +585,20 @@ LIMITATIONS = {
 
 
 def test_scores(net, tokenizer, info, test, batch_size=64):
-    """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split."""
+    """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split;
+    multi-label: those of each label at its threshold, under "labels"."""
     loader = data.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size)
     probs = classifier.predict_probs(net, loader).numpy()
+    keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
+    if test.multilabel:
+        labels, thresholds = np.asarray(test.labels), info.get("thresholds") or {}
+        per_label = {name: metrics.label_metrics(labels[:, j], probs[:, j], thresholds.get(name, 0.5))
+                     for j, name in enumerate(test.label_names)}
+        return {"n": len(test), "labels": {k: {key: v[key] for key in keys if key in v} for k, v in per_label.items()}}
     num_classes = probs.shape[1]
     m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes,
                         probs[:, 1].tolist() if num_classes == 2 else None)
-    return {k: m[k] for k in ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc") if k in m}
+    return {k: m[k] for k in keys if k in m}
 
 
 def model_card(info, summary=None, name="model"):
@@ -441,7 +629,11 @@ def model_card(info, summary=None, name="model"):
         lines.append(f"| best epoch | {summary.get('best_epoch')} (validation macro-F1 "
                      f"{fmt_num(summary.get('best_val_macro_f1'))}); {fmt_seconds(summary.get('wall_seconds'))} of training |")
     test = info.get("test")
-    if test:
+    if test and "labels" in test:  # two questions: a row per label, at its threshold
+        for label, m in test["labels"].items():
+            scores = ", ".join(f"{header} {fmt_num(m.get(k))}" for header, k in metrics.SCORE_NAMES if k in m)
+            lines.append(f"| test, {label} ({m['n']} texts) | {scores} at threshold {fmt_num(m.get('threshold'), '.3f')} |")
+    elif test:
         scores = ", ".join(f"{header} {fmt_num(test.get(k))}" for header, k in metrics.SCORE_NAMES if k in test)
         lines.append(f"| test ({test['n']} texts) | {scores}" + (f" (precision/recall/F1 of *{labels[1]}*)" if len(labels) == 2 else "")
                      + " |")

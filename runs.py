@@ -251,6 +251,7 @@ def load_run(run_dir, merge=True, verbose=False):
             # A LoRA run holds only the adapter: load its base model, then the adapter onto it.
             base = lora.read_adapter_config(run_dir)["base_model_name_or_path"]
             net = M.from_pretrained(base, id2label=info.get("id2label"), verbose=verbose)
+            net.config.problem_type = info.get("problem_type")  # the adapter's head answers the run's questions
             lora.load_adapter(net, run_dir, base)
             if merge:
                 lora.merge_all(net)

@@ -72,6 +72,7 @@ class Settings:
     data: str = "davidson"
     data_mirror: str | None = None
     three_class: bool = False
+    multilabel: bool = False  # the two questions toxic / hate (implied by data like "davidson+hate_speech18")
     normalize: bool = True
     text_column: str = "text"
     label_column: str = "label"
@@ -95,6 +96,7 @@ class Settings:
     accum: int = 1
     bf16: bool = False
     class_weights: bool = False
+    target_precision: float | None = None  # multi-label: each label's threshold reaches this precision on validation
     dropout: float | None = None
     seed: int = 0
     threads: int | None = None
@@ -127,7 +129,7 @@ class Settings:
 SETTING_NAMES = [f.name for f in dataclasses.fields(Settings)]
 METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
 # A student learns on its teacher's data and split, LoRA on a trained run on that run's, unless told otherwise.
-INHERITED = ("data", "data_mirror", "three_class", "normalize", "text_column", "label_column", "label_map",
+INHERITED = ("data", "data_mirror", "three_class", "multilabel", "normalize", "text_column", "label_column", "label_map",
              "split", "split_seed", "max_length", "max_train", "max_val")
 
 
@@ -189,7 +191,8 @@ def check(s: Settings):
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number above 0")
     in_range = {"warmup": (s.warmup, 0, 1), "dropout": (s.dropout, 0, 0.999), "lora_dropout": (s.lora_dropout, 0, 0.999),
                 "weight_decay": (s.weight_decay, 0, 1), "alpha": (s.alpha, 0, 1e9), "beta": (s.beta, 0, 1e9),
-                "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18)}
+                "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18),
+                "target_precision": (s.target_precision, 0, 1)}
     for name, (value, low, high) in in_range.items():
         if value is not None and not low <= value <= high:
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")
@@ -255,11 +258,15 @@ def load_data(s: Settings, run_dir: Path):
     """(dataset, {'train', 'validation'} parts, manifest): the split manifest beside the runs is made once and reused."""
     label_map = json.loads(s.label_map) if isinstance(s.label_map, str) else s.label_map
     dataset = data.load_dataset(s.data, mirror=s.data_mirror, three_class=s.three_class, normalize=s.normalize,
-                                text_column=s.text_column, label_column=s.label_column, label_map=label_map)
+                                text_column=s.text_column, label_column=s.label_column, label_map=label_map,
+                                multilabel=s.multilabel)
     for note in dataset.notes:
         print(f"{s.data}: {note}")
     counts = dataset.class_counts()
-    if sum(c > 0 for c in counts) < 2 or 0 in counts:
+    if dataset.multilabel:  # every question needs a yes and a no somewhere
+        if any(yes == 0 or no == 0 for no, yes, _ in counts.values()):
+            raise TrainError(f"--data {s.data}: labels {counts} (no, yes, not annotated); expected yes and no for each")
+    elif sum(c > 0 for c in counts) < 2 or 0 in counts:
         raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
                          "least two classes, each with examples (labels 0..K-1, or --label-map)")
     s.split = str(s.split or run_dir.parent / "split.json")
@@ -326,7 +333,8 @@ def build_student(s: Settings, manifest, val_part, device, run_dir, results):
     return distill.make_student(teacher, results["teacher_layers"]), Path(s.teacher), teacher
 
 
-def build_lora(s: Settings, label_names, manifest, results):
+def build_lora(s: Settings, dataset, manifest, results):
+    label_names = dataset.label_names
     if s.base:
         net = load_parent(s, "base", s.base, manifest)
         if [net.config.id2label[i] for i in range(net.config.num_labels)] != list(label_names):
@@ -334,6 +342,7 @@ def build_lora(s: Settings, label_names, manifest, results):
                              f"{list(label_names)}; expected the same")
     else:
         net = M.from_pretrained(s.model, id2label=dict(enumerate(label_names)))
+        set_problem_type(net, dataset)
     trainable = [t for t in s.lora_trainable.split(",") if t]
     if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
         # The checkpoint has no pooler (a bare encoder such as bge-small-en): it starts random, and a
@@ -352,11 +361,19 @@ def build_lora(s: Settings, label_names, manifest, results):
 
 def build_model(s: Settings, dataset, manifest, val_part, device, run_dir, results):
     """(model, tokenizer folder, teacher or None) for the method."""
-    if s.method == "distill":
+    if s.method == "distill":  # a student has its teacher's head, and so its problem type
         return build_student(s, manifest, val_part, device, run_dir, results)
     if s.method == "lora":
-        return (*build_lora(s, dataset.label_names, manifest, results), None)
-    return M.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names))), M.resolve_model_dir(s.model), None
+        net, folder = build_lora(s, dataset, manifest, results)
+        return net, folder, None
+    net = M.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names)))
+    set_problem_type(net, dataset)
+    return net, M.resolve_model_dir(s.model), None
+
+
+def set_problem_type(net, dataset):
+    """Two questions (toxic, hate) are two sigmoids, written as transformers' multi-label problem type."""
+    net.config.problem_type = "multi_label_classification" if dataset.multilabel else None
 
 
 # -----------------------------------------------------------------------------
@@ -402,12 +419,14 @@ def lr_at(step, total, s):
 def compute_loss(s, net, batch, teacher, weight, teacher_layers=None):
     """The training loss of one batch, and its parts for the log."""
     out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    labels = batch["labels"]
     if teacher is None:
-        loss = F.cross_entropy(out.logits.float(), batch["labels"], weight=weight)
-        return loss, {}
+        if labels.dim() == 2:  # a multi-label task: a sigmoid per label, unannotated labels masked out
+            return distill.masked_bce(out.logits, labels, weight), {}
+        return F.cross_entropy(out.logits.float(), labels, weight=weight), {}
     t_out = distill.teacher_forward(teacher, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    return distill.distill_loss(out, t_out, batch["labels"], teacher_layers, batch["attention_mask"], s.alpha, s.beta,
-                                s.gamma, s.temperature, s.hidden_loss)
+    return distill.distill_loss(out, t_out, labels, teacher_layers, batch["attention_mask"], s.alpha, s.beta,
+                                s.gamma, s.temperature, s.hidden_loss, pos_weight=weight if labels.dim() == 2 else None)
 
 
 class PeakMemory:
@@ -504,13 +523,18 @@ def setup(s: Settings, run_dir: Path) -> Training:
     loader = data.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
                          shuffle=True, seed=s.seed, num_replicas=world, rank=rank)
     val_loader = data.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size)
-    weight = data.class_weights(train_part.labels, len(dataset.label_names)).to(device) if s.class_weights else None
+    weight = None
+    if s.class_weights:  # inverse class frequency; multi-label: each label's negatives per positive
+        weight = data.pos_weights(train_part.labels) if dataset.multilabel else \
+            data.class_weights(train_part.labels, len(dataset.label_names))
+        weight = weight.to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = make_optimizer(net, s, fused=device.type in ("cpu", "cuda"))
     total_steps = math.ceil(len(loader) / s.accum) * s.epochs
     total, trainable = M.count_parameters(net)
     results.update(run_dir=str(run_dir), split_sha256=manifest["manifest_sha256"], data_sha256=manifest["data_sha256"],
-                   id2label={str(i): n for i, n in enumerate(dataset.label_names)}, params_total=total,
+                   id2label={str(i): n for i, n in enumerate(dataset.label_names)}, problem_type=net.config.problem_type,
+                   params_total=total,
                    params_trainable=trainable, world_size=world, teacher_layers=results.get("teacher_layers"),
                    torch=torch.__version__, train_size=len(train_part), val_size=len(val_part), command=" ".join(sys.argv))
     t = Training(s, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
@@ -597,12 +621,33 @@ def train_epoch(t: Training, epoch: int):
     return time.time() - t0
 
 
+def validation_scores(t: Training, thresholds=None):
+    """Accuracy and macro-F1 on the validation split; multi-label: the mean over the labels of each
+    label's scores at its threshold (0.5 while training), on the texts that annotate it."""
+    probs = classifier.predict_probs(t.net, t.val_loader).numpy()
+    labels = t.val_loader.labels.numpy()
+    if labels.ndim == 1:
+        return metrics.metrics(labels.tolist(), probs.argmax(-1).tolist(), probs.shape[1],
+                               probs[:, 1].tolist() if probs.shape[1] == 2 else None)
+    names = [t.net.config.id2label[j] for j in range(labels.shape[1])]
+    per_label = {name: metrics.label_metrics(labels[:, j], probs[:, j], (thresholds or {}).get(name, 0.5))
+                 for j, name in enumerate(names)}
+    return {"accuracy": float(np.mean([m["accuracy"] for m in per_label.values()])),
+            "macro_f1": float(np.mean([m["macro_f1"] for m in per_label.values()])), "labels": per_label}
+
+
+def choose_thresholds(t: Training, net):
+    """Multi-label: each label's decision threshold, chosen on validation with the best model."""
+    probs = classifier.predict_probs(net.to(t.device), t.val_loader).numpy()
+    labels = t.val_loader.labels.numpy()
+    return {net.config.id2label[j]: metrics.best_threshold(labels[:, j], probs[:, j], t.s.target_precision)
+            for j in range(labels.shape[1])}
+
+
 def end_epoch(t: Training, epoch: int, seconds: float):
     """Validation, the best model so far, a checkpoint."""
     s, state = t.s, t.state
-    probs = classifier.predict_probs(t.net, t.val_loader)
-    labels, num_classes = t.val_loader.labels.tolist(), probs.shape[1]
-    val = metrics.metrics(labels, probs.argmax(-1).tolist(), num_classes, probs[:, 1].tolist() if num_classes == 2 else None)
+    val = validation_scores(t)
     state["epoch"] = epoch + 1
     state["epoch_loss"] = state["loss_sum"] / max(1, state["loss_count"])
     state["loss_sum"], state["loss_count"] = 0.0, 0
@@ -634,6 +679,9 @@ def finish(t: Training):
         best, tokenizer, info = runs.load_run(t.dir, merge=False)
         if s.method == "lora" and s.export_merged:
             M.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
+        if best.config.multilabel:
+            info.results["thresholds"] = choose_thresholds(t, best)
+            print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in info.results["thresholds"].items()))
         # The test split is scored once, for the model card; it never chose anything.
         test, _, _ = runs.load_test_split(t.dir, info)
         info.results["test"] = report.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
@@ -675,6 +723,8 @@ def add_common(p):
     g.add_argument("--data", help=f"'davidson', 'hate_speech18' or a .csv/.jsonl path (default {d['data']})")
     g.add_argument("--data-mirror", help="offline folder holding davidson/ and hate_speech18/ (sets NANOBERT_DATA)")
     g.add_argument("--three-class", action="store_const", const=True, help="Davidson: hate / offensive / neither")
+    g.add_argument("--multilabel", action="store_const", const=True, help="the two questions toxic and hate, a sigmoid "
+                   "each (implied by --data davidson+hate_speech18)")
     g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False,
                    help="Davidson: keep tweets as written (no @user / http / RT / &amp; normalisation)")
     g.add_argument("--text-column", help="CSV/JSONL: the text column (default text)")
@@ -695,7 +745,10 @@ def add_common(p):
     g.add_argument("--clip", type=float, help=f"gradient-norm clipping, 0 = off (default {d['clip']})")
     g.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation; default 1)")
     g.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast (CPU and CUDA)")
-    g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss")
+    g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss "
+                   "(multi-label: each label's positives weighted by negatives per positive)")
+    g.add_argument("--target-precision", type=float, help="multi-label: choose each label's threshold on validation as "
+                   "the lowest reaching this precision (default: the best macro-F1)")
     g.add_argument("--dropout", type=float, help="override every dropout probability of the model")
     g.add_argument("--seed", type=int, help="seed for initialisation, dropout and batch order (default 0)")
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")

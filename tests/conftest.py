@@ -33,3 +33,26 @@ def write_toy_csv(path, names=(0, 1), n=160):
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     return str(write_toy_csv(tmp_path_factory.mktemp("toy") / "toy.csv"))
+
+
+def write_toy_two_label_csv(path, n=240):
+    """Texts for the two questions (toxic, hate), each given away by a word: "idiot" is toxic only,
+    "vermin" toxic and hate, else neither. One row in three leaves toxic unannotated (an empty cell),
+    as hate_speech18 does for its texts that are not hate."""
+    rng = random.Random(1)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "toxic", "hate"])
+        for i in range(n):
+            kind = i % 3
+            word = ["good", "idiot", "vermin"][kind]
+            words = rng.sample(NEUTRAL, 6) + [word]
+            rng.shuffle(words)
+            toxic, hate = [(0, 0), (1, 0), (1, 1)][kind]
+            w.writerow([" ".join(words) + f" {i}", "" if i % 3 == 0 and i % 2 else toxic, hate])
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy2(tmp_path_factory):
+    return str(write_toy_two_label_csv(tmp_path_factory.mktemp("toy2") / "toy2.csv"))

@@ -265,3 +265,19 @@ def test_an_int8_export_is_served_like_any_run(runs, tmp_path, monkeypatch):
     label, p = expected(folder / "teacher-int8", TOXIC)
     text, _ = verdict(at)
     assert text.startswith(f"### {label}\n{p:.1%} probability · model teacher-int8 — teacher, int8 · ")
+
+
+def test_a_two_question_model_shows_both_scores_and_decisions(tmp_path, monkeypatch):
+    from conftest import write_toy_two_label_csv
+
+    toy2 = write_toy_two_label_csv(tmp_path / "toy2.csv")
+    run = tmp_path / "runs" / "two"
+    done = subprocess.run([sys.executable, "train.py", "teacher", "--model", TINY, "--data", str(toy2), "--label-column",
+                           "toxic,hate", "--out", str(run), "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--no-progress",
+                           "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    at = classify(page(tmp_path / "runs", monkeypatch), "you are the vermin here")
+    text, colour = verdict(at)
+    assert text.startswith("### hate\n") and colour == "red" and "toxic " in text and "(yes, threshold" in text
+    text, colour = verdict(classify(at, "what a good day"))
+    assert text.startswith("### neither\n") and colour == "green" and text.count("(no, threshold") == 2

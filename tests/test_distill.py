@@ -173,3 +173,37 @@ def test_distill_loss_is_the_weighted_sum(teacher):
     loss.backward()
     assert student.bert.encoder.layer[0].attention.self.query.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_masked_loss_ignores_a_missing_label_exactly():
+    # Text 0 annotates both labels, text 1 only hate (toxic -1): no gradient may reach logit [1, 0].
+    logits = torch.tensor([[0.3, -1.2], [2.0, 0.5]], requires_grad=True)
+    labels = torch.tensor([[1, 0], [-1, 1]])
+    loss = D.masked_bce(logits, labels)
+    loss.backward()
+    assert logits.grad[1, 0] == 0 and (logits.grad[0] != 0).all() and logits.grad[1, 1] != 0
+    # The mean over the three annotated pairs, written out.
+    by_hand = (torch.nn.functional.softplus(-logits[0, 0]) + torch.nn.functional.softplus(logits[0, 1])
+               + torch.nn.functional.softplus(-logits[1, 1])) / 3
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    # Whatever the missing label's logit, the loss is the same.
+    other = logits.detach().clone()
+    other[1, 0] = -50.0
+    assert D.masked_bce(other, labels).item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+def test_soft_binary_kl_masks_and_vanishes_when_student_equals_teacher():
+    t = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    mask = torch.tensor([[True, True], [False, True]])
+    assert D.soft_binary_kl(t, t, 2.0, mask).item() == pytest.approx(0.0, abs=1e-7)
+    s = t.clone().requires_grad_(True)
+    with torch.no_grad():
+        s[1, 0] += 5.0  # only a masked label differs: still zero, and no gradient there
+    loss = D.soft_binary_kl(s, t, 2.0, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7) and s.grad[1, 0] == 0
+    # One label by hand: KL of Bernoulli(sigmoid(t/T)) from Bernoulli(sigmoid(s/T)), times T^2.
+    s2 = torch.tensor([[0.0, -2.0], [0.5, 3.0]])
+    pt, ps = torch.sigmoid(torch.tensor(0.5)), torch.sigmoid(torch.tensor(0.0))
+    kl = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
+    assert D.soft_binary_kl(s2, t, 2.0, mask).item() == pytest.approx((kl * 4 / 3).item(), abs=1e-6)

@@ -410,3 +410,44 @@ def test_behaviour_command_scores_runs_on_the_suite(runs, tmp_path, capsys):
     result = json.loads((tmp_path / "behaviour.json").read_text())[str(runs["teacher"])]
     assert set(result["summary"]) == {"toxic", "hate"} and len(result["functionalities"]) >= 20
     assert "| " in (tmp_path / "behaviour.md").read_text()
+
+
+# -----------------------------------------------------------------------------
+# Two questions, one model: the report per label, predict's decisions
+
+
+@pytest.fixture(scope="module")
+def two_label_runs(toy2, tmp_path_factory):
+    import train
+
+    root = tmp_path_factory.mktemp("two") / "runs"
+    common = ["--batch-size", 8, "--no-progress", "--threads", 1, "--lr", 3e-3]
+    train.main([str(a) for a in ["teacher", "--model", TINY, "--data", toy2, "--label-column", "toxic,hate",
+                                 "--out", root / "teacher", "--epochs", 4, *common]])
+    train.main([str(a) for a in ["distill", "--teacher", root / "teacher", "--out", root / "odd", "--epochs", 2, *common]])
+    return root
+
+
+def test_two_label_report_has_a_report_per_label(two_label_runs, tmp_path):
+    rows = report.report([two_label_runs / "teacher", two_label_runs / "odd"], tmp_path, device="cpu", resamples=50)
+    assert set(rows[0]["labels"]) == {"toxic", "hate"} and rows[0]["labels"]["hate"]["threshold"] > 0
+    top = (tmp_path / "results.md").read_text()
+    assert "[hate](hate/results.md)" in top and "hate: macro-F1" in top and "Beyond the test split" in top
+    hate = strict_json(tmp_path / "hate" / "results.json")
+    # hate is annotated on every text; toxic on those whose cell is not empty: fewer.
+    toxic = strict_json(tmp_path / "toxic" / "results.json")
+    assert hate["test"]["n"] == 24 and toxic["test"]["n"] < 24
+    assert [c["a"] + " − " + c["b"] for c in hate["comparisons"]] == ["odd − teacher"]
+    assert "p_holm" in hate["comparisons"][0]["mcnemar"][0]
+
+
+def test_two_label_predict_says_yes_or_no_to_each_label(two_label_runs, capsys):
+    from classifier import Classifier
+
+    clf = Classifier.from_run(two_label_runs / "teacher")
+    got = clf.predict(["you are the vermin here", "you are an idiot", "what a good day"])
+    assert [r["label"] for r in got] == ["hate", "toxic", "none"]
+    assert got[0]["decisions"] == {"toxic": True, "hate": True} and got[2]["decisions"] == {"toxic": False, "hate": False}
+    E.main(["predict", "--run", str(two_label_runs / "teacher"), "you are the vermin here"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("hate\ttoxic=") and "hate=" in line and "*" in line

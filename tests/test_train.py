@@ -416,3 +416,28 @@ def test_resume_keeps_honest_books(toy, tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 33)) and [r["epoch"] for r in epochs] == [1, 2]  # each once
     assert R.read_summary(tmp_path / "r")["wall_seconds"] > before  # the killed process's time counts
     assert not list((tmp_path / "r").glob(".*"))  # nothing hidden left behind
+
+
+# -----------------------------------------------------------------------------
+# Two questions, one model: toxic and hate as two sigmoids, unannotated labels masked
+
+
+def test_two_label_teacher_student_and_lora(toy2, tmp_path):
+    teacher = tmp_path / "teacher"
+    run("teacher", "--model", TINY, "--label-column", "toxic,hate", *common(toy2, teacher, "--epochs", 4, "--lr", 3e-3))
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config["id2label"] == {"0": "toxic", "1": "hate"}
+    info = R.read_info(teacher)
+    assert set(info["thresholds"]) == {"toxic", "hate"} and all(0 < v < 1 for v in info["thresholds"].values())
+    assert info["test"]["labels"]["hate"]["macro_f1"] > 0.8  # "vermin" gives it away
+    e = epochs(teacher)
+    assert e[-1]["train_loss"] < e[0]["train_loss"] * 0.5 and e[-1]["val_macro_f1"] > 0.9
+    student = tmp_path / "odd"
+    run("distill", "--teacher", teacher, "--layers", "odd", *common(toy2, student, "--epochs", 2, "--lr", 3e-3))
+    assert json.loads((student / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    assert {"ce", "kl", "hidden"} <= set(R.read_log(student)[0][0])
+    lora_run = tmp_path / "lora"
+    run("lora", "--model", TINY, "--label-column", "toxic,hate", "--split", tmp_path / "split.json",
+        *common(toy2, lora_run, "--epochs", 3, "--lr", 1e-2))
+    net, _, lora_info = R.load_run(lora_run)
+    assert net.config.multilabel and set(lora_info["thresholds"]) == {"toxic", "hate"}
