@@ -159,6 +159,12 @@ def cmd_export(args):
 # behaviour: the functional test suite (behaviour.py, suites/behaviour.toml)
 
 
+def cmd_beyond(args):
+    if args.out:
+        files.check_writable(args.out, "--out")
+    report.beyond(args.runs, args.out or Path(args.runs[0]).parent / "beyond", device=args.device)
+
+
 def cmd_behaviour(args):
     cases = behaviour.load_suite(args.suite)
     lines = [f"# Behaviour suite: {args.suite}", "", f"{len(cases)} cases in {len(behaviour.functionalities(cases))} "
@@ -181,7 +187,7 @@ def cmd_behaviour(args):
 # -----------------------------------------------------------------------------
 # The command line
 
-COMMANDS = ("report", "predict", "export", "behaviour")
+COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
 
 
 def build_parser():
@@ -219,6 +225,11 @@ def build_parser():
     p.add_argument("--suite", default=str(behaviour.DEFAULT_SUITE), help="suite file (default suites/behaviour.toml)")
     p.add_argument("--out", help="folder for behaviour.md and behaviour.json (default: print only)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    p = sub.add_parser("beyond", help="runs of any splits on the behaviour suite and on each dataset's test split, "
+                       "with paired differences where they share test texts")
+    p.add_argument("runs", nargs="+", help="run folders written by train.py")
+    p.add_argument("--out", help="folder for beyond.md and beyond.json (default: beyond/ beside the first run)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
     return parser
 
 
@@ -228,7 +239,8 @@ def main(argv=None):
         argv.insert(0, "report")  # `python eval.py RUN_DIR ...` is the report
     args = build_parser().parse_args(argv)
     try:
-        {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour}[args.command](args)
+        {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour,
+         "beyond": cmd_beyond}[args.command](args)
     except (ValueError, FileNotFoundError) as e:  # RunError and data.DataError are ValueErrors
         sys.exit(f"error: {e}")
     except OSError as e:  # read-only folder, a path under a file, a full disk

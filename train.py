@@ -699,9 +699,10 @@ def train(s: Settings, run_dir) -> dict:
     """Train one model into run_dir; returns its summary. A run that fails before its first checkpoint
     leaves no folder behind; after it, the folder waits for --resume."""
     run_dir = Path(run_dir)
-    existed = run_dir.exists()
+    existed, t_start = run_dir.exists(), time.time()
     try:
         t = setup(s, run_dir)
+        t.t_start = t_start  # the run's time includes loading the data and the model
         while t.state["epoch"] < s.epochs:
             seconds = train_epoch(t, t.state["epoch"])
             end_epoch(t, t.state["epoch"], seconds)
