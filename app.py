@@ -234,6 +234,9 @@ def show_verdict(run, text):
     if lengths[0] > model.max_length:
         st.caption(f"Note: the text has {lengths[0]} tokens; the model reads only the first {model.max_length} "
                    f"(its max_length), so the rest was cut.")
+    if any("unknown tokens only" in note for note in model.notes([text])):
+        st.caption("Note: the model's vocabulary knows none of this text (emoji only, or a script it lacks): "
+                   "the answer says little about the text.")
 
 
 def show_comparison(all_runs, text):

@@ -110,3 +110,19 @@ class Classifier:
     def token_counts(self, texts) -> list[int]:
         """Tokens per text before cutting ([CLS] and [SEP] counted, as max_length counts them)."""
         return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def notes(self, texts) -> list[str]:
+        """What a user should know about these texts before trusting the answers: texts cut to the
+        model's max_length, and texts the vocabulary knows nothing of (all [UNK], e.g. only emoji),
+        whose label says more about the model than about the text."""
+        unk, special = self.tokenizer.token_to_id("[UNK]"), {self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
+        encoded = self.tokenizer.encode_batch(list(texts))
+        cut = sum(len(e.ids) > self.max_length for e in encoded)
+        unknown = sum(all(i == unk for i in e.ids if i not in special) for e in encoded)
+        out = []
+        if cut:
+            out.append(f"{cut} text(s) longer than {self.max_length} tokens were cut to that length")
+        if unknown:
+            out.append(f"{unknown} text(s) are unknown tokens only (emoji or a script the vocabulary lacks): "
+                       "their labels say little")
+        return out

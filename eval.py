@@ -44,7 +44,11 @@ def read_table(path, column):
         raise ValueError(f"--input {path}: expected a .csv or .jsonl file")
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: file not found")
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
+    replaced = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if replaced:  # a file in another encoding (latin-1, say): labelled all the same, but say so
+        print(f"note: --input {path}: {replaced} byte sequence(s) that are not UTF-8 replaced by U+FFFD", file=sys.stderr)
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         rows, fields = list(reader), reader.fieldnames or []
@@ -98,6 +102,8 @@ def label_file(clf, args):
             rows[i].update({"label": result["label"], "score": round(result["score"], 6),
                             **{f"p_{k}": round(v, 6) for k, v in result["probabilities"].items()}})
     write_table(args.output, rows, fields + [f for f in added if f not in fields])
+    for note in clf.notes([texts[i] for i in keep]):
+        print(f"note: {note}", file=sys.stderr)
     blank = len(rows) - len(keep)
     print(f"labelled {len(keep)} of {len(rows)} rows into {args.output}"
           + (f"; {blank} blank row(s) left without a label" if blank else ""), file=sys.stderr)
@@ -116,6 +122,8 @@ def cmd_predict(args):
         raise runs.RunError("empty text to predict; expected at least one non-blank text (argument or stdin line)")
     if blank:
         print(f"note: skipped {blank} blank text(s)", file=sys.stderr)
+    for note in clf.notes(texts):
+        print(f"note: {note}", file=sys.stderr)
     for result in clf.predict(texts):
         if args.json:
             print(json.dumps({"text": result["text"], "label": result["label"], "probability": round(result["score"], 6),
@@ -135,8 +143,7 @@ def cmd_predict(args):
 def cmd_report(args):
     if args.out:
         files.check_writable(args.out, "--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
     report.report(args.runs, out, device=args.device, batch_size=args.batch_size, latency_n=args.latency_sentences,
                   resamples=args.resamples, seed=args.seed, draw=not args.no_plots, beyond=not args.test_split_only)
@@ -145,8 +152,7 @@ def cmd_report(args):
 def cmd_export(args):
     if args.out:
         files.check_writable(args.out, "--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = runs.export_int8(args.run, args.out)
     report.write_model_card(out)
     print(f"wrote {out}: int8 linear layers, {report.fmt_bytes(runs.weights_file(out).stat().st_size)} "
@@ -165,7 +171,16 @@ def cmd_beyond(args):
     report.beyond(args.runs, args.out or Path(args.runs[0]).parent / "beyond", device=args.device)
 
 
+def set_threads(n):
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads {n}: expected a number above 0")
+        torch.set_num_threads(n)
+
+
 def cmd_behaviour(args):
+    if args.out:
+        files.check_writable(args.out, "--out")
     cases = behaviour.load_suite(args.suite)
     lines = [f"# Behaviour suite: {args.suite}", "", f"{len(cases)} cases in {len(behaviour.functionalities(cases))} "
              "functionalities.", ""]

@@ -486,3 +486,9 @@ def test_each_datasets_test_texts_are_the_same_for_every_run():
             runs_module.load_test_split = real
     for name in report.CROSS_DATASETS:
         assert texts[("davidson", name)] == texts[("hate_speech18", name)] == texts[("davidson+hate_speech18", name)]
+
+
+def test_predict_notes_cut_and_unknown_only_texts(runs, capsys):
+    E.main(["predict", "--run", str(runs["teacher"]), "🙂🔥🙂", "you are " * 80])
+    err = capsys.readouterr().err
+    assert "1 text(s) are unknown tokens only" in err and "1 text(s) longer than 64 tokens were cut" in err
