@@ -140,7 +140,15 @@ def cmd_predict(args):
 # report and export
 
 
+def check_positive(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: expected a number above 0")
+
+
 def cmd_report(args):
+    check_positive(args, "batch_size", "resamples", "latency_sentences")
     if args.out:
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
@@ -150,6 +158,7 @@ def cmd_report(args):
 
 
 def cmd_export(args):
+    check_positive(args, "latency_sentences")
     if args.out:
         files.check_writable(args.out, "--out")
     set_threads(args.threads)

@@ -97,6 +97,7 @@ class Settings:
     bf16: bool = False
     class_weights: bool = False
     target_precision: float | None = None  # multi-label: each label's threshold reaches this precision on validation
+    augment: str | None = None  # multi-label: training templates (augment.py) added to the training part only
     dropout: float | None = None
     seed: int = 0
     threads: int | None = None
@@ -241,6 +242,8 @@ def check_folder(s: Settings, run_dir: Path):
         raise TrainError(f"--out {run_dir}: a file; expected a folder for the run")
     try:
         files.check_writable(run_dir, "--out")
+        if s.split and not Path(s.split).exists():  # the manifest is made beside the runs unless --split says where
+            files.check_writable(Path(s.split), "--split")
     except ValueError as e:
         raise TrainError(str(e)) from None
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / runs.RUN_FILE).is_file():
@@ -278,7 +281,30 @@ def load_data(s: Settings, run_dir: Path):
     # Subsets for quick runs, the same for every model of a comparison with the same settings.
     parts = {"train": runs.subset_for_quick_runs(parts["train"], s.max_train, s.split_seed),
              "validation": runs.subset_for_quick_runs(parts["validation"], s.max_val, s.split_seed)}
+    if s.augment:
+        parts["train"] = with_augmentation(s, dataset, parts["train"])
     return dataset, parts, manifest
+
+
+def with_augmentation(s: Settings, dataset, train_part):
+    """The training part plus the texts of the augmentation templates (--augment): never in validation
+    or test, and none that the dataset itself holds (which could be a validation or test text)."""
+    import augment  # only runs that ask for it need the templates
+
+    if not dataset.multilabel or list(dataset.label_names) != data.TWO_LABELS:
+        raise TrainError(f"--augment {s.augment}: gives {data.TWO_LABELS} labels; expected a two-question dataset "
+                         f"(e.g. --data davidson+hate_speech18), not {list(dataset.label_names)}")
+    try:
+        pairs = augment.load_augment(s.augment, seed=s.seed)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"--augment {s.augment}: {e}") from None
+    known = set(dataset.texts)
+    pairs = [(text, labels) for text, labels in pairs if text not in known]
+    texts = train_part.texts + [t for t, _ in pairs]
+    labels = train_part.labels + [list(y) for _, y in pairs]
+    sources = (train_part.sources or [train_part.name] * len(train_part)) + ["augment"] * len(pairs)
+    print(f"--augment {s.augment}: {len(pairs)} template texts added to the {len(train_part)} training texts")
+    return data.Dataset(train_part.name, texts, labels, train_part.label_names, sources=sources)
 
 
 def load_parent(s: Settings, flag, folder, manifest):
@@ -748,6 +774,8 @@ def add_common(p):
     g.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast (CPU and CUDA)")
     g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss "
                    "(multi-label: each label's positives weighted by negatives per positive)")
+    g.add_argument("--augment", help="multi-label: a TOML of training templates (augment.py, e.g. suites/augment.toml) "
+                   "whose texts join the training part only; separate from the behaviour suite's test templates")
     g.add_argument("--target-precision", type=float, help="multi-label: choose each label's threshold on validation as "
                    "the lowest reaching this precision (default: the best macro-F1)")
     g.add_argument("--dropout", type=float, help="override every dropout probability of the model")
@@ -834,6 +862,10 @@ def run_all(args):
         raise TrainError(f"--layers {args.layers}: `all` trains the odd and even students (and with --extended auto, "
                          "bottom and top); expected no --layers, or `train.py distill --layers` for one student")
     runs_dir = Path(args.runs or Path("runs") / (Path(args.preset).stem if args.preset else Path(str(args.data or "davidson")).stem))
+    try:
+        files.check_writable(runs_dir, "--runs")
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     plan = [("teacher", "teacher", {}), ("odd", "distill", {"layers": "odd"}), ("even", "distill", {"layers": "even"}),
             ("lora", "lora", {})]
     if args.extended:

@@ -1,0 +1,775 @@
+"""Every bad input and fault a user can run into, one table of cases run through the real entry
+points (train.main, eval.main, the web page, a real Ctrl-C): each gets a one-line error naming the
+flag, file or field and what was expected, or, where going on is right, a printed note. No
+traceback reaches the user, and a finished run that a failed command targets is left byte for byte.
+
+docs/bad-inputs.md is rendered from this table and the messages the cases get; the last test
+checks that it is up to date. Regenerate it with
+
+    .venv/bin/python tests/test_bad_inputs.py --write
+
+A case marked `xfail` is one whose message is not yet right: the table holds the message it should
+give (the expected fragments), and the doc shows that as "not yet".
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_toy_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "fixtures" / "tiny-bert"
+DOC = ROOT / "docs" / "bad-inputs.md"
+WRITE_ENV = "NANOBERT_BAD_INPUTS_DOC"  # set by --write: the rendered doc goes to this file instead of being compared
+MESSAGES: dict[str, str] = {}  # case id -> the message it got (normalised), filled as the cases pass
+
+
+def main_of(tool):
+    """train.main or eval.main, imported here: run as a script (--write), this file starts before pytest
+    puts the repository on the import path."""
+    import importlib
+
+    return importlib.import_module(tool).main
+
+
+# -----------------------------------------------------------------------------
+# The workspace of one case: its own tmp folder, and copies of the runs trained once per module
+
+
+@dataclass
+class Ctx:
+    tmp: Path  # this case's folder
+    shared: Path  # the module's folder: toy.csv and runs/{split.json,teacher,odd,lora,teacher-int8}
+    monkeypatch: pytest.MonkeyPatch
+
+    @property
+    def toy(self):
+        return self.shared / "toy.csv"
+
+    def run(self, name):
+        """A copy of one of the shared runs under tmp/runs/, free to damage."""
+        dest = self.tmp / "runs" / name
+        if not dest.exists():
+            shutil.copytree(self.shared / "runs" / name, dest)
+        return dest
+
+    def write(self, name, content):
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+        return path
+
+    def edit_json(self, path, change):
+        raw = json.loads(Path(path).read_text())
+        change(raw)
+        Path(path).write_text(json.dumps(raw))
+
+
+def with_flags(base, extra):
+    """base argv with extra's flags: a flag base has already takes extra's value (so the command reads as a
+    user would type it), the others are added at the end."""
+    argv, extra, i = list(base), list(extra), 0
+    while i < len(extra):
+        flag = extra[i]
+        takes_value = i + 1 < len(extra) and not str(extra[i + 1]).startswith("--")
+        if str(flag).startswith("--") and flag in argv and takes_value:
+            j = argv.index(flag)
+            if j + 1 < len(argv) and not str(argv[j + 1]).startswith("--"):
+                argv[j + 1] = extra[i + 1]
+                i += 2
+                continue
+        argv.append(flag)
+        i += 1
+    return argv
+
+
+def teacher_argv(c, *extra, out=None):
+    return with_flags(["teacher", "--model", TINY, "--data", c.toy, "--out", out or c.tmp / "run", "--batch-size", 8,
+                       "--epochs", 1, "--no-progress"], extra)
+
+
+def distill_argv(c, *extra, out=None):
+    teacher = None if "--teacher" in extra else c.run("teacher")  # a case that names its own teacher copies none
+    return with_flags(["distill", "--teacher", teacher, "--out", out or c.tmp / "run", "--batch-size", 8, "--epochs", 1,
+                       "--no-progress"], extra)
+
+
+def csv_rows(c, name, header, rows):
+    return c.write(name, "\n".join([header, *rows]) + "\n")
+
+
+def toy_with(c, name, **kw):
+    return write_toy_csv(c.tmp / name, **kw)
+
+
+def model_copy(c, change=None, drop=()):
+    """A copy of the tiny model folder, its config.json changed (a function or replacement text), files dropped."""
+    folder = c.tmp / "model"
+    if folder.exists():  # made by the case's setup already
+        return folder
+    shutil.copytree(TINY, folder)
+    if callable(change):
+        c.edit_json(folder / "config.json", change)
+    elif change is not None:
+        (folder / "config.json").write_text(change)
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def truncate(path, keep=1000):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def read_only_parent(c):
+    parent = c.tmp / "locked"
+    parent.mkdir()
+    parent.chmod(0o555)
+    if os.access(parent, os.W_OK):
+        parent.chmod(0o755)
+        pytest.skip("this user can write into a read-only folder (root): nothing to refuse here")
+
+
+def different_split(c):
+    c.edit_json(c.run("odd") / "run.json", lambda raw: raw["results"].update(split_sha256="f" * 64))
+
+
+def no_gpu(c):
+    c.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# -----------------------------------------------------------------------------
+# The cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    mistake: str  # what the user did, as they would say it
+    tool: str  # "train", "eval" (in-process main), "train-ctrl-c" (a real SIGINT to a real process), "app"
+    argv: Callable  # Ctx -> argv list (for "app": the runs folder)
+    expect: tuple  # fragments the (normalised) message must contain
+    setup: Callable | None = None  # Ctx -> None: prepares files in tmp
+    keep: Callable | None = None  # Ctx -> a finished run the command must leave byte for byte
+    note: bool = False  # going on is right: exit 0 and a printed note that holds `expect`
+    stdin: str | None = None
+    xfail: str | None = None  # what happens now, while the message is not yet right
+    doc_expected_only: bool = False  # depends on the machine (root): the doc shows the expected fragments
+
+
+def case(id, mistake, tool, argv, expect, **kw):
+    return Case(id, mistake, tool, argv, (expect,) if isinstance(expect, str) else tuple(expect), **kw)
+
+
+CASES = [
+    # --- train.py: settings that cannot work, refused before anything is loaded or written
+    case("max-train-0", "`--max-train 0`", "train", lambda c: teacher_argv(c, "--max-train", 0),
+         "--max-train 0: expected a number above 0"),
+    case("max-train-negative", "`--max-train -5`", "train", lambda c: teacher_argv(c, "--max-train", -5),
+         "--max-train -5: expected a number above 0"),
+    case("accum-0", "`--accum 0`", "train", lambda c: teacher_argv(c, "--accum", 0), "--accum 0: expected a number above 0"),
+    case("lr-0", "`--lr 0`", "train", lambda c: teacher_argv(c, "--lr", 0), "--lr 0.0: expected a number above 0"),
+    case("threads-negative", "`--threads -1`", "train", lambda c: teacher_argv(c, "--threads", -1),
+         "--threads -1: expected a number above 0"),
+    case("epochs-0", "`--epochs 0`", "train", lambda c: teacher_argv(c, "--epochs", 0),
+         "--epochs 0: expected a number above 0"),
+    case("batch-size-0", "`--batch-size 0`", "train", lambda c: teacher_argv(c, "--batch-size", 0),
+         "--batch-size 0: expected a number above 0"),
+    case("warmup-2", "`--warmup 2` (a fraction of the steps, not a count)", "train", lambda c: teacher_argv(c, "--warmup", 2),
+         "--warmup 2.0: expected a number in [0, 1]"),
+    case("epochs-not-a-number", "`--epochs two`", "train", lambda c: teacher_argv(c, "--epochs", "two"),
+         "argument --epochs: invalid int value: 'two'"),
+    case("max-length-1", "`--max-length 1`", "train", lambda c: teacher_argv(c, "--max-length", 1),
+         "--max-length 1: expected at least 2"),
+    case("max-length-too-long", "`--max-length 10000`, beyond the model's positions", "train",
+         lambda c: teacher_argv(c, "--max-length", 10000),
+         "--max-length 10000: the model has 128 positions; expected at most 128"),
+    case("resume-and-overwrite", "`--resume` and `--overwrite` together", "train",
+         lambda c: teacher_argv(c, "--resume", "--overwrite"), "--resume and --overwrite: expected one of them"),
+    case("device-cuda-no-gpu", "`--device cuda` on a machine without a GPU", "train", lambda c: teacher_argv(c, "--device", "cuda"),
+         "--device: device 'cuda': no CUDA GPU on this machine; expected cpu or auto", setup=no_gpu),
+    case("device-unknown", "`--device gpu0` (not a device name)", "train", lambda c: teacher_argv(c, "--device", "gpu0"),
+         "--device: device 'gpu0': expected cpu, cuda, cuda:N or auto"),
+    # --- train.py: the data
+    case("label-map-not-json", "`--label-map` that is not JSON", "train", lambda c: teacher_argv(c, "--label-map", "{ok: 0}"),
+         "--label-map '{ok: 0}': not valid JSON"),
+    case("label-map-not-object", "`--label-map` that is JSON but not an object", "train",
+         lambda c: teacher_argv(c, "--label-map", "[0, 1]"), "--label-map '[0, 1]': expected a JSON object of label -> id"),
+    case("label-map-gap", "`--label-map` with ids that leave a gap (0 and 2)", "train",
+         lambda c: teacher_argv(c, "--label-map", '{"0": 0, "1": 2}'), ("toy.csv", "label_map ids [0, 2], expected 0..K-1 without gaps")),
+    case("label-map-missing-label", "`--label-map` that misses a label of the file", "train",
+         lambda c: teacher_argv(c, "--label-map", '{"0": 0}'), ("toy.csv", "label(s) in column 'label' not usable", "expected one of ['0']")),
+    case("labels-are-words", "a CSV whose labels are words, without `--label-map`", "train",
+         lambda c: teacher_argv(c, "--data", toy_with(c, "words.csv", names=("ok", "toxic"))),
+         ("words.csv", "not usable", "expected an integer 0..K-1")),
+    case("one-class", "a CSV where every text has the same label", "train",
+         lambda c: teacher_argv(c, "--data", toy_with(c, "one.csv", names=(0, 0))), ("--data <tmp>/one.csv", "expected at least two classes")),
+    case("labels-1-2", "a CSV whose labels are 1 and 2 (no 0)", "train",
+         lambda c: teacher_argv(c, "--data", toy_with(c, "one-two.csv", names=(1, 2))),
+         ("--data <tmp>/one-two.csv", "'0': 0", "each with examples")),
+    case("header-only", "a CSV with a header and no rows", "train",
+         lambda c: teacher_argv(c, "--data", csv_rows(c, "empty.csv", "text,label", [])), ("<tmp>/empty.csv", "expected")),
+    case("empty-file", "an empty CSV file", "train", lambda c: teacher_argv(c, "--data", c.write("blank.csv", "")),
+         "<tmp>/blank.csv: empty file; expected a CSV header with columns ['text', 'label']"),
+    case("too-few-rows", "a CSV of four rows: nothing left for validation", "train",
+         lambda c: teacher_argv(c, "--data", csv_rows(c, "four.csv", "text,label", ["a b,0", "c d,1", "e f,0", "g h,1"])),
+         ("--data <tmp>/four.csv", "expected some in each")),
+    case("no-label-column", "a CSV without the label column", "train",
+         lambda c: teacher_argv(c, "--data", csv_rows(c, "nolabel.csv", "text,class", ["you are good,0", "you are bad,1"])),
+         "missing column(s) ['label']; expected ['text', 'label'], found ['text', 'class']"),
+    case("wrong-text-column", "`--text-column` naming a column the CSV lacks", "train",
+         lambda c: teacher_argv(c, "--text-column", "comment"), "missing column(s) ['comment']"),
+    case("ragged-csv", "a CSV row with more fields than the header", "train",
+         lambda c: teacher_argv(c, "--data", csv_rows(c, "ragged.csv", "text,label", ["a b,0", "c,d,1"])),
+         "<tmp>/ragged.csv line 3: 3 fields, expected 2"),
+    case("jsonl-bad-line", "a JSONL file with a line that is not JSON", "train",
+         lambda c: teacher_argv(c, "--data", c.write("bad.jsonl", '{"text": "a", "label": 0}\n{"text": "b", label: 1}\n')),
+         "<tmp>/bad.jsonl line 2: not valid JSON"),
+    case("jsonl-not-object", "a JSONL line that is a list, not an object", "train",
+         lambda c: teacher_argv(c, "--data", c.write("list.jsonl", '{"text": "a", "label": 0}\n["b", 1]\n')),
+         "<tmp>/list.jsonl line 2: found list, expected a JSON object"),
+    case("data-unknown-name", "`--data` naming no known dataset", "train", lambda c: teacher_argv(c, "--data", "davidsen"),
+         "'davidsen': expected 'davidson', 'hate_speech18' or a path to a .csv or .jsonl file"),
+    case("data-missing-file", "`--data` naming a CSV file that does not exist", "train",
+         lambda c: teacher_argv(c, "--data", c.tmp / "missing.csv"), "<tmp>/missing.csv: file not found"),
+    case("data-txt-file", "`--data` naming a .txt file", "train",
+         lambda c: teacher_argv(c, "--data", c.write("comments.txt", "you are good\n")), "expected 'davidson', 'hate_speech18' or a path"),
+    case("split-not-json", "`--split` naming a file that is not a split manifest", "train",
+         lambda c: teacher_argv(c, "--split", c.write("split.json", "not json")), "<tmp>/split.json: not valid JSON"),
+    # --- train.py: the model
+    case("model-missing", "`--model` naming a folder that does not exist", "train",
+         lambda c: teacher_argv(c, "--model", c.tmp / "nowhere"), "<tmp>/nowhere: no such model folder"),
+    case("model-config-wrong-type", "a model folder whose config.json has `\"hidden_size\": \"big\"`", "train",
+         lambda c: teacher_argv(c, "--model", model_copy(c, lambda raw: raw.update(hidden_size="big"))),
+         "<tmp>/model/config.json: field 'hidden_size' is 'big'; expected a whole number"),
+    case("model-config-not-json", "a model folder whose config.json is not JSON", "train",
+         lambda c: teacher_argv(c, "--model", model_copy(c, "{\n  \"hidden_size\": 32,\n")), "<tmp>/model/config.json: not valid JSON"),
+    case("model-no-weights", "a model folder without model.safetensors", "train",
+         lambda c: teacher_argv(c, "--model", model_copy(c, drop=["model.safetensors"])),
+         "<tmp>/model/model.safetensors: not found; expected model.safetensors in the folder"),
+    case("model-truncated-weights", "a model folder whose model.safetensors was cut short (a broken download)", "train",
+         lambda c: teacher_argv(c, "--model", model_copy(c)), "<tmp>/model/model.safetensors: not a readable safetensors file",
+         setup=lambda c: truncate(model_copy(c) / "model.safetensors")),
+    case("model-no-vocab", "a model folder without vocab.txt", "train",
+         lambda c: teacher_argv(c, "--model", model_copy(c, drop=["vocab.txt"])), "<tmp>/model/vocab.txt: not found"),
+    # --- train.py: the runs a run builds on
+    case("teacher-missing", "`--teacher` naming a folder that does not exist", "train",
+         lambda c: distill_argv(c, "--teacher", c.tmp / "nowhere"), "--teacher <tmp>/nowhere: <tmp>/nowhere: not a run folder"),
+    case("teacher-is-lora", "`--teacher` naming a LoRA run", "train", lambda c: distill_argv(c, "--teacher", c.run("lora")),
+         "<tmp>/runs/lora: a LoRA run; expected a run with a full model (teacher or student) as the teacher"),
+    case("teacher-is-int8", "`--teacher` naming an int8 export", "train",
+         lambda c: distill_argv(c, "--teacher", c.run("teacher-int8")), "an int8 export (eval.py export); expected a run with fp32 weights"),
+    case("teacher-other-split", "`--teacher` trained on another split than `--split`", "train",
+         lambda c: distill_argv(c, "--split", c.tmp / "other.json", "--split-seed", 7),
+         "the teacher was trained on another split"),
+    case("base-is-lora", "`lora --base` naming a LoRA run", "train",
+         lambda c: ["lora", "--base", c.run("lora"), "--out", c.tmp / "run", "--no-progress"],
+         "a LoRA run; expected a run with a full model (teacher or student) as the base run"),
+    case("base-and-model", "`lora --base RUN --model MODEL` together", "train",
+         lambda c: ["lora", "--base", c.run("teacher"), "--model", TINY, "--out", c.tmp / "run", "--no-progress"],
+         "--base and --model both name the model to adapt; expected one of them"),
+    case("layers-13", "`--layers 13` for a 3-layer teacher", "train", lambda c: distill_argv(c, "--layers", "13"),
+         "--layers '13': layer 13 out of range; the teacher has layers 1..3"),
+    case("layers-1-9", "`--layers 1,9` for a 3-layer teacher", "train", lambda c: distill_argv(c, "--layers", "1,9"),
+         "layer 9 out of range; the teacher has layers 1..3"),
+    case("layers-auto-9", "`--layers auto:9` for a 3-layer teacher", "train", lambda c: distill_argv(c, "--layers", "auto:9"),
+         "--layers 'auto:9': expected auto or auto:K with K in 1..3"),
+    case("layers-word", "`--layers first` (not a layer choice)", "train", lambda c: distill_argv(c, "--layers", "first"),
+         "--layers 'first': expected odd, even, bottom, top, auto[:K] or comma-separated layer numbers"),
+    case("layers-unsorted", "`--layers 3,1` (out of order)", "train", lambda c: distill_argv(c, "--layers", "3,1"),
+         "--layers '3,1': list the layers in increasing order"),
+    case("importance-texts-0", "`--layers auto --importance-texts 0`", "train",
+         lambda c: distill_argv(c, "--layers", "auto", "--importance-texts", 0),
+         "--importance-texts 0: expected at least 1 validation text"),
+    case("all-layers", "`train.py all --layers 1,2`", "train",
+         lambda c: ["all", "--model", TINY, "--data", c.toy, "--runs", c.tmp / "runs", "--layers", "1,2", "--no-progress"],
+         "--layers 1,2: `all` trains the odd and even students"),
+    # --- train.py: presets
+    case("preset-unknown-key", "a preset file with an unknown key", "train",
+         lambda c: teacher_argv(c, "--preset", c.write("mine.toml", "learning_rate = 0.001\n")),
+         "preset <tmp>/mine.toml: unknown setting 'learning_rate'; expected one of the train.py flags"),
+    case("preset-unknown-name", "`--preset` naming no preset", "train", lambda c: teacher_argv(c, "--preset", "quik"),
+         ("<repo>/presets/quik.toml: no such preset; expected one of [", "] or a .toml file")),
+    case("preset-not-toml", "a preset file that is not TOML", "train",
+         lambda c: teacher_argv(c, "--preset", c.write("broken.toml", "epochs = \n")), "<tmp>/broken.toml: not valid TOML"),
+    # --- train.py: the run folder; a finished run is never changed
+    case("resume-no-checkpoint", "`--resume` for a run that never started", "train", lambda c: teacher_argv(c, "--resume"),
+         "<tmp>/run/checkpoint.safetensors: no checkpoint to resume from; run without --resume to start afresh"),
+    case("resume-finished", "`--resume` on a finished run", "train",
+         lambda c: teacher_argv(c, "--resume", out=c.run("teacher")),
+         "the run is finished (summary.json); nothing to resume", keep=lambda c: c.run("teacher")),
+    case("out-finished", "training into a finished run's folder without `--overwrite`", "train",
+         lambda c: teacher_argv(c, out=c.run("teacher")),
+         "--out <tmp>/runs/teacher: holds a finished run; expected a new folder, or --overwrite to replace it",
+         keep=lambda c: c.run("teacher")),
+    case("overwrite-bad-layers", "`--overwrite` of a finished student with `--layers 13`", "train",
+         lambda c: distill_argv(c, "--layers", "13", "--overwrite", out=c.run("odd")),
+         "layer 13 out of range", keep=lambda c: c.run("odd")),
+    case("overwrite-bad-max-length", "`--overwrite` of a finished run with a `--max-length` the model cannot take", "train",
+         lambda c: teacher_argv(c, "--overwrite", "--max-length", 10000, out=c.run("teacher")),
+         "--max-length 10000: the model has 128 positions", keep=lambda c: c.run("teacher")),
+    case("overwrite-missing-data", "`--overwrite` of a finished run with a `--data` file that does not exist", "train",
+         lambda c: teacher_argv(c, "--overwrite", "--data", c.tmp / "missing.csv", out=c.run("teacher")),
+         "<tmp>/missing.csv: file not found", keep=lambda c: c.run("teacher")),
+    case("out-not-a-run", "`--out` naming a folder of other files", "train", lambda c: teacher_argv(c, out=c.tmp / "docs"),
+         "--out <tmp>/docs: not empty and not a run folder; expected a new or empty folder",
+         setup=lambda c: c.write("docs/notes.txt", "mine\n")),
+    case("out-is-file", "`--out` naming a file", "train", lambda c: teacher_argv(c, out=c.tmp / "afile"),
+         "--out <tmp>/afile: a file; expected a folder for the run", setup=lambda c: c.write("afile", "mine\n")),
+    case("out-under-file", "`--out` inside a path where a file stands", "train",
+         lambda c: teacher_argv(c, out=c.tmp / "afile" / "run"), ("--out <tmp>/afile/run", "<tmp>/afile"),
+         setup=lambda c: c.write("afile", "mine\n")),
+    case("out-read-only", "`--out` in a folder the user cannot write", "train",
+         lambda c: teacher_argv(c, out=c.tmp / "locked" / "run"), ("--out <tmp>/locked/run", "not writable"),
+         setup=read_only_parent, doc_expected_only=True),
+    case("split-under-file", "`--split` inside a path where a file stands", "train",
+         lambda c: teacher_argv(c, "--split", c.tmp / "afile" / "split.json"), ("--split <tmp>/afile/split.json", "<tmp>/afile"),
+         setup=lambda c: c.write("afile", "mine\n")),
+    case("all-runs-under-file", "`train.py all --runs` inside a path where a file stands", "train",
+         lambda c: ["all", "--model", TINY, "--data", c.toy, "--runs", c.tmp / "afile" / "runs", "--no-progress"],
+         ("--runs <tmp>/afile/runs", "<tmp>/afile"), setup=lambda c: c.write("afile", "mine\n")),
+    case("ctrl-c", "Ctrl-C while training", "train-ctrl-c", lambda c: teacher_argv(c, "--epochs", 500),
+         "interrupted; an interrupted run continues from its last checkpoint with the same command and --resume"),
+    # --- train.py: notes, and training goes on
+    case("note-latin1", "a CSV with Latin-1 bytes (not UTF-8)", "train",
+         lambda c: teacher_argv(c, "--data", c.tmp / "latin1.csv"), "invalid UTF-8 byte sequence(s) replaced by U+FFFD", note=True,
+         setup=lambda c: c.write("latin1.csv", c.toy.read_text().replace("you", "caf\u00e9").encode("latin-1"))),
+    case("note-empty-texts", "a CSV with empty texts", "train",
+         lambda c: teacher_argv(c, "--data", c.tmp / "gaps.csv"), "dropped 2 empty or whitespace-only text(s)", note=True,
+         setup=lambda c: c.write("gaps.csv", (c.toy.read_text() + ",0\n   ,1\n"))),
+    case("note-duplicates", "a CSV with the same text twice", "train",
+         lambda c: teacher_argv(c, "--data", c.tmp / "dups.csv"), "removed 1 duplicate text(s)", note=True,
+         setup=lambda c: c.write("dups.csv", c.toy.read_text() + c.toy.read_text().splitlines()[1] + "\n")),
+    # --- eval.py: runs that are not what they should be
+    case("report-not-a-run", "`eval.py` on a folder that is not a run", "eval", lambda c: [c.tmp],
+         "<tmp>: not a run folder (no run.json); expected a folder written by train.py"),
+    case("predict-missing-run", "`predict --run` naming a folder that does not exist", "eval",
+         lambda c: ["predict", "--run", c.tmp / "nowhere", "hi"], "<tmp>/nowhere: not a run folder"),
+    case("run-json-not-json", "a run whose run.json is not JSON", "eval", lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         "<tmp>/runs/teacher/run.json: not valid JSON", setup=lambda c: (c.run("teacher") / "run.json").write_text("{not json")),
+    case("run-json-missing-field", "a run whose run.json lacks `split_sha256`", "eval",
+         lambda c: [c.run("teacher"), "--out", c.tmp / "report"], "run.json: missing field 'split_sha256'",
+         setup=lambda c: c.edit_json(c.run("teacher") / "run.json", lambda raw: raw["results"].pop("split_sha256"))),
+    case("run-without-model", "a run folder without its model files", "eval",
+         lambda c: [c.run("teacher"), "--out", c.tmp / "report"], "<tmp>/runs/teacher: no trained model",
+         setup=lambda c: [(c.run("teacher") / n).unlink() for n in ("config.json", "model.safetensors")]),
+    case("run-damaged-weights", "a run whose model.safetensors was cut short", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         ("<tmp>/runs/teacher: cannot load the trained model", "not a readable safetensors file"),
+         setup=lambda c: truncate(c.run("teacher") / "model.safetensors")),
+    case("run-config-wrong-type", "a run whose config.json has `\"hidden_size\": \"big\"`", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "hi"], "field 'hidden_size' is 'big'; expected a whole number",
+         setup=lambda c: c.edit_json(c.run("teacher") / "config.json", lambda raw: raw.update(hidden_size="big"))),
+    case("lora-without-adapter", "a LoRA run without its adapter weights", "eval",
+         lambda c: ["predict", "--run", c.run("lora"), "hi"], "adapter_model.safetensors: not found",
+         setup=lambda c: (c.run("lora") / "adapter_model.safetensors").unlink()),
+    case("lora-adapter-config-bad", "a LoRA run whose adapter_config.json says `\"r\": 0`", "eval",
+         lambda c: ["predict", "--run", c.run("lora"), "hi"], "adapter_config.json: field 'r' is 0; expected a positive integer",
+         setup=lambda c: c.edit_json(c.run("lora") / "adapter_config.json", lambda raw: raw.update(r=0))),
+    case("run-no-vocab", "a run without its vocab.txt", "eval", lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         "vocab.txt: not found", setup=lambda c: (c.run("teacher") / "vocab.txt").unlink()),
+    # --- eval.py report
+    case("report-different-splits", "`eval.py` on two runs trained on different splits", "eval",
+         lambda c: [c.run("teacher"), c.run("odd"), "--out", c.tmp / "report"],
+         ("<tmp>/runs/odd and <tmp>/runs/teacher were trained on different splits", "expected one test set for all"),
+         setup=different_split),
+    case("report-same-run-twice", "`eval.py` given the same run twice", "eval",
+         lambda c: [c.run("teacher"), c.run("teacher"), "--out", c.tmp / "report"],
+         "<tmp>/runs/teacher: given twice; expected each run once"),
+    case("report-split-missing", "`eval.py` on a run whose split manifest was deleted", "eval",
+         lambda c: [c.run("teacher"), "--out", c.tmp / "report"], ("split manifest", "not found"),
+         setup=lambda c: c.edit_json(c.run("teacher") / "run.json",
+                                     lambda raw: raw["settings"].update(split=str(c.tmp / "gone" / "split.json")))),
+    case("report-out-under-file", "`eval.py report --out` inside a path where a file stands", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "afile" / "report", "--no-plots", "--resamples", 10,
+                    "--latency-sentences", 2], ("--out <tmp>/afile/report", "<tmp>/afile"),
+         setup=lambda c: c.write("afile", "mine\n")),
+    case("report-threads-0", "`eval.py report --threads 0`", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--threads", 0, "--no-plots"],
+         ("--threads 0", "expected")),
+    case("report-threads-negative", "`eval.py report --threads -1`", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--threads", -1, "--no-plots"],
+         ("--threads -1", "expected")),
+    case("report-batch-size-0", "`eval.py report --batch-size 0`", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--batch-size", 0, "--no-plots"],
+         ("--batch-size 0", "expected")),
+    case("report-resamples-negative", "`eval.py report --resamples -5`", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--resamples", -5, "--no-plots"],
+         ("--resamples -5", "expected")),
+    case("report-latency-negative", "`eval.py report --latency-sentences -1`", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--latency-sentences", -1, "--no-plots"],
+         ("--latency-sentences -1", "expected")),
+    # --- eval.py predict
+    case("predict-empty-text", "`predict` with an empty text", "eval", lambda c: ["predict", "--run", c.run("teacher"), "  "],
+         "empty text to predict; expected at least one non-blank text"),
+    case("predict-empty-stdin", "`predict` with nothing on stdin", "eval", lambda c: ["predict", "--run", c.run("teacher")],
+         "empty text to predict; expected at least one non-blank text", stdin=""),
+    case("predict-device-cuda", "`predict --device cuda` on a machine without a GPU", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--device", "cuda", "hi"], "device 'cuda': no CUDA GPU on this machine",
+         setup=no_gpu),
+    case("input-missing", "`predict --input` naming a file that does not exist", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "nope.csv", "--output", c.tmp / "out.csv"],
+         "--input <tmp>/nope.csv: file not found"),
+    case("input-unknown-column", "`predict --input` with a `--text-column` the file lacks", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.toy, "--text-column", "body", "--output", c.tmp / "out.csv"],
+         "--text-column 'body': not a column of <tmp>/toy.csv; expected one of ['text', 'label']"),
+    case("input-without-output", "`predict --input` without `--output`", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.toy], "--input needs --output FILE"),
+    case("output-is-input", "`predict --output` the same file as `--input`", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "in.csv", "--output", c.tmp / "in.csv"],
+         "--output <tmp>/in.csv: the same file as --input; expected another file",
+         setup=lambda c: shutil.copy(c.toy, c.tmp / "in.csv"), keep=lambda c: c.tmp / "in.csv"),
+    case("output-under-file", "`predict --output` inside a path where a file stands", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.toy, "--output", c.tmp / "afile" / "out.csv"],
+         ("--output <tmp>/afile", "<tmp>/afile is a file"), setup=lambda c: c.write("afile", "mine\n")),
+    case("input-txt", "`predict --input` naming a .txt file", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.write("in.txt", "hi\n"), "--output", c.tmp / "out.csv"],
+         "--input <tmp>/in.txt: expected a .csv or .jsonl file"),
+    case("output-txt", "`predict --output` naming a .txt file", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.toy, "--output", c.tmp / "out.txt"],
+         "--output <tmp>/out.txt: expected a .csv or .jsonl file"),
+    case("input-jsonl-bad-line", "`predict --input` a JSONL file with a line that is not JSON", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.write("in.jsonl", '{"text": "a"}\n{text: b}\n'),
+                    "--output", c.tmp / "out.jsonl"], "--input <tmp>/in.jsonl line 2: not valid JSON"),
+    case("input-and-texts", "`predict --input FILE` and texts as arguments", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.toy, "--output", c.tmp / "out.csv", "hi"],
+         "texts given both as arguments and with --input; expected one of them"),
+    # --- eval.py predict: notes, and labelling goes on
+    case("note-blank-text", "`predict` with a blank text among others", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "you are good", " "], "note: skipped 1 blank text(s)", note=True),
+    case("note-blank-rows", "`predict --input` with blank rows", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", csv_rows(c, "in.csv", "text", ["you are good", '" "', "you are bad"]),
+                    "--output", c.tmp / "out.csv", "--no-progress"],
+         "labelled 2 of 3 rows into <tmp>/out.csv; 1 blank row(s) left without a label", note=True),
+    case("note-too-long", "`predict` with a text longer than the run's max length", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), " ".join(["good"] * 100)], ("note:", "64"), note=True),
+    case("note-all-unknown", "`predict` with a text of emoji only (all unknown tokens)", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "🙂🙂🙂"], ("note:", "unknown"), note=True),
+    case("note-input-latin1", "`predict --input` a CSV with Latin-1 bytes", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "in.csv", "--output", c.tmp / "out.csv",
+                    "--no-progress"], ("<tmp>/in.csv", "UTF-8"), note=True,
+         setup=lambda c: c.write("in.csv", "text\ncafé au lait\n".encode("latin-1"))),
+    # --- eval.py export
+    case("export-int8", "`eval.py export` of an int8 export", "eval", lambda c: ["export", c.run("teacher-int8"), "--no-measure"],
+         "<tmp>/runs/teacher-int8: already an int8 model; expected a run with fp32 weights"),
+    case("export-onto-source", "`eval.py export RUN --out RUN` (onto its own source)", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.run("teacher"), "--no-measure"],
+         "<tmp>/runs/teacher: the export must not overwrite its own source run; expected another folder",
+         keep=lambda c: c.run("teacher")),
+    case("export-onto-other-run", "`eval.py export --out` naming another finished run", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.run("odd"), "--no-measure"],
+         "<tmp>/runs/odd: holds another run (run.json without 'quantized'); expected a new folder",
+         keep=lambda c: c.run("odd")),
+    case("export-out-under-file", "`eval.py export --out` inside a path where a file stands", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.tmp / "afile" / "int8", "--no-measure"],
+         ("--out <tmp>/afile/int8", "<tmp>/afile is a file"), setup=lambda c: c.write("afile", "mine\n")),
+    case("export-threads-negative", "`eval.py export --threads -1`", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.tmp / "int8", "--threads", -1, "--no-measure"],
+         ("--threads -1", "expected")),
+    case("export-not-a-run", "`eval.py export` of a folder that is not a run", "eval", lambda c: ["export", c.tmp / "nothing"],
+         "<tmp>/nothing: not a run folder (no run.json)"),
+    # --- eval.py behaviour
+    case("behaviour-suite-missing", "`eval.py behaviour --suite` naming a file that does not exist", "eval",
+         lambda c: ["behaviour", c.run("teacher"), "--suite", c.tmp / "suite.toml"], "<tmp>/suite.toml: no such suite file"),
+    case("behaviour-suite-not-toml", "`eval.py behaviour --suite` naming a file that is not TOML", "eval",
+         lambda c: ["behaviour", c.run("teacher"), "--suite", c.write("suite.toml", "[groups\n")], "<tmp>/suite.toml: not valid TOML"),
+    case("behaviour-out-under-file", "`eval.py behaviour --out` inside a path where a file stands", "eval",
+         lambda c: ["behaviour", c.run("teacher"), "--out", c.tmp / "afile" / "behaviour"],
+         ("--out <tmp>/afile/behaviour", "<tmp>/afile"), setup=lambda c: c.write("afile", "mine\n")),
+    # --- the web page
+    case("app-no-runs-folder", "the web page pointed at a runs folder that does not exist", "app", lambda c: c.tmp / "nowhere",
+         ("No trained models found", "`<tmp>/nowhere` does not exist")),
+    case("app-damaged-run", "the web page serving a run whose model.safetensors was cut short", "app", lambda c: c.tmp / "runs",
+         ("Cannot load <tmp>/runs/teacher", "not a readable safetensors file"),
+         setup=lambda c: truncate(c.run("teacher") / "model.safetensors")),
+]
+
+
+# -----------------------------------------------------------------------------
+# Running one case
+
+
+def normalise(text, ctx):
+    """The message with this machine's folders and the split hashes replaced, so that the doc is stable."""
+    for path, name in sorted([(ctx.tmp, "<tmp>"), (ctx.shared, "<tmp>"), (TINY, "<tiny-bert>"), (ROOT, "<repo>")],
+                             key=lambda p: -len(str(p[0]))):
+        text = text.replace(str(Path(path).resolve()), name).replace(str(path), name)
+    return re.sub(r"\b[0-9a-f]{12}…", "<hash>…", text)
+
+
+def snapshot(folder):
+    folder = Path(folder)
+    if folder.is_file():
+        return {folder.name: folder.read_bytes()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Outcome:
+    code: object  # SystemExit's code: None / 0 success, a str message, an int (argparse: 2)
+    out: str
+    err: str
+    escaped: str | None = None  # an exception other than SystemExit: a traceback the user would see
+
+
+def run_in_process(case, ctx, argv):
+    main = main_of(case.tool)
+    out, err = io.StringIO(), io.StringIO()
+    ctx.monkeypatch.setattr(sys, "argv", [f"{case.tool}.py", *argv])  # argparse's prog, run.json's command
+    if case.stdin is not None:
+        ctx.monkeypatch.setattr(sys, "stdin", io.StringIO(case.stdin))
+    code, escaped = None, None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:  # noqa: BLE001 - this is the traceback a user would get
+            escaped = "".join(traceback.format_exception_only(type(e), e)).strip()
+            print(traceback.format_exc(), file=err)
+    return Outcome(code, out.getvalue(), err.getvalue(), escaped)
+
+
+def run_ctrl_c(case, ctx, argv):
+    """A real process, a real SIGINT once training has started."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    try:
+        for line in p.stdout:  # setup prints "teacher: N train / M validation texts ..." before the first batch
+            lines.append(line)
+            if line.startswith("teacher:"):
+                break
+        time.sleep(0.3)  # into the first epoch
+        p.send_signal(signal.SIGINT)
+        rest, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return Outcome(err.strip().splitlines()[-1] if p.returncode and err.strip() else p.returncode, "".join(lines) + rest, err)
+
+
+def run_app(case, ctx, runs_dir):
+    from streamlit.testing.v1 import AppTest
+
+    ctx.monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # AppTest leaves its own behind
+    ctx.monkeypatch.setenv("NANOBERT_RUNS", str(runs_dir))
+    ctx.monkeypatch.setattr(sys, "argv", ["app.py"])
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["text"] = "you are good"
+    at.run()
+    escaped = "; ".join(e.value for e in at.exception) or None
+    messages = [e.value for e in at.error] + [w.value for w in at.warning]
+    return Outcome(messages[0] if messages else None, "", "\n".join(messages), escaped)
+
+
+def run_case(case, ctx):
+    """Run the case through its entry point, check it, and return its (normalised) message."""
+    if case.setup:
+        case.setup(ctx)
+    argv = [str(case.argv(ctx))] if case.tool == "app" else [str(a) for a in case.argv(ctx)]
+    keep = case.keep(ctx) if case.keep else None
+    before = snapshot(keep) if keep else None
+    out_dir = Path(argv[argv.index("--out") + 1]) if case.tool.startswith("train") and "--out" in argv else None
+    new_out = out_dir is not None and not out_dir.exists()
+    if case.tool == "app":
+        pytest.importorskip("streamlit")
+        outcome = run_app(case, ctx, argv[0])
+    elif case.tool == "train-ctrl-c":
+        outcome = run_ctrl_c(case, ctx, argv)
+    else:
+        outcome = run_in_process(case, ctx, argv)
+    where = f"\n--- stdout\n{outcome.out[-3000:]}\n--- stderr\n{outcome.err[-3000:]}"
+    assert outcome.escaped is None, f"a traceback reaches the user: {outcome.escaped}{where}"
+    assert "Traceback" not in outcome.err, f"a traceback reaches the user{where}"
+    if case.note:
+        assert outcome.code in (None, 0), f"expected to go on with a note, got exit {outcome.code!r}{where}"
+        lines = [normalise(line, ctx) for line in (outcome.out + outcome.err).splitlines()]
+        found = [line for line in lines if all(f in line for f in case.expect)]
+        assert found, f"no note holding {case.expect}{where}"
+        message = found[0].strip()
+    else:
+        if case.tool == "app":
+            assert isinstance(outcome.code, str), f"the page shows no error or warning{where}"
+            message = outcome.code.strip()
+        elif isinstance(outcome.code, int) and outcome.code == 2:  # argparse: a usage line, then `prog: error: ...`
+            message = outcome.err.strip().splitlines()[-1]
+            assert ": error: " in message, f"argparse exit without an error line{where}"
+        else:
+            assert isinstance(outcome.code, str), f"expected an error message, got exit {outcome.code!r}{where}"
+            message = outcome.code
+            assert message.startswith("error: ") or case.tool == "train-ctrl-c", message
+        assert "\n" not in message, f"more than one line: {message!r}"
+        message = normalise(message, ctx)
+        for fragment in case.expect:
+            assert fragment in message, f"{fragment!r} not in {message!r}"
+    if keep is not None:
+        assert snapshot(keep) == before, f"{keep} changed: a failed command must leave it byte for byte"
+    if new_out:
+        # A run that fails before its first checkpoint leaves no folder behind (Ctrl-C may come after one).
+        left = out_dir.exists() and not (case.tool == "train-ctrl-c" and (out_dir / "checkpoint.safetensors").exists())
+        assert case.note or not left, f"{out_dir} left behind by a failed command"
+    return message
+
+
+# -----------------------------------------------------------------------------
+# The runs the cases start from, trained once
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shared")
+    toy = write_toy_csv(root / "toy.csv")
+    runs = root / "runs"
+    common = ["--data", toy, "--batch-size", 8, "--epochs", 1, "--no-progress", "--split", runs / "split.json"]
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        main_of("train")(["teacher", "--model", str(TINY), "--out", str(runs / "teacher"), "--lr", "3e-3", *map(str, common)])
+        main_of("train")(["distill", "--teacher", str(runs / "teacher"), "--out", str(runs / "odd"), *map(str, common)])
+        main_of("train")(["lora", "--model", str(TINY), "--out", str(runs / "lora"), "--lr", "1e-2", *map(str, common)])
+        main_of("eval")(["export", str(runs / "teacher"), "--out", str(runs / "teacher-int8"), "--no-measure"])
+    return root
+
+
+def make_ctx(tmp, shared, monkeypatch):
+    return Ctx(Path(tmp), shared, monkeypatch)
+
+
+def params():
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
+            for c in CASES]
+
+
+@pytest.mark.parametrize("case", params())
+def test_bad_input(case, shared, tmp_path, monkeypatch):
+    ctx = make_ctx(tmp_path, shared, monkeypatch)
+    try:
+        MESSAGES[case.id] = run_case(case, ctx)
+    finally:
+        with contextlib.suppress(OSError):
+            (tmp_path / "locked").chmod(0o755)
+
+
+def test_cases_are_many_and_distinct():
+    assert len(CASES) >= 40
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert len({c.mistake for c in CASES}) == len(CASES)
+
+
+# -----------------------------------------------------------------------------
+# docs/bad-inputs.md, rendered from the table
+
+
+def code(text):
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def command_of(case, ctx):
+    if case.tool == "app":
+        return f"NANOBERT_RUNS={case.argv(ctx)} streamlit run app.py"
+    script = "train.py" if case.tool.startswith("train") else "eval.py"
+
+    def quote(a):
+        a = normalise(a, ctx)
+        if len(a) > 60:  # a long text: its start, and how long it is
+            a = f"{a[:20]}… ({len(a.split())} words)"
+        return a if a and not re.search(r"[\s'\"{}\[\]|;&$`*?()\\]", a) else "'" + a.replace("'", "'\\''") + "'"
+
+    args = " ".join(quote(a) for a in map(str, case.argv(ctx)))
+    if case.stdin is not None:
+        return f"{script} {args} < /dev/null" if not case.stdin else f"{script} {args}"
+    return f"{script} {args}" + ("  (then Ctrl-C)" if case.tool == "train-ctrl-c" else "")
+
+
+def render(messages, commands, kept):
+    errors = [c for c in CASES if not c.note]
+    notes = [c for c in CASES if c.note]
+    lines = [
+        "# Bad inputs and faults, and what each one gets",
+        "",
+        "Generated by `tests/test_bad_inputs.py` from the cases it runs; do not edit by hand. After changing a",
+        "message, regenerate with `.venv/bin/python tests/test_bad_inputs.py --write` (the test suite fails",
+        "while this file is out of date).",
+        "",
+        "Every mistake below gets a one-line `error: ...` (exit status 1; a flag that argparse itself cannot",
+        "read: its usage line, then one error line, exit status 2) that names the flag, file or field and what",
+        "was expected, with no traceback; the web page shows the same kind of line in its error or warning box.",
+        "A finished run or a file that a failed command targets is left byte for byte. Where going on is",
+        "right, the command goes on and prints a note. `<tmp>` stands for the",
+        "folder the test works in, `<repo>` for this repository, `<tiny-bert>` for the test model",
+        "`tests/fixtures/tiny-bert`, `<hash>` for the start of a split's sha256.",
+        "",
+        "Rows marked **not yet** are checked as expected failures: the message shown is what the",
+        "command should say (the fragments the test requires), not what it says today.",
+        "",
+        f"## Errors ({len(errors)})",
+        "",
+        "| | Mistake | Command | Message |",
+        "|---|---|---|---|",
+    ]
+
+    def row(i, c):
+        if c.xfail:
+            message = "**not yet**: should say " + " … ".join(code(f) for f in c.expect)
+        elif c.doc_expected_only:
+            message = " … ".join(code(f) for f in c.expect) + " (checked only where the folder can be made read-only)"
+        else:
+            message = code(messages[c.id])
+        keep = f" *({kept[c.id]} is left byte for byte)*" if c.id in kept else ""
+        return f"| {i} | {c.mistake.replace('|', chr(92) + '|')}{keep} | {code(commands[c.id])} | {message} |"
+
+    lines += [row(i, c) for i, c in enumerate(errors, start=1)]
+    lines += ["", f"## Notes: the command goes on ({len(notes)})", "", "| | Input | Command | Note |", "|---|---|---|---|"]
+    lines += [row(i, c) for i, c in enumerate(notes, start=len(errors) + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_doc_matches_the_cases(shared, tmp_path_factory, monkeypatch):
+    """docs/bad-inputs.md is the table above with the messages the cases get (run here if not run yet)."""
+    messages, commands, kept = dict(MESSAGES), {}, {}
+    for c in CASES:
+        with monkeypatch.context() as mp:
+            ctx = make_ctx(tmp_path_factory.mktemp(f"doc-{c.id}"), shared, mp)
+            if c.id not in messages and not c.xfail and not c.doc_expected_only:
+                messages[c.id] = run_case(c, ctx)
+            commands[c.id] = normalise(command_of(c, ctx), ctx)
+            if c.keep:
+                kept[c.id] = "the file" if c.keep(ctx).suffix else "the finished run"
+    text = render(messages, commands, kept)
+    target = os.environ.get(WRITE_ENV)
+    if target:
+        Path(target).write_text(text, encoding="utf-8")
+        return
+    assert DOC.is_file(), f"{DOC} missing; write it with: .venv/bin/python tests/test_bad_inputs.py --write"
+    assert DOC.read_text(encoding="utf-8") == text, \
+        f"{DOC} is out of date; regenerate it with: .venv/bin/python tests/test_bad_inputs.py --write"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/test_bad_inputs.py --write   (runs the cases and writes docs/bad-inputs.md)")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ[WRITE_ENV] = str(Path(tmp) / "bad-inputs.md")
+        status = pytest.main([__file__, "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}"])
+        if status != 0:
+            sys.exit(f"not written: the cases did not all pass (pytest exit {status}); {DOC} is unchanged")
+        shutil.copyfile(os.environ[WRITE_ENV], DOC)
+    print(f"wrote {DOC}")
