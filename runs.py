@@ -22,6 +22,7 @@ Read top to bottom:
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -427,6 +428,23 @@ def subset_for_quick_runs(part, limit, seed):
         return part
     keep = np.sort(np.random.default_rng(seed).permutation(len(part))[:limit])
     return part.subset(keep.tolist())
+
+
+def staging_dir(run_dir) -> Path:
+    """Where a run that replaces a finished one trains (--overwrite): beside it, hidden, until it is done."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(f".{run_dir.name}.new")
+
+
+def replace_run(staging, run_dir):
+    """Put a finished replacement in its place: the old run moves aside, the new one in, the old one goes.
+    Up to this moment the old run was whole; a crash between the two renames leaves both, hidden and not."""
+    staging, run_dir = Path(staging), Path(run_dir)
+    old = run_dir.with_name(f".{run_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(run_dir, old)
+    os.replace(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(run_dir):

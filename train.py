@@ -226,16 +226,17 @@ def pick_device(name):
     return device
 
 
-def check_folder(s: Settings, run_dir: Path):
-    """Refuse, before anything is loaded, an --out that this run must not touch."""
+def check_folder(s: Settings, run_dir: Path, work: Path):
+    """Refuse, before anything is loaded, an --out that this run must not touch. work: where the run
+    trains (run_dir, or beside it while it replaces a finished run)."""
     if s.resume:
+        if (work / runs.CHECKPOINT_FILE).is_file():
+            return
         if runs.is_finished(run_dir):
             raise TrainError(f"--resume {run_dir}: the run is finished (summary.json); nothing to resume. "
                              "Expected an interrupted run, or --overwrite to train it again")
-        if not (run_dir / runs.CHECKPOINT_FILE).is_file():
-            raise TrainError(f"{run_dir / runs.CHECKPOINT_FILE}: no checkpoint to resume from; run without --resume "
-                             "to start afresh")
-        return
+        raise TrainError(f"{run_dir / runs.CHECKPOINT_FILE}: no checkpoint to resume from; run without --resume "
+                         "to start afresh")
     if runs.is_finished(run_dir) and not s.overwrite:
         raise TrainError(f"--out {run_dir}: holds a finished run; expected a new folder, or --overwrite to replace it")
     if run_dir.is_file():
@@ -491,7 +492,8 @@ class Training:
     """What the loop needs, made once by setup()."""
 
     s: Settings
-    dir: Path
+    dir: Path  # where the run trains: final, or beside it while it replaces a finished run
+    final: Path  # --out
     device: torch.device
     world: int
     rank: int
@@ -519,10 +521,10 @@ class Training:
         return self.state["wall_before"] + time.time() - self.t_start
 
 
-def setup(s: Settings, run_dir: Path) -> Training:
-    """Check and load everything; only then touch the run folder."""
+def setup(s: Settings, run_dir: Path, work: Path) -> Training:
+    """Check and load everything; only then touch the run folder (work: where the run trains)."""
     check(s)
-    check_folder(s, run_dir)
+    check_folder(s, run_dir, work)
     device = pick_device(s.device)
     memory = PeakMemory(device)
     world, rank = setup_distributed(device)
@@ -535,7 +537,7 @@ def setup(s: Settings, run_dir: Path) -> Training:
     torch.manual_seed(s.seed)
     dataset, parts, manifest = load_data(s, run_dir)
     results = {}
-    net, tokenizer_dir, teacher = build_model(s, dataset, manifest, parts["validation"], device, run_dir, results)
+    net, tokenizer_dir, teacher = build_model(s, dataset, manifest, parts["validation"], device, work, results)
     if s.max_length > net.config.max_position_embeddings:
         raise TrainError(f"--max-length {s.max_length}: the model has {net.config.max_position_embeddings} positions; "
                          f"expected at most {net.config.max_position_embeddings}")
@@ -563,15 +565,17 @@ def setup(s: Settings, run_dir: Path) -> Training:
                    params_total=total,
                    params_trainable=trainable, world_size=world, teacher_layers=results.get("teacher_layers"),
                    torch=torch.__version__, train_size=len(train_part), val_size=len(val_part), command=" ".join(sys.argv))
-    t = Training(s, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
+    t = Training(s, work, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
                  total_steps, results, memory)
     if s.resume:
         resume(t)
     elif t.main:
         # Everything is checked: from here on the folder is this run's.
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clear_folder(run_dir)
-        runs.write_info(run_dir, runs.RunInfo(dataclasses.asdict(s), results))
+        if work != run_dir:
+            shutil.rmtree(work, ignore_errors=True)  # what an earlier, interrupted replacement left
+        work.mkdir(parents=True, exist_ok=True)
+        clear_folder(work)
+        runs.write_info(work, runs.RunInfo(dataclasses.asdict(s), results))
         print(f"{s.method}: {len(train_part)} train / {len(val_part)} validation texts, {len(loader)} batches per "
               f"epoch, padding {loader.padding_fraction():.1%}, trainable {trainable:,} of {total:,}")
     return t
@@ -712,6 +716,9 @@ def finish(t: Training):
         test, _, _ = runs.load_test_split(t.dir, info)
         info.results["test"] = report.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
         runs.write_info(t.dir, info)
+        if t.dir != t.final:  # a replacement, complete: it takes the old run's place only now
+            runs.replace_run(t.dir, t.final)
+            t.dir = t.final
         report.write_model_card(t.dir, summary)
         runs.write_summary(t.dir, summary)
         runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
@@ -725,17 +732,22 @@ def train(s: Settings, run_dir) -> dict:
     """Train one model into run_dir; returns its summary. A run that fails before its first checkpoint
     leaves no folder behind; after it, the folder waits for --resume."""
     run_dir = Path(run_dir)
-    existed, t_start = run_dir.exists(), time.time()
+    # Replacing a finished run (--overwrite, or --resume of an interrupted replacement): the new run
+    # trains beside it, and the old one stays whole until the new one is done.
+    staging = runs.staging_dir(run_dir)
+    replacing = runs.is_finished(run_dir) and (s.overwrite or s.resume and (staging / runs.CHECKPOINT_FILE).is_file())
+    work = staging if replacing else run_dir
+    existed, t_start = work.exists() and not (replacing and s.overwrite), time.time()
     try:
-        t = setup(s, run_dir)
+        t = setup(s, run_dir, work)
         t.t_start = t_start  # the run's time includes loading the data and the model
         while t.state["epoch"] < s.epochs:
             seconds = train_epoch(t, t.state["epoch"])
             end_epoch(t, t.state["epoch"], seconds)
         return finish(t)
     except BaseException:
-        if not existed and run_dir.is_dir() and not (run_dir / runs.CHECKPOINT_FILE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if not existed and work.is_dir() and not (work / runs.CHECKPOINT_FILE).exists():
+            shutil.rmtree(work, ignore_errors=True)
         raise
 
 

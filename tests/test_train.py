@@ -441,3 +441,28 @@ def test_two_label_teacher_student_and_lora(toy2, tmp_path):
         *common(toy2, lora_run, "--epochs", 3, "--lr", 1e-2))
     net, _, lora_info = R.load_run(lora_run)
     assert net.config.multilabel and set(lora_info["thresholds"]) == {"toxic", "hate"}
+
+
+def test_a_failed_or_killed_overwrite_leaves_the_old_run_whole(toy, tmp_path, monkeypatch):
+    out = tmp_path / "t"
+    args = ["teacher", "--model", TINY, *common(toy, out, "--epochs", 2, "--lr", 3e-3, "--checkpoint-every", 3)]
+    run(*args)
+    before = snapshot(out)
+    # Killed in the middle of the replacement: the old run is as it was, the new one waits beside it.
+    killed = cli(*args, "--overwrite", "--seed", 1, env={"NANOBERT_CRASH_AT_STEP": "20"})
+    assert killed.returncode == -9 and snapshot(out) == before
+    assert (tmp_path / ".t.new" / "checkpoint.safetensors").is_file()
+    # A failing replacement (a non-finite loss before any checkpoint) leaves the old run and nothing else.
+    real = train.compute_loss
+    monkeypatch.setattr(train, "compute_loss", lambda *a, **kw: (real(*a, **kw)[0] * float("nan"), {}))
+    with pytest.raises(SystemExit):
+        run(*args, "--overwrite", "--seed", 2)
+    monkeypatch.setattr(train, "compute_loss", real)
+    assert snapshot(out) == before and not (tmp_path / ".t.new").exists()
+    # The interrupted replacement of seed 1 resumes and only then takes the old run's place.
+    killed = cli(*args, "--overwrite", "--seed", 1, env={"NANOBERT_CRASH_AT_STEP": "20"})
+    assert snapshot(out) == before
+    resumed = cli(*args, "--seed", 1, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert R.read_info(out)["seed"] == 1 and snapshot(out) != before and R.read_info(out)["run_dir"] == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
