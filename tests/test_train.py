@@ -466,3 +466,17 @@ def test_a_failed_or_killed_overwrite_leaves_the_old_run_whole(toy, tmp_path, mo
     assert resumed.returncode == 0, resumed.stderr
     assert R.read_info(out)["seed"] == 1 and snapshot(out) != before and R.read_info(out)["run_dir"] == str(out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_augment_adds_template_texts_to_the_training_part_only(toy, toy2, tmp_path):
+    import augment
+
+    out = tmp_path / "aug"
+    run("teacher", "--model", TINY, "--label-column", "toxic,hate", "--augment", ROOT / "suites" / "augment.toml",
+        *common(toy2, out, "--epochs", 1, "--max-train", 40))
+    info = R.read_info(out)
+    added = len(augment.load_augment(ROOT / "suites" / "augment.toml", seed=0))
+    assert info["train_size"] == 40 + added and info["val_size"] == 24  # validation and test untouched
+    with pytest.raises(SystemExit) as e:  # one class per text: no toxic / hate labels to add to
+        run("teacher", "--model", TINY, "--augment", ROOT / "suites" / "augment.toml", *common(toy, tmp_path / "x"))
+    assert "--augment" in str(e.value) and "expected a two-question dataset" in str(e.value)
