@@ -478,5 +478,5 @@ def test_augment_adds_template_texts_to_the_training_part_only(toy, toy2, tmp_pa
     added = len(augment.load_augment(ROOT / "suites" / "augment.toml", seed=0))
     assert info["train_size"] == 40 + added and info["val_size"] == 24  # validation and test untouched
     with pytest.raises(SystemExit) as e:  # one class per text: no toxic / hate labels to add to
-        run("teacher", "--model", TINY, "--augment", ROOT / "suites" / "augment.toml", *common(toy, tmp_path / "x"))
+        run("teacher", "--model", TINY, "--augment", ROOT / "suites" / "augment.toml", *common(toy, tmp_path / "single" / "x"))
     assert "--augment" in str(e.value) and "expected a two-question dataset" in str(e.value)
