@@ -130,7 +130,7 @@ class Settings:
 SETTING_NAMES = [f.name for f in dataclasses.fields(Settings)]
 METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
 # A student learns on its teacher's data and split, LoRA on a trained run on that run's, unless told otherwise.
-INHERITED = ("data", "data_mirror", "three_class", "multilabel", "normalize", "text_column", "label_column", "label_map",
+INHERITED = ("data", "data_mirror", "three_class", "multilabel", "augment", "normalize", "text_column", "label_column", "label_map",
              "split", "split_seed", "max_length", "max_train", "max_val")
 
 
