@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/models),)
 export NANOBERT_MODELS ?= $(abspath ../shared/models)
 endif
 
-.PHONY: setup test demo paper paper-extended app bench lint clean
+.PHONY: setup test demo paper paper-extended robust app bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ paper: setup
 paper-extended: setup
 	$(PY) train.py all --preset paper --extended --resume
 
+# The app serves runs/robust (the two-question models) when it exists, else everything under runs/.
 app: setup
-	$(PY) -m streamlit run app.py -- --runs runs/quick
+	$(PY) -m streamlit run app.py
+
+robust: setup
+	$(PY) train.py all --preset robust --resume
 
 bench: setup
 	$(PY) bench.py

@@ -51,7 +51,10 @@ def default_runs_folder():
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--runs")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.runs or os.environ.get("NANOBERT_RUNS") or "runs"
+    # By default the two-question models of `train.py all --preset robust`, which tell hate from
+    # swearing, where they exist; else every run under runs/.
+    default = "runs/robust" if Path("runs/robust").is_dir() else "runs"
+    return args.runs or os.environ.get("NANOBERT_RUNS") or default
 
 
 def describe(info):
