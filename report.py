@@ -374,7 +374,7 @@ def beyond_the_split(run_dirs, infos, names, device):
                 entry["cross"][dataset] = {"seen": dataset in trained_on, "texts_sha256": texts_sha}
                 for label, (column, threshold) in columns.items():
                     y = np.asarray([pair[behaviour.LABELS.index(label)] for pair in labels])
-                    if (y >= 0).sum():
+                    if len(set(y[y >= 0].tolist())) == 2:  # hate_speech18 marks toxic on hate only: no "no" to score
                         entry["cross"][dataset][label] = {
                             **metrics.label_metrics(y, probs[:, column], threshold), "labels": y.tolist(),
                             "decisions": (probs[:, column] >= threshold).astype(int).tolist()}
