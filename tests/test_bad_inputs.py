@@ -548,8 +548,11 @@ def run_in_process(case, ctx, argv):
 def run_ctrl_c(case, ctx, argv):
     """A real process, a real SIGINT once training has started."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A process started in the background of a non-interactive shell (as CI may run us) inherits SIGINT
+    # ignored, and Python then keeps it ignored: give the child the default, as a terminal would.
     p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in p.stdout:  # setup prints "teacher: N train / M validation texts ..." before the first batch
