@@ -26,12 +26,12 @@ import itertools
 import math
 import random
 import re
+import tomllib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 LABELS = ("toxic", "hate")
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "behaviour.toml"

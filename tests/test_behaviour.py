@@ -5,11 +5,11 @@ files are refused with the file and template named.
 """
 
 import re
+import tomllib
 from collections import Counter
 
 import numpy as np
 import pytest
-import tomllib
 
 import behaviour as B
 
