@@ -1,18 +1,25 @@
 """
 Speed of nanobert's BERT on this machine: a training step (forward + backward + AdamW) and
 inference, for 12- and 6-layer hidden-384 models at batch 32 x 64 tokens, full fine-tuning and
-LoRA (r=8 on query, key, value), fp32 and bfloat16 autocast, and int8 inference (every linear
-layer dynamically quantised, quantize.py; the reference gets torch's quantize_dynamic alike).
+LoRA (r=8 on query, key, value), fp32 and bf16, and int8 inference (every linear layer
+dynamically quantised, quantize.py; the reference gets torch's quantize_dynamic alike).
+nanobert's bf16 is its own path (precision.py: bf16 arithmetic, fp32 master weights, the
+training loop of train.py); the reference's bf16 is torch.autocast, as its users run it.
 
     python bench.py                 # nanobert
     python bench.py --reference     # the same cases side by side with transformers (+ peft), if installed
+    python bench.py --reference --rounds 3   # each case 3 times, nanobert and reference in turn
     python bench.py --only int8-infer,infer   # some cases only
     python bench.py --compile       # the model under torch.compile (both implementations)
 
 Each case runs in a fresh process, so that its peak memory (max RSS) is its own. FLOPs are
 counted as 2 x (non-embedding parameters) x tokens for a forward pass plus attention's
 4 x B x T^2 x H per layer, and three times that for a training step; "of peak" divides the
-achieved FLOP/s by the best fp32 matmul throughput measured here.
+achieved FLOP/s by the best matmul throughput of that dtype measured here, at the model's own
+linear-layer shapes (the bf16 peak is what this CPU's bf16 units, e.g. AMX, reach). The
+machine may be shared: with --rounds R every case runs R times, the implementations in turn,
+and the table gives the median of the rounds and the speed-up as the median of the per-round
+ratios.
 
 The reference stack is not a dependency of nanobert: install transformers and peft by hand
 to compare; they are imported only for --reference.
@@ -32,16 +39,19 @@ import torch.nn.functional as F
 
 import lora
 import model as M
+import precision
 import quantize
 
 B, T, H, HEADS, FFN, VOCAB = 32, 64, 384, 12, 1536, 30522
 
 
-def matmul_peak():
-    """Best fp32 GFLOP/s of a few large matmuls and of the model's own linear-layer shapes."""
+def matmul_peak(dtype=torch.float32):
+    """Best GFLOP/s of the model's own linear-layer shapes (forward: q/k/v fused, FFN in and out)
+    in `dtype`, and for fp32 also of a large square matmul."""
     best = 0.0
-    for m, k, n in [(2048, 2048, 2048), (B * T, H, FFN), (B * T, FFN, H)]:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+    shapes = [(B * T, H, 3 * H), (B * T, H, FFN), (B * T, FFN, H)]
+    for m, k, n in shapes + ([(2048, 2048, 2048)] if dtype == torch.float32 else []):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         for _ in range(3):
             a @ b
         times = []
@@ -86,15 +96,21 @@ def build_forward(impl, net):
     return lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits
 
 
-def run_case(impl, layers, mode, bf16, repeats, compile_=False):
+def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True):
     """Time one case in this process; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
     use_lora = mode.startswith("lora")
+    if impl == "nanobert" and keep_memory:
+        precision.keep_freed_memory()  # as train.py does
     net, forward = build(impl, layers, use_lora)
     ids = torch.randint(1000, VOCAB, (B, T))
     mask = torch.ones(B, T, dtype=torch.long)
     labels = torch.randint(0, 2, (B,))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    # The reference computes bf16 under autocast; nanobert in its own bf16 path (precision.py).
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and impl != "nanobert")
+    choice = precision.Choice("bf16" if bf16 else "fp32", "bench")
     if mode.endswith("train"):
+        if impl == "nanobert":
+            precision.prepare(net, choice)
         net.train()
         # nanobert's loop uses the fused AdamW; the reference loop the default one, as its users do.
         opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5,
@@ -117,6 +133,8 @@ def run_case(impl, layers, mode, bf16, repeats, compile_=False):
                 net = net.merge_and_unload()
                 forward = build_forward(impl, net)
         net.eval()
+        if impl == "nanobert":
+            precision.prepare(net, choice, inference=True)
 
         def step():
             with torch.inference_mode(), autocast:
@@ -149,12 +167,16 @@ def main():
     parser.add_argument("--only", help="comma-separated cases to run (train, infer, lora-train, lora-merged-infer, "
                         "int8-infer); default all")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (both implementations)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, the implementations "
+                        "in turn; medians of the rounds are reported (default 1)")
+    parser.add_argument("--default-malloc", action="store_true", help="nanobert without precision.keep_freed_memory "
+                        "(glibc's default: freed memory goes back to the OS), as the reference runs")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
-        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile)
+        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile, not args.default_malloc)
         print(json.dumps({**r, "dtype": dtype}))
         return
 
@@ -162,9 +184,11 @@ def main():
     unknown = sorted(set(args.only.split(",")) - modes) if args.only else []
     if unknown:
         parser.error(f"--only {unknown[0]!r}: expected some of {', '.join(sorted(modes))}")
-    peak = matmul_peak()
-    print(f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s, {torch.get_num_threads()} threads, torch {torch.__version__}"
-          + (", torch.compile" if args.compile else ""))
+    peaks = {"fp32": matmul_peak(), "bf16": None if args.no_bf16 else matmul_peak(torch.bfloat16)}
+    print(f"matmul peak measured here at the model's shapes: fp32 {peaks['fp32']:.0f} GFLOP/s"
+          + ("" if args.no_bf16 else f", bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.1f}x)")
+          + f"; {torch.get_num_threads()} threads, torch {torch.__version__}" + (", torch.compile" if args.compile else "")
+          + (", default malloc" if args.default_malloc else ""))
     impls = ["nanobert"] + (["reference"] if args.reference else [])
     dtypes = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     results = []
@@ -172,32 +196,44 @@ def main():
     for layers, mode in CASES:
         if args.only and mode not in args.only.split(","):
             continue
-        # int8 is its own number format: no bf16 autocast on top of it.
+        # int8 is its own number format: no bf16 on top of it.
         for dtype in dtypes if mode != "int8-infer" else ["int8"]:
-            for impl in impls:  # side by side: the same case back to back
-                out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
-                                      "--repeats", str(args.repeats)] + ["--compile"] * args.compile,
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+            rounds = {impl: [] for impl in impls}
+            for _ in range(args.rounds):
+                for impl in impls:  # side by side: the same case back to back
+                    out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
+                                          "--repeats", str(args.repeats)] + ["--compile"] * args.compile
+                                         + ["--default-malloc"] * args.default_malloc, capture_output=True, text=True)
+                    if out.returncode:
+                        sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")
+                    rounds[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for impl in impls:
+                runs = rounds[impl]
+                r = {**runs[0], "seconds": statistics.median(x["seconds"] for x in runs),
+                     "best_seconds": min(x["best_seconds"] for x in runs),
+                     "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs),
+                     "rounds_seconds": [x["seconds"] for x in runs]}
                 r["tokens_per_s"] = B * T / r["seconds"]
-                # Of the fp32 peak: for int8 that fraction means nothing (its own units are faster).
-                r["fraction_of_peak"] = None if dtype == "int8" else flops(layers, mode) / r["seconds"] / 1e9 / peak
+                # Of the peak of its own dtype; for int8 that fraction means nothing (its own units).
+                peak = peaks.get(dtype)
+                r["fraction_of_peak"] = None if peak is None else flops(layers, mode) / r["seconds"] / 1e9 / peak
+                if impl == "nanobert" and "reference" in rounds:
+                    r["speedup_over_reference"] = statistics.median(
+                        ref["seconds"] / own["seconds"] for ref, own in zip(rounds["reference"], runs, strict=True))
                 results.append(r)
                 print(f"{impl:10} {layers:2d}-layer  {mode:18} {dtype:5} {r['seconds']:8.3f} {r['tokens_per_s']:9.0f} "
                       f"{'n/a' if r['fraction_of_peak'] is None else format(r['fraction_of_peak'], '.0%'):>8} "
                       f"{r['peak_rss_mb']:7.0f}MB", flush=True)
     if args.reference:
-        print("\nspeed-up of nanobert over the reference (median seconds):")
+        print("\nspeed-up of nanobert over the reference (" + ("median of per-round ratios" if args.rounds > 1
+              else "median seconds") + "):")
         for r in results:
-            if r["impl"] == "nanobert":
-                ref = next(x for x in results if x["impl"] == "reference" and
-                           (x["layers"], x["mode"], x["dtype"]) == (r["layers"], r["mode"], r["dtype"]))
-                print(f"  {r['layers']:2d}-layer {r['mode']:18} {r['dtype']}: {ref['seconds'] / r['seconds']:.2f}x")
+            if "speedup_over_reference" in r:
+                print(f"  {r['layers']:2d}-layer {r['mode']:18} {r['dtype']}: {r['speedup_over_reference']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_peak_gflops": peak, "batch": [B, T], "results": results}, f, indent=2)
+            json.dump({"matmul_peak_gflops": peaks["fp32"], "bf16_matmul_peak_gflops": peaks["bf16"], "batch": [B, T],
+                       "threads": torch.get_num_threads(), "rounds": args.rounds, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

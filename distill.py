@@ -129,10 +129,11 @@ def hidden_loss(student_hidden, teacher_hidden, layers, attention_mask, kind: st
     over real (non-padding) tokens. hidden_states[0] is the embedding output, so layer L's
     output is hidden_states[L]. kind: 'cosine' (1 - cosine similarity) or 'mse'.
     """
-    mask = attention_mask.to(student_hidden[1].dtype)  # (B, T)
+    # In fp32 whatever the models computed in: a bf16 cosine of two near-equal vectors is mostly rounding.
+    mask = attention_mask.to(torch.float32)  # (B, T)
     total = 0.0
     for i, t in enumerate(layers):
-        s, h = student_hidden[i + 1], teacher_hidden[t]  # (B, T, H)
+        s, h = student_hidden[i + 1].float(), teacher_hidden[t].float()  # (B, T, H)
         if kind == "cosine":
             d = 1.0 - F.cosine_similarity(s, h, dim=-1)  # (B, T)
         elif kind == "mse":

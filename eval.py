@@ -25,6 +25,7 @@ import torch
 import behaviour
 import classifier
 import files
+import precision
 import report
 import runs
 
@@ -110,7 +111,7 @@ def label_file(clf, args):
 
 
 def cmd_predict(args):
-    clf = classifier.Classifier.from_run(args.run, device=args.device)
+    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision)
     if args.input:
         if args.texts:
             raise ValueError("texts given both as arguments and with --input; expected one of them")
@@ -153,8 +154,8 @@ def cmd_report(args):
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
-    report.report(args.runs, out, device=args.device, batch_size=args.batch_size, latency_n=args.latency_sentences,
-                  resamples=args.resamples, seed=args.seed, draw=not args.no_plots, beyond=not args.test_split_only)
+    report.report(args.runs, out, device=args.device, precision=args.precision, batch_size=args.batch_size,
+                  latency_n=args.latency_sentences, resamples=args.resamples, seed=args.seed, draw=not args.no_plots, beyond=not args.test_split_only)
 
 
 def cmd_export(args):
@@ -177,7 +178,7 @@ def cmd_export(args):
 def cmd_beyond(args):
     if args.out:
         files.check_writable(args.out, "--out")
-    report.beyond(args.runs, args.out or Path(args.runs[0]).parent / "beyond", device=args.device)
+    report.beyond(args.runs, args.out or Path(args.runs[0]).parent / "beyond", device=args.device, precision=args.precision)
 
 
 def set_threads(n):
@@ -195,7 +196,7 @@ def cmd_behaviour(args):
              "functionalities.", ""]
     results = {}
     for run_dir in args.runs:
-        clf = classifier.Classifier.from_run(run_dir, device=args.device)
+        clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision)
         result = behaviour.run_suite(cases, report.suite_predict(clf))
         results[str(run_dir)] = result
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
@@ -214,13 +215,19 @@ def cmd_behaviour(args):
 COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
 
 
+def device_flags(p):
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    p.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
+                   help="what the model computes in (default auto: bf16 where the hardware runs it natively, else fp32)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="evaluate runs on their shared test split; tables, plots, statistics (the default)")
     p.add_argument("runs", nargs="+", help="run folders written by train.py, all on one split")
     p.add_argument("--out", help="report folder (default: <parent of the first run>/report)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    device_flags(p)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice); the speed columns depend on it")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of the throughput pass (default 64)")
     p.add_argument("--latency-sentences", type=int, default=50, help="test sentences timed one by one (default 50)")
@@ -235,7 +242,7 @@ def build_parser():
     p.add_argument("--input", help="a .csv or .jsonl file to label, row by row")
     p.add_argument("--text-column", default="text", help="--input: the column holding the texts (default text)")
     p.add_argument("--output", help="--input: the labelled file to write (.csv or .jsonl)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="--input: no progress bar")
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin")
     p = sub.add_parser("export", help="an int8 copy of a run for CPU inference, measured beside the fp32 model")
@@ -248,12 +255,12 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="run folders written by train.py")
     p.add_argument("--suite", default=str(behaviour.DEFAULT_SUITE), help="suite file (default suites/behaviour.toml)")
     p.add_argument("--out", help="folder for behaviour.md and behaviour.json (default: print only)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    device_flags(p)
     p = sub.add_parser("beyond", help="runs of any splits on the behaviour suite and on each dataset's test split, "
                        "with paired differences where they share test texts")
     p.add_argument("runs", nargs="+", help="run folders written by train.py")
     p.add_argument("--out", help="folder for beyond.md and beyond.json (default: beyond/ beside the first run)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
+    device_flags(p)
     return parser
 
 
@@ -262,6 +269,7 @@ def main(argv=None):
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "report")  # `python eval.py RUN_DIR ...` is the report
     args = build_parser().parse_args(argv)
+    precision.keep_freed_memory()  # each batch's activations are reused, not handed back and faulted in again
     try:
         {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour,
          "beyond": cmd_beyond}[args.command](args)

@@ -31,6 +31,7 @@ import files
 import metrics
 import model as M
 import plots
+import precision as P
 import runs
 
 # -----------------------------------------------------------------------------
@@ -65,11 +66,13 @@ def latencies_ms(net, tokenizer, texts, max_length, warmup=3):
     return out
 
 
-def evaluate_run(run_dir, info, test, *, device="cpu", batch_size=64, latency_n=50):
-    """(one report row, test probabilities (N, C) as numpy) for a run."""
+def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_size=64, latency_n=50):
+    """(one report row, test probabilities (N, C) as numpy) for a run, computed in `precision` (precision.py)."""
     net, tokenizer, _ = runs.load_run(run_dir)
     if info.get("quantized"):
         device = torch.device("cpu")  # int8 kernels are CPU kernels
+    choice = P.choose(precision, device)
+    P.prepare(net, choice, inference=True)
     num_classes = net.config.num_labels
     if num_classes != len(test.label_names):
         raise runs.RunError(f"{run_dir}: the model has {num_classes} classes, its test data {len(test.label_names)}; "
@@ -91,7 +94,8 @@ def evaluate_run(run_dir, info, test, *, device="cpu", batch_size=64, latency_n=
     _, epochs = runs.read_log(run_dir)
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
-    row = {"run_dir": str(run_dir), "method": runs.method_label(info), "seed": info.get("seed"), "device": str(device), **m,
+    row = {"run_dir": str(run_dir), "method": runs.method_label(info), "seed": info.get("seed"), "device": str(device),
+           "computed_in": "fp32" if P.is_quantized(net) else choice.precision, **m,
            "label_names": list(test.label_names),
            "params_total": info.get("params_total", total), "params_trainable": info.get("params_trainable", trainable),
            "size_bytes": runs.weights_file(run_dir).stat().st_size, "train_seconds": train_seconds, "final_train_loss": final_loss,
@@ -198,7 +202,7 @@ def json_safe(x):
     return x
 
 
-def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, resamples=1000, seed=0, draw=True,
+def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0, draw=True,
            beyond=True):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
@@ -224,7 +228,8 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
     rows, probs = [], {}
     for d, info, name in zip(run_dirs, infos, names, strict=True):
         print(f"evaluating {name} ({d}) on {len(test)} test texts")
-        row, probs[name] = evaluate_run(d, info, test, device=device, batch_size=batch_size, latency_n=latency_n)
+        row, probs[name] = evaluate_run(d, info, test, device=device, precision=precision, batch_size=batch_size,
+                                        latency_n=latency_n)
         rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
     groups = group_runs(infos, names)
     for g in groups:
@@ -233,13 +238,13 @@ def report(run_dirs, out_dir, *, device="auto", batch_size=64, latency_n=50, res
                 r["group"] = g["label"]
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
-    settings = {"device": str(device), "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
+    settings = {"device": str(device), "precision": P.choose(precision, device).reason, "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
                 "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": data.split_kind(manifest)}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
-    extras = beyond_the_split(run_dirs, infos, names, device) if beyond else None
+    extras = beyond_the_split(run_dirs, infos, names, device, precision) if beyond else None
     if not test.multilabel:
         preds = {name: p.argmax(1) for name, p in probs.items()}
         test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()
@@ -356,13 +361,13 @@ def dataset_test_texts(run_dir, info, name, cache):
     return texts, [labels_of[t] for t in texts]
 
 
-def beyond_the_split(run_dirs, infos, names, device):
+def beyond_the_split(run_dirs, infos, names, device, precision="auto"):
     """Per run: the behaviour suite's result, and toxic / hate on each dataset's test split (for runs
     trained on Davidson or hate_speech18: the other one is text they never saw), with the decisions
     kept for paired comparisons."""
     cases, cache, out = behaviour.load_suite(), {}, {}
     for d, info, name in zip(run_dirs, infos, names, strict=True):
-        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0])
+        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision)
         entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf)), "cross": {}}
         trained_on = str(info["data"]).split("+")
         columns = label_columns(clf)
@@ -456,14 +461,14 @@ def beyond_markdown(extras, groups):
     return "\n".join(lines)
 
 
-def beyond(run_dirs, out_dir, *, device="auto"):
+def beyond(run_dirs, out_dir, *, device="auto", precision="auto"):
     """The behaviour suite and each dataset's test split for any runs, whatever split they were trained
     on: beyond.md and beyond.json in out_dir."""
     run_dirs = [Path(d) for d in run_dirs]
     infos = [runs.read_info(d, required=("method", "data")) for d in run_dirs]
     names = runs.run_names(run_dirs)
     device = classifier.pick_device(device)
-    extras = beyond_the_split(run_dirs, infos, names, device)
+    extras = beyond_the_split(run_dirs, infos, names, device, precision)
     groups = group_runs(infos, names)
     text = "# Beyond the test split\n\n" + "\n".join(f"- {n}: `{d}`" for n, d in zip(names, run_dirs, strict=True))
     files.write_text(Path(out_dir) / "beyond.md", text + "\n\n" + beyond_markdown(extras, groups) + "\n")
@@ -617,7 +622,7 @@ def measure_export(run_dir, int8_dir, *, batch_size=64, latency_n=50):
     agree; written to <int8_dir>/export.md and export.json, and returned."""
     info, record = runs.read_info(run_dir), runs.read_info(int8_dir)
     test, _, _ = runs.load_test_split(run_dir, info)
-    fp32, p32 = evaluate_run(run_dir, info, test, device="cpu", batch_size=batch_size, latency_n=latency_n)
+    fp32, p32 = evaluate_run(run_dir, info, test, device="cpu", precision="fp32", batch_size=batch_size, latency_n=latency_n)
     int8, p8 = evaluate_run(int8_dir, record, test, device="cpu", batch_size=batch_size, latency_n=latency_n)
     # The size of a deployable fp32 model: a LoRA run's file holds only the adapter.
     net = runs.plain_model(runs.load_run(run_dir, merge=False)[0])
@@ -681,6 +686,8 @@ def model_card(info, summary=None, name="model"):
         made += f"; then exported as {info['quantized']} from `{info.get('source_run')}`"
     settings = ", ".join(f"{k}={s[k]}" for k in ("epochs", "lr", "batch_size", "max_length", "warmup", "weight_decay",
                                                  "class_weights", "bf16", "seed") if k in s)
+    if info.get("precision_chosen"):  # what `--precision` chose (older runs: the bf16 flag above)
+        settings += f", computed in {info['precision_chosen']}"
     lines = [f"# {name}: {method}", "",
              f"A BERT text classifier trained by nanobert: {made}.", "",
              "| | |", "|---|---|",

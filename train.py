@@ -48,6 +48,7 @@ import files
 import lora
 import metrics
 import model as M
+import precision
 import report
 import runs
 
@@ -94,7 +95,7 @@ class Settings:
     warmup: float = 0.1
     clip: float = 1.0
     accum: int = 1
-    bf16: bool = False
+    precision: str = "auto"  # auto: bf16 where the hardware multiplies it natively (precision.py), else fp32
     class_weights: bool = False
     target_precision: float | None = None  # multi-label: each label's threshold reaches this precision on validation
     augment: str | None = None  # multi-label: training templates (augment.py) added to the training part only
@@ -199,6 +200,8 @@ def check(s: Settings):
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")
     if s.max_length < 2:
         raise TrainError(f"--max-length {s.max_length}: expected at least 2 (room for [CLS] and [SEP])")
+    if s.precision not in precision.PRECISIONS:
+        raise TrainError(f"--precision {s.precision!r}: expected one of {', '.join(precision.PRECISIONS)}")
     if s.resume and s.overwrite:
         raise TrainError("--resume and --overwrite: expected one of them (continue a run, or start it again)")
     if isinstance(s.label_map, str):
@@ -544,8 +547,16 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     if s.dropout is not None:
         set_dropout(net, s.dropout)
     net.to(device)
+    # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
+    # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
+    choice = precision.choose(s.precision, device)
+    precision.keep_freed_memory()
+    precision.prepare(net, choice)
     if teacher is not None:
-        teacher.to(device)
+        precision.prepare(teacher.to(device), choice, inference=True)
+    results.update(precision_chosen=choice.precision, precision_reason=choice.reason)
+    if rank == 0:
+        print(f"{s.method}: computing in {choice.precision} ({choice.reason})")
     tokenizer = data.load_tokenizer(tokenizer_dir)
     train_part, val_part = parts["train"], parts["validation"]
     loader = data.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
@@ -608,13 +619,11 @@ def train_epoch(t: Training, epoch: int):
     s, state = t.s, t.state
     t.ddp.train()
     t0, seen, done_before = time.time(), 0, t.loader.sampler.batches_done
-    autocast = torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=s.bf16)
     crash_at = int(os.environ.get("NANOBERT_CRASH_AT_STEP", 0))  # for the resume test: a real kill mid-epoch
     bar = files.progress(t.loader, len(t.loader) - done_before, f"{s.method} epoch {epoch + 1}", s.progress and t.main)
     for i, batch in enumerate(bar, start=done_before):
         batch = {k: v.to(t.device) for k, v in batch.items()}
-        with autocast:
-            loss, parts = compute_loss(s, t.ddp, batch, t.teacher, t.weight, t.results.get("teacher_layers"))
+        loss, parts = compute_loss(s, t.ddp, batch, t.teacher, t.weight, t.results.get("teacher_layers"))
         if not torch.isfinite(loss):
             ckpt = t.dir / runs.CHECKPOINT_FILE
             raise TrainError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i + 1}, step {state['step']}; "
@@ -783,7 +792,9 @@ def add_common(p):
     g.add_argument("--warmup", type=float, help=f"fraction of steps of linear warmup (default {d['warmup']})")
     g.add_argument("--clip", type=float, help=f"gradient-norm clipping, 0 = off (default {d['clip']})")
     g.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation; default 1)")
-    g.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast (CPU and CUDA)")
+    g.add_argument("--precision", help="auto, fp32 or bf16: what the model computes in; bf16 keeps fp32 master weights "
+                   "(default auto: bf16 where the hardware runs it natively, fp32 elsewhere)")
+    g.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
     g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss "
                    "(multi-label: each label's positives weighted by negatives per positive)")
     g.add_argument("--augment", help="multi-label: a TOML of training templates (augment.py, e.g. suites/augment.toml) "

@@ -16,7 +16,6 @@ st = pytest.importorskip("streamlit")  # the page is an optional extra: pip inst
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import classifier  # noqa: E402
-import data  # noqa: E402
 import runs as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +61,8 @@ def page(runs_dir, monkeypatch):
 
 
 def expected(run_dir, text):
-    """(label, probability) straight from eval.py: what the page must show."""
-    net, tokenizer, info = R.load_run(run_dir)
-    p = classifier.predict_probs(net, data.Loader([text], None, tokenizer, info["max_length"], 1))[0].tolist()
+    """(label, probability) from the Python API, as the app loads the model: what the page must show."""
+    p = classifier.Classifier.from_run(run_dir, device="cpu").predict_proba([text])[0].tolist()
     best = max(range(2), key=p.__getitem__)
     return ["not toxic", "toxic"][best], p[best]  # the toy CSV's labels are 0/1: shown as not toxic / toxic
 

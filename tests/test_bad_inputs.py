@@ -205,6 +205,8 @@ CASES = [
          "--device: device 'cuda': no CUDA GPU on this machine; expected cpu or auto", setup=no_gpu),
     case("device-unknown", "`--device gpu0` (not a device name)", "train", lambda c: teacher_argv(c, "--device", "gpu0"),
          "--device: device 'gpu0': expected cpu, cuda, cuda:N or auto"),
+    case("precision-unknown", "`--precision fp16` (not one nanobert computes in)", "train",
+         lambda c: teacher_argv(c, "--precision", "fp16"), "--precision 'fp16': expected one of auto, fp32, bf16"),
     # --- train.py: the data
     case("label-map-not-json", "`--label-map` that is not JSON", "train", lambda c: teacher_argv(c, "--label-map", "{ok: 0}"),
          "--label-map '{ok: 0}': not valid JSON"),
@@ -399,6 +401,9 @@ CASES = [
          lambda c: ["report", c.run("teacher"), "--out", c.tmp / "afile" / "report", "--no-plots", "--resamples", 10,
                     "--latency-sentences", 2], ("--out <tmp>/afile/report", "<tmp>/afile"),
          setup=lambda c: c.write("afile", "mine\n")),
+    case("predict-precision-unknown", "`eval.py predict --precision half`", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--precision", "half", "some text"],
+         ("--precision", "invalid choice: 'half'", "auto", "fp32", "bf16")),
     case("report-threads-0", "`eval.py report --threads 0`", "eval",
          lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--threads", 0, "--no-plots"],
          ("--threads 0", "expected")),

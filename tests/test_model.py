@@ -72,6 +72,35 @@ def test_dropout_only_in_train_mode(ref):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_bf16_padding_does_not_change_real_tokens(ref):
+    # The bf16 path masks padding like the fp32 one (within bf16 rounding).
+    m = tiny()
+    M.set_compute_dtype(m, torch.bfloat16)
+    ids, mask, tt = batch(ref)
+    with torch.no_grad():
+        padded = m(ids, mask, tt).hidden_states[-1][1, :7].float()
+        alone = m(ids[1:2, :7], mask[1:2, :7], tt[1:2, :7]).hidden_states[-1][0].float()
+    assert (padded - alone).abs().max() <= 0.05
+
+
+def test_fused_qkv_keeps_the_reference_names_and_fp32_weights(tmp_path, ref):
+    # q/k/v are computed by one product, but stay three nn.Linear: the state dict (and the file
+    # on disk) is unchanged, holds no bf16 copy, and loads back to the same outputs.
+    m = tiny()
+    keys = list(m.state_dict())
+    M.set_compute_dtype(m, torch.bfloat16)
+    m.requires_grad_(False)
+    with torch.no_grad():
+        m(*batch(ref))  # makes and keeps the bf16 copies
+    assert list(m.state_dict()) == keys
+    assert "bert.encoder.layer.0.attention.self.query.weight" in keys and not any("qkv" in k for k in keys)
+    assert all(v.dtype == torch.float32 for k, v in m.state_dict().items() if v.is_floating_point())
+    M.save_pretrained(m, tmp_path / "out", tokenizer_dir=TINY)
+    with torch.no_grad():
+        again = M.from_pretrained(str(tmp_path / "out"), verbose=False).eval()(*batch(ref)).logits
+    assert (again - ref["logits"]).abs().max() <= 1e-5
+
+
 REAL = load_file(FIXTURES / "real" / "real_cls.safetensors")
 
 

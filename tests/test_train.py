@@ -43,7 +43,7 @@ def test_teacher_learns_and_writes_the_run_folder(teacher):
                      "tokenizer_config.json", "vocab.txt"]
     assert (teacher.parent / "split.json").is_file()
     e = epochs(teacher)
-    assert len(e) == 4 and e[-1]["train_loss"] < e[0]["train_loss"] * 0.5
+    assert len(e) == 4 and e[-1]["train_loss"] < e[0]["train_loss"] * 0.6
     assert e[-1]["val_macro_f1"] == 1.0
     steps = [r for r in map(json.loads, open(teacher / "metrics.jsonl")) if "loss" in r]
     assert {"step", "loss", "lr", "sentences_per_s"} <= set(steps[0]) and len(steps) == 4 * 16
@@ -184,7 +184,8 @@ def test_help_explains_every_flag():
 
 
 def test_ddp_two_processes_match_one_process(toy, tmp_path):
-    flags = ["teacher", "--model", TINY, *common(toy, "X", "--epochs", 1, "--lr", 3e-3, "--dropout", 0)]
+    # fp32: the comparison is to 1e-5 (bf16 rounds differently for a batch of 8 and two of 4).
+    flags = ["teacher", "--model", TINY, *common(toy, "X", "--epochs", 1, "--lr", 3e-3, "--dropout", 0, "--precision", "fp32")]
     one = cli(*[tmp_path / "one" if a == "X" else a for a in flags])
     assert one.returncode == 0, one.stderr
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -221,11 +222,21 @@ def test_all_runs_every_arm_on_one_split_then_the_report(toy, tmp_path):
     assert (runs / "lora" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
-def test_bf16_autocast_trains(toy, tmp_path):
-    run("teacher", "--model", TINY, "--bf16", *common(toy, tmp_path / "bf16", "--epochs", 2, "--lr", 3e-3))
-    e = epochs(tmp_path / "bf16")
-    assert R.read_info(tmp_path / "bf16")["bf16"] is True
+@pytest.mark.parametrize("flags, chosen", [(["--bf16"], "bf16"), (["--precision", "fp32"], "fp32")])
+def test_precision_is_recorded_and_both_learn(toy, tmp_path, flags, chosen):
+    run("teacher", "--model", TINY, *flags, *common(toy, tmp_path / "r", "--epochs", 4, "--lr", 3e-3))
+    e, info = epochs(tmp_path / "r"), R.read_info(tmp_path / "r")
+    assert info["precision_chosen"] == chosen and chosen in info["precision_reason"]
     assert e[-1]["train_loss"] < e[0]["train_loss"]
+    # The weights on disk are fp32 either way (bf16 trains fp32 master weights).
+    assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "r" / "model.safetensors").values())
+
+
+def test_an_unknown_precision_is_refused_before_anything_is_written(toy, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("teacher", "--model", TINY, "--precision", "fp16", *common(toy, tmp_path / "r"))
+    assert "--precision 'fp16': expected one of auto, fp32, bf16" in str(e.value)
+    assert not (tmp_path / "r").exists()
 
 
 def test_distill_inherits_the_teachers_data_and_split(toy, teacher):
@@ -431,7 +442,7 @@ def test_two_label_teacher_student_and_lora(toy2, tmp_path):
     assert set(info["thresholds"]) == {"toxic", "hate"} and all(0 < v < 1 for v in info["thresholds"].values())
     assert info["test"]["labels"]["hate"]["macro_f1"] > 0.8  # "vermin" gives it away
     e = epochs(teacher)
-    assert e[-1]["train_loss"] < e[0]["train_loss"] * 0.5 and e[-1]["val_macro_f1"] > 0.9
+    assert e[-1]["train_loss"] < e[0]["train_loss"] * 0.6 and e[-1]["val_macro_f1"] > 0.9
     student = tmp_path / "odd"
     run("distill", "--teacher", teacher, "--layers", "odd", *common(toy2, student, "--epochs", 2, "--lr", 3e-3))
     assert json.loads((student / "config.json").read_text())["problem_type"] == "multi_label_classification"
