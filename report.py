@@ -236,10 +236,11 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
         for r in rows:
             if r["name"] in g["names"]:
                 r["group"] = g["label"]
+    computed_in = P.choose(precision, device).reason
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
-    settings = {"device": str(device), "precision": P.choose(precision, device).reason, "torch_threads": torch.get_num_threads(), "throughput_batch_size": batch_size,
-                "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
+    settings = {"device": str(device), "precision": computed_in, "torch_threads": torch.get_num_threads(),
+                "throughput_batch_size": batch_size, "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": data.split_kind(manifest)}
