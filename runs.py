@@ -350,10 +350,13 @@ def student_label(info):
 def model_key(info):
     """What makes a run's model: its settings less the EXECUTION_SETTINGS and less what does not
     apply to it (a setting that is None, the model of a LoRA run on a trained base, importance_texts
-    unless the layers were chosen by importance), plus whether it is an int8 export. Runs of older
+    unless the layers were chosen by importance), plus whether it is an int8 export and the precision
+    it was trained in (what `auto` chose: bf16 and fp32 runs are compared, not pooled). Runs of older
     versions, without newer settings, group with new ones."""
     info = as_info(info)
     key = {k: v for k, v in info.settings.items() if k not in EXECUTION_SETTINGS and v is not None}
+    key.pop("bf16", None)
+    key["precision"] = info.get("precision_chosen") or ("bf16" if info.get("bf16") else "fp32")
     if info.get("base"):
         key.pop("model", None)  # the base run's folder: differs seed by seed
     if not str(info.get("layers", "")).startswith("auto") or info.get("method") != "distill":

@@ -75,6 +75,14 @@ def test_seeds_group_on_settings_only(tmp_path):
     assert R.model_key(a) == R.model_key(b) != R.model_key(c)
     int8 = R.RunInfo(a.settings, {"quantized": "nanobert-dynamic-int8"})
     assert R.model_key(int8) != R.model_key(a)
+    # The precision a run computed in (what `auto` chose) keeps bf16 and fp32 seeds apart; a run of an
+    # older version (a bf16 flag, no precision) groups with the new runs of its precision.
+    bf16 = R.RunInfo({**a.settings, "precision": "auto"}, {"precision_chosen": "bf16"})
+    fp32 = R.RunInfo({**a.settings, "precision": "auto"}, {"precision_chosen": "fp32"})
+    old_fp32, old_bf16 = R.RunInfo({**a.settings, "bf16": False}, {}), R.RunInfo({**a.settings, "bf16": True}, {})
+    asked = R.RunInfo({**a.settings, "precision": "fp32"}, {"precision_chosen": "fp32"})
+    assert R.model_key(bf16) == R.model_key(old_bf16) != R.model_key(fp32)
+    assert R.model_key(old_fp32) == R.model_key(a) == R.model_key(asked) == R.model_key(fp32) != R.model_key(bf16)
 
 
 def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):
