@@ -96,8 +96,8 @@ def build_forward(impl, net):
     return lambda ids, mask: net(input_ids=ids, attention_mask=mask).logits
 
 
-def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True):
-    """Time one case in this process; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
+def make_step(impl, layers, mode, bf16, compile_=False, keep_memory=True):
+    """One step of a case, as a function; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
     use_lora = mode.startswith("lora")
     if impl == "nanobert" and keep_memory:
         precision.keep_freed_memory()  # as train.py does
@@ -142,6 +142,12 @@ def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True
         # torch.compile (inductor): fuses the elementwise work around the matmuls into generated
         # C++ kernels. The first steps compile (tens of seconds); the warm-up below pays for that.
         forward = build_forward(impl, torch.compile(net))
+    return step
+
+
+def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True):
+    """Time one case in this process: the median of `repeats` steps after two of warm-up."""
+    step = make_step(impl, layers, mode, bf16, compile_, keep_memory)
     step()
     step()  # warm-up: allocations, optimizer state, kernel choices
     times = []
@@ -152,6 +158,36 @@ def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True
     return {"impl": impl, "layers": layers, "mode": mode, "dtype": "bf16" if bf16 else "fp32", "compiled": compile_,
             "seconds": statistics.median(times), "best_seconds": min(times),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# What the profile counts as matrix products: the ops that run the GEMMs (oneDNN or MKL) themselves.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise",
+              "mkldnn::_linear_pointwise.binary", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile_case(layers, mode, dtype, repeats, peak):
+    """Where a nanobert step's time goes (torch.profiler): the top ops by their own time, and the share of
+    the matrix products. Their FLOP/s bound the whole step's: if the products alone run at X% of the
+    matmul peak, the step cannot run faster than X% of it, whatever the other ops cost."""
+    step = make_step("nanobert", layers, mode, dtype == "bf16")
+    step()
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        seconds = (time.perf_counter() - t) / repeats
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20))
+    total = sum(e.self_cpu_time_total for e in events) / 1e6 / repeats  # the profiler's own seconds per step
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6 / repeats
+    work = flops(layers, mode) / 1e9
+    print(f"{layers}-layer {mode} {dtype}: {seconds:.3f} s a step under the profiler ({total:.3f} s of op time); "
+          f"matrix products {matmul:.3f} s = {matmul / total:.0%} of the op time")
+    print(f"  the step: {work / seconds:.0f} GFLOP/s = {work / seconds / peak:.0%} of the {peak:.0f} GFLOP/s {dtype} peak; "
+          f"the products alone: {work / matmul:.0f} GFLOP/s = {work / matmul / peak:.0%} of it (the step's ceiling "
+          "if everything else took no time)")
 
 
 CASES = [(12, "train"), (12, "infer"), (6, "train"), (6, "infer"), (12, "lora-train"), (12, "lora-merged-infer"),
@@ -171,12 +207,25 @@ def main():
     parser.add_argument("--default-malloc", action="store_true", help="nanobert without precision.keep_freed_memory "
                         "(glibc's default: freed memory goes back to the OS), as the reference runs")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--profile", metavar="LAYERS:MODE:DTYPE", help="profile one nanobert case instead, e.g. "
+                        "12:train:bf16: the top ops and the share of the matrix products")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
         r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile, not args.default_malloc)
         print(json.dumps({**r, "dtype": dtype}))
+        return
+
+    if args.profile:
+        try:
+            layers, mode, dtype = args.profile.split(":")
+            layers = int(layers)
+        except ValueError:
+            parser.error(f"--profile {args.profile!r}: expected LAYERS:MODE:DTYPE, e.g. 12:train:bf16")
+        if (layers, mode) not in CASES or dtype not in ("fp32", "bf16"):
+            parser.error(f"--profile {args.profile!r}: expected one of the cases {CASES} and fp32 or bf16")
+        profile_case(layers, mode, dtype, args.repeats, matmul_peak(precision.DTYPES[dtype]))
         return
 
     modes = {mode for _, mode in CASES}

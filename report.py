@@ -119,17 +119,18 @@ def group_runs(infos, names):
     for info, name in zip(infos, names, strict=True):
         info = runs.as_info(info)
         key = runs.model_key(info)
-        groups.setdefault(key, {"label": runs.method_label(info), "method": info["method"], "names": [], "settings": info})
+        groups.setdefault(key, {"label": runs.method_label(info), "method": info["method"], "names": [], "key": json.loads(key)})
         groups[key]["names"].append(name)
     groups = list(groups.values())
-    # Two arms of one method (say teachers at two learning rates) get the settings that tell them apart.
-    for g in groups:
-        same = [h["settings"] for h in groups if runs.method_label(h["settings"]) == runs.method_label(g["settings"])]
+    # Two arms of one method (say teachers at two learning rates, or in fp32 and bf16) get the settings
+    # that tell them apart.
+    base = [g["label"] for g in groups]
+    for g, label in zip(groups, base, strict=True):
+        same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
         if len(same) > 1:
-            keys = sorted(k for k in set().union(*(s.settings for s in same)) - runs.EXECUTION_SETTINGS
-                          if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
-            g["label"] += " (" + ", ".join(f"{k}={g['settings'].get(k)}" for k in keys[:3]) + ")"
-    return [{k: v for k, v in g.items() if k != "settings"} for g in groups]
+            keys = sorted(k for k in set().union(*same) if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
+            g["label"] += " (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:3]) + ")"
+    return [{k: v for k, v in g.items() if k != "key"} for g in groups]
 
 
 def fmt_num(x, spec=".4f"):

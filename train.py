@@ -797,6 +797,8 @@ def add_common(p):
     g.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
     g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss "
                    "(multi-label: each label's positives weighted by negatives per positive)")
+    g.add_argument("--no-class-weights", dest="class_weights", action="store_const", const=False,
+                   help="no class weights, whatever the preset says")
     g.add_argument("--augment", help="multi-label: a TOML of training templates (augment.py, e.g. suites/augment.toml) "
                    "whose texts join the training part only; separate from the behaviour suite's test templates")
     g.add_argument("--target-precision", type=float, help="multi-label: choose each label's threshold on validation as "

@@ -83,6 +83,9 @@ def test_seeds_group_on_settings_only(tmp_path):
     asked = R.RunInfo({**a.settings, "precision": "fp32"}, {"precision_chosen": "fp32"})
     assert R.model_key(bf16) == R.model_key(old_bf16) != R.model_key(fp32)
     assert R.model_key(old_fp32) == R.model_key(a) == R.model_key(asked) == R.model_key(fp32) != R.model_key(bf16)
+    groups = report.group_runs([old_fp32, bf16, asked, old_bf16], list("wxyz"))
+    assert [(g["label"], g["names"]) for g in groups] == [("teacher (precision=fp32)", ["w", "y"]),
+                                                         ("teacher (precision=bf16)", ["x", "z"])]
 
 
 def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):

@@ -167,6 +167,13 @@ def test_presets_and_flags(tmp_path, monkeypatch):
     assert cfg.lr == train.load_preset("quick")["lora"]["lr"] and cfg.lora_r == 4 and cfg.model.endswith("MiniLM-L6-v2")
     args = train.build_parser().parse_args(["lora", "--preset", "quick", "--out", "x", "--lr", "0.5"])
     assert train.settings(args, "lora").lr == 0.5
+    # A preset's yes can be turned off by a flag; the precision flags name the same setting.
+    parse = train.build_parser().parse_args
+    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x"]), "teacher").class_weights is True
+    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x", "--no-class-weights"]), "teacher").class_weights is False
+    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x"]), "teacher").precision == "auto"
+    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x", "--bf16"]), "teacher").precision == "bf16"
+    assert train.settings(parse(["teacher", "--out", "x", "--precision", "fp32"]), "teacher").precision == "fp32"
     bad = tmp_path / "bad.toml"
     bad.write_text("learning_rate = 1\n")
     with pytest.raises(train.TrainError, match="unknown setting 'learning_rate'"):
