@@ -11,6 +11,8 @@ training loop of train.py); the reference's bf16 is torch.autocast, as its users
     python bench.py --reference --rounds 3   # each case 3 times, nanobert and reference in turn
     python bench.py --only int8-infer,infer   # some cases only
     python bench.py --compile       # the model under torch.compile (both implementations)
+    python bench.py --reference --malloc keep    # both keep freed memory for reuse (the allocator alike)
+    python bench.py --profile 12:train:bf16      # where one nanobert step's time goes
 
 Each case runs in a fresh process, so that its peak memory (max RSS) is its own. FLOPs are
 counted as 2 x (non-embedding parameters) x tokens for a forward pass plus attention's
@@ -97,10 +99,11 @@ def build_forward(impl, net):
 
 
 def make_step(impl, layers, mode, bf16, compile_=False, keep_memory=True):
-    """One step of a case, as a function; mode: train, lora-train, infer, lora-merged-infer, int8-infer."""
+    """One step of a case, as a function; mode: train, lora-train, infer, lora-merged-infer, int8-infer.
+    keep_memory: glibc keeps freed memory for reuse (precision.keep_freed_memory, as train.py does)."""
     use_lora = mode.startswith("lora")
-    if impl == "nanobert" and keep_memory:
-        precision.keep_freed_memory()  # as train.py does
+    if keep_memory:
+        precision.keep_freed_memory()
     net, forward = build(impl, layers, use_lora)
     ids = torch.randint(1000, VOCAB, (B, T))
     mask = torch.ones(B, T, dtype=torch.long)
@@ -145,7 +148,7 @@ def make_step(impl, layers, mode, bf16, compile_=False, keep_memory=True):
     return step
 
 
-def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=True):
+def run_case(impl, layers, mode, bf16, repeats, compile_=False, keep_memory=False):
     """Time one case in this process: the median of `repeats` steps after two of warm-up."""
     step = make_step(impl, layers, mode, bf16, compile_, keep_memory)
     step()
@@ -190,6 +193,8 @@ def profile_case(layers, mode, dtype, repeats, peak):
           "if everything else took no time)")
 
 
+MALLOC = {"own": "nanobert keeps freed memory, the reference glibc's default", "default": "glibc's default for both",
+          "keep": "both keep freed memory"}
 CASES = [(12, "train"), (12, "infer"), (6, "train"), (6, "infer"), (12, "lora-train"), (12, "lora-merged-infer"),
          (12, "int8-infer"), (6, "int8-infer")]
 
@@ -204,8 +209,10 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (both implementations)")
     parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, the implementations "
                         "in turn; medians of the rounds are reported (default 1)")
-    parser.add_argument("--default-malloc", action="store_true", help="nanobert without precision.keep_freed_memory "
-                        "(glibc's default: freed memory goes back to the OS), as the reference runs")
+    parser.add_argument("--malloc", choices=MALLOC, default="own", help="own: each as it runs by itself (nanobert keeps "
+                        "freed memory for reuse, precision.keep_freed_memory; the reference has glibc's default, which "
+                        "hands it back to the OS); default: both glibc's default; keep: both keep it (default own)")
+    parser.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)  # internal, with --case
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--profile", metavar="LAYERS:MODE:DTYPE", help="profile one nanobert case instead, e.g. "
                         "12:train:bf16: the top ops and the share of the matrix products")
@@ -213,7 +220,7 @@ def main():
     args = parser.parse_args()
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
-        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile, not args.default_malloc)
+        r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile, args.keep_memory)
         print(json.dumps({**r, "dtype": dtype}))
         return
 
@@ -236,7 +243,7 @@ def main():
     print(f"matmul peak measured here at the model's shapes: fp32 {peaks['fp32']:.0f} GFLOP/s"
           + ("" if args.no_bf16 else f", bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.1f}x)")
           + f"; {torch.get_num_threads()} threads, torch {torch.__version__}" + (", torch.compile" if args.compile else "")
-          + (", default malloc" if args.default_malloc else ""))
+          + f"; malloc: {MALLOC[args.malloc]}")
     impls = ["nanobert"] + (["reference"] if args.reference else [])
     dtypes = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
     results = []
@@ -251,7 +258,8 @@ def main():
                 for impl in impls:  # side by side: the same case back to back
                     out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
                                           "--repeats", str(args.repeats)] + ["--compile"] * args.compile
-                                         + ["--default-malloc"] * args.default_malloc, capture_output=True, text=True)
+                                         + ["--keep-memory"] * (args.malloc == "keep" or args.malloc == "own" and impl == "nanobert"),
+                                         capture_output=True, text=True)
                     if out.returncode:
                         sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")
                     rounds[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -281,7 +289,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_peak_gflops": peaks["fp32"], "bf16_matmul_peak_gflops": peaks["bf16"], "batch": [B, T],
-                       "threads": torch.get_num_threads(), "rounds": args.rounds, "results": results}, f, indent=2)
+                       "threads": torch.get_num_threads(), "rounds": args.rounds, "malloc": MALLOC[args.malloc],
+                       "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
