@@ -169,8 +169,11 @@ def test_presets_and_flags(tmp_path, monkeypatch):
     assert train.settings(args, "lora").lr == 0.5
     # A preset's yes can be turned off by a flag; the precision flags name the same setting.
     parse = train.build_parser().parse_args
-    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x"]), "teacher").class_weights is True
-    assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x", "--no-class-weights"]), "teacher").class_weights is False
+    weighted = tmp_path / "weighted.toml"
+    weighted.write_text("class_weights = true\n")
+    assert train.settings(parse(["teacher", "--preset", str(weighted), "--out", "x"]), "teacher").class_weights is True
+    assert train.settings(parse(["teacher", "--preset", str(weighted), "--out", "x", "--no-class-weights"]),
+                          "teacher").class_weights is False
     assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x"]), "teacher").precision == "auto"
     assert train.settings(parse(["teacher", "--preset", "robust", "--out", "x", "--bf16"]), "teacher").precision == "bf16"
     assert train.settings(parse(["teacher", "--out", "x", "--precision", "fp32"]), "teacher").precision == "fp32"
