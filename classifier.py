@@ -64,7 +64,6 @@ class Classifier:
         self.net, self.tokenizer, self.info = net.eval(), tokenizer, info
         self.max_length = int(info.get("max_length", 128))
         self.batch_size = batch_size
-        self.precision = P.Choice("fp32", "as given")  # what the model computes in (from_run: what was asked)
         self.labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
         self.multilabel = net.config.multilabel
         # Multi-label: the yes/no threshold of each label, chosen on validation when the run was trained.
@@ -77,11 +76,8 @@ class Classifier:
         in `precision` (auto: bf16 where the hardware runs it natively, else fp32; precision.py)."""
         net, tokenizer, info = runs.load_run(run_dir)
         device = torch.device("cpu") if info.get("quantized") else pick_device(device)  # int8 kernels are CPU kernels
-        choice = P.choose(precision, device)
-        P.prepare(net.to(device), choice, inference=True)
-        clf = cls(net, tokenizer, info, batch_size=batch_size)
-        clf.precision = P.Choice("fp32", "an int8 model takes fp32 activations") if P.is_quantized(net) else choice
-        return clf
+        P.prepare(net.to(device), P.choose(precision, device), inference=True)
+        return cls(net, tokenizer, info, batch_size=batch_size)
 
     def predict_proba(self, texts) -> np.ndarray:
         """(N, C) probabilities, columns in the order of self.labels."""

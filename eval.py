@@ -155,7 +155,8 @@ def cmd_report(args):
     set_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
     report.report(args.runs, out, device=args.device, precision=args.precision, batch_size=args.batch_size,
-                  latency_n=args.latency_sentences, resamples=args.resamples, seed=args.seed, draw=not args.no_plots, beyond=not args.test_split_only)
+                  latency_n=args.latency_sentences, resamples=args.resamples, seed=args.seed, draw=not args.no_plots,
+                  beyond=not args.test_split_only)
 
 
 def cmd_export(args):
@@ -178,7 +179,8 @@ def cmd_export(args):
 def cmd_beyond(args):
     if args.out:
         files.check_writable(args.out, "--out")
-    report.beyond(args.runs, args.out or Path(args.runs[0]).parent / "beyond", device=args.device, precision=args.precision)
+    out = args.out or Path(args.runs[0]).parent / "beyond"
+    report.beyond(args.runs, out, device=args.device, precision=args.precision)
 
 
 def set_threads(n):

@@ -99,6 +99,11 @@ def is_quantized(net: nn.Module) -> bool:
     return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in net.modules())
 
 
+def computed_in(net: nn.Module, choice: Choice) -> str:
+    """What `net` computes in once prepared for `choice`: an int8 model stays fp32 whatever is asked."""
+    return "fp32" if is_quantized(net) else choice.precision
+
+
 def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Module:
     """
     Make every BERT inside `net` compute in choice.dtype (its parameters are not changed).
@@ -108,7 +113,7 @@ def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Modul
     AdamW changes it in place without a trace that a cache could check.) An int8 model stays fp32.
     Returns net.
     """
-    dtype = None if choice.precision == "fp32" or is_quantized(net) else choice.dtype
+    dtype = None if computed_in(net, choice) == "fp32" else choice.dtype
     M.set_compute_dtype(net, dtype)
     if inference:
         net.eval().requires_grad_(False)

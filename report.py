@@ -95,7 +95,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
     row = {"run_dir": str(run_dir), "method": runs.method_label(info), "seed": info.get("seed"), "device": str(device),
-           "computed_in": "fp32" if P.is_quantized(net) else choice.precision, **m,
+           "computed_in": P.computed_in(net, choice), **m,
            "label_names": list(test.label_names),
            "params_total": info.get("params_total", total), "params_trainable": info.get("params_trainable", trainable),
            "size_bytes": runs.weights_file(run_dir).stat().st_size, "train_seconds": train_seconds, "final_train_loss": final_loss,
@@ -203,8 +203,8 @@ def json_safe(x):
     return x
 
 
-def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0, draw=True,
-           beyond=True):
+def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0,
+           draw=True, beyond=True):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
     predictions-<name>.json per run and the plots into out_dir; return the rows (one per run).
@@ -241,7 +241,8 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
     settings = {"device": str(device), "precision": computed_in, "torch_threads": torch.get_num_threads(),
-                "throughput_batch_size": batch_size, "latency_sentences": min(latency_n, len(test)), "bootstrap_resamples": resamples, "bootstrap_seed": seed}
+                "throughput_batch_size": batch_size, "latency_sentences": min(latency_n, len(test)),
+                "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": data.split_kind(manifest)}
