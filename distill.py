@@ -64,8 +64,10 @@ def layer_importance(teacher: BertForSequenceClassification, batches) -> list[fl
     """
     How much the fine-tuned teacher relies on each of its layers, measured by taking the layer out:
     for layer l, the mean over texts of KL(p_teacher || p_teacher without layer l), where p is the
-    class distribution. A layer the teacher can lose without changing its predictions matters
-    little to a student that copies the teacher; a large KL marks a layer worth keeping.
+    class distribution (a multi-label teacher: each label's yes/no distribution, the KLs summed over
+    the labels, since its sigmoids answer separate questions and a softmax across them would see
+    only the gap between the logits). A layer the teacher can lose without changing its predictions
+    matters little to a student that copies the teacher; a large KL marks a layer worth keeping.
     batches: (input_ids, attention_mask, token_type_ids) tuples, e.g. the validation split.
     Cost: one forward pass of the teacher over the batches per layer, plus one.
     """
@@ -73,13 +75,20 @@ def layer_importance(teacher: BertForSequenceClassification, batches) -> list[fl
         raise ValueError("layer importance needs at least one batch of texts")
     teacher.eval()
     layers = teacher.bert.encoder.layer
-    reference = [F.log_softmax(teacher(*b).logits.float(), dim=-1) for b in batches]
+
+    def log_probs(b):  # (B, classes) or (B, labels, 2): the distributions the KL compares
+        logits = teacher(*b).logits.float()
+        if teacher.config.multilabel:
+            return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
+        return F.log_softmax(logits, dim=-1)
+
+    reference = [log_probs(b) for b in batches]
     n = sum(r.shape[0] for r in reference)
     scores = []
     try:
         for skip in range(len(layers)):
             teacher.bert.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(layers) if i != skip])
-            kl = sum(F.kl_div(F.log_softmax(teacher(*b).logits.float(), dim=-1), r, log_target=True, reduction="sum")
+            kl = sum(F.kl_div(log_probs(b), r, log_target=True, reduction="sum")
                      for b, r in zip(batches, reference, strict=True))
             scores.append(float(kl) / n)
     finally:

@@ -83,6 +83,27 @@ def test_layer_importance_is_the_kl_of_the_teacher_without_each_layer(teacher):
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
 
 
+def test_layer_importance_of_a_multilabel_teacher_is_the_kl_of_each_yes_no_question(teacher):
+    # Two sigmoid outputs answer two questions: the importance sums each label's Bernoulli KL. A
+    # softmax across the two logits would score a layer whose removal moves both logits alike as 0.
+    two = M.BertForSequenceClassification(M.BertConfig(**{**teacher.config.__dict__,
+                                                          "problem_type": "multi_label_classification"}))
+    two.load_state_dict(teacher.state_dict())
+    two.eval()
+    ids = torch.randint(5, 900, (4, 8))
+    batch = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    scores = D.layer_importance(two, [batch])
+    with torch.no_grad():
+        for skip in (2, 5):
+            without = D.make_student(two, [i for i in range(1, 7) if i != skip]).eval()
+            p, q = torch.sigmoid(two(*batch).logits), torch.sigmoid(without(*batch).logits)
+            kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+            assert scores[skip - 1] == pytest.approx(kl.sum().item() / 4, rel=1e-4, abs=1e-7)
+            # ... which is not what a softmax over the two logits would give
+            ps, qs = torch.softmax(two(*batch).logits, -1), torch.softmax(without(*batch).logits, -1)
+            assert scores[skip - 1] != pytest.approx((ps * (ps.log() - qs.log())).sum().item() / 4, rel=1e-2)
+
+
 def test_a_layer_the_teacher_does_not_use_ranks_last(teacher):
     # Layer 4 made a no-op: its residual branches add zero and its LayerNorms are the identity on
     # the already normalised input it gets (LayerNorm of a LayerNorm output with weight 1, bias 0).
