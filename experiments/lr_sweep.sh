@@ -21,5 +21,5 @@ for lr in 3e-5 1e-4 3e-4; do
 done
 echo "method lr best_val_macro_f1 final_train_loss seconds"
 for d in "$out"/*/; do
-  python3 -c "import json,sys;s=json.load(open('$d/summary.json'));r=json.load(open('$d/run.json'));print(s['method'],r['lr'],round(s['best_val_macro_f1'],4),round(s['final_train_loss'],4),round(s['wall_seconds']))"
+  python3 -c "import json,sys;s=json.load(open('$d/summary.json'));r=json.load(open('$d/run.json'))['settings'];print(s['method'],r['lr'],round(s['best_val_macro_f1'],4),round(s['final_train_loss'],4),round(s['wall_seconds']))"
 done
