@@ -258,7 +258,7 @@ def main():
                 for impl in impls:  # side by side: the same case back to back
                     out = subprocess.run([sys.executable, __file__, "--case", f"{impl}:{layers}:{mode}:{dtype}",
                                           "--repeats", str(args.repeats)] + ["--compile"] * args.compile
-                                         + ["--keep-memory"] * (args.malloc == "keep" or args.malloc == "own" and impl == "nanobert"),
+                                         + ["--keep-memory"] * (args.malloc == "keep" or (args.malloc == "own" and impl == "nanobert")),
                                          capture_output=True, text=True)
                     if out.returncode:
                         sys.exit(f"case {impl} {layers} {mode} {dtype} failed:\n{out.stderr[-2000:]}")

@@ -59,6 +59,11 @@ def parse_layers(spec: str | list, n_teacher: int, importance: list | None = Non
     return layers
 
 
+def yes_no_log_probs(logits):
+    """(..., L) logits of a multi-label task -> (..., L, 2) log-probabilities of no and yes per label."""
+    return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
+
+
 @torch.no_grad()
 def layer_importance(teacher: BertForSequenceClassification, batches) -> list[float]:
     """
@@ -78,9 +83,7 @@ def layer_importance(teacher: BertForSequenceClassification, batches) -> list[fl
 
     def log_probs(b):  # (B, classes) or (B, labels, 2): the distributions the KL compares
         logits = teacher(*b).logits.float()
-        if teacher.config.multilabel:
-            return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], dim=-1)
-        return F.log_softmax(logits, dim=-1)
+        return yes_no_log_probs(logits) if teacher.config.multilabel else F.log_softmax(logits, dim=-1)
 
     reference = [log_probs(b) for b in batches]
     n = sum(r.shape[0] for r in reference)
@@ -166,8 +169,7 @@ def masked_bce(logits, labels, pos_weight=None):
 def soft_binary_kl(student_logits, teacher_logits, T: float, mask):
     """The multi-label soft term: per label, KL between the teacher's and the student's yes/no
     distributions softened by T, times T^2; averaged over the annotated (text, label) pairs."""
-    log_s = torch.stack([F.logsigmoid(-student_logits / T), F.logsigmoid(student_logits / T)], dim=-1)
-    log_t = torch.stack([F.logsigmoid(-teacher_logits / T), F.logsigmoid(teacher_logits / T)], dim=-1)
+    log_s, log_t = yes_no_log_probs(student_logits / T), yes_no_log_probs(teacher_logits / T)
     kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, L)
     mask = mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum().clamp(min=1) * T * T
