@@ -212,7 +212,7 @@ def unmerge_all(model: nn.Module) -> int:
 def merged_state_dict(model: nn.Module) -> dict:
     """
     The state dict of the plain model, with every LoRA update folded into its weight and no
-    LoRA tensors left: ready for model.save_pretrained(model, folder, state_dict=...).
+    LoRA tensors left: ready for pretrained.save_pretrained(model, folder, state_dict=...).
     The model itself is left as it was (merged or not).
     """
     state = model.state_dict()

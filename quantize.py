@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 import files
 import model as M
+import pretrained
 
 METHOD = "nanobert-dynamic-int8"
 WEIGHTS_NAME = "model-int8.safetensors"
@@ -93,7 +94,7 @@ def save_quantized(qnet: nn.Module, folder, tokenizer_dir):
     files.atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     config = json.dumps({**qnet.config.to_dict(), "quantization_config": qnet.quantization}, indent=2)
     files.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
-    M.copy_tokenizer_files(tokenizer_dir, folder)
+    pretrained.copy_tokenizer_files(tokenizer_dir, folder)
 
 
 def is_quantized_dir(folder) -> bool:

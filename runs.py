@@ -35,6 +35,7 @@ import distill
 import files
 import lora
 import model as M
+import pretrained
 import quantize
 
 FORMAT = "nanobert-run-2"
@@ -231,9 +232,9 @@ def save_model(net, run_dir, tokenizer_dir, base_model=None):
     """What the run trained: a LoRA adapter (on base_model) with the tokenizer, or the whole model."""
     if base_model is not None:
         lora.save_adapter(net, run_dir, base_model=base_model)
-        M.copy_tokenizer_files(tokenizer_dir, run_dir)
+        pretrained.copy_tokenizer_files(tokenizer_dir, run_dir)
     else:
-        M.save_pretrained(net, run_dir, tokenizer_dir=tokenizer_dir)
+        pretrained.save_pretrained(net, run_dir, tokenizer_dir=tokenizer_dir)
 
 
 def load_run(run_dir, merge=True, verbose=False):
@@ -251,7 +252,7 @@ def load_run(run_dir, merge=True, verbose=False):
         if is_lora_run(run_dir):
             # A LoRA run holds only the adapter: load its base model, then the adapter onto it.
             base = lora.read_adapter_config(run_dir)["base_model_name_or_path"]
-            net = M.from_pretrained(base, id2label=info.get("id2label"), verbose=verbose)
+            net = pretrained.from_pretrained(base, id2label=info.get("id2label"), verbose=verbose)
             net.config.problem_type = info.get("problem_type")  # the adapter's head answers the run's questions
             lora.load_adapter(net, run_dir, base)
             if merge:
@@ -259,7 +260,7 @@ def load_run(run_dir, merge=True, verbose=False):
         elif quantize.is_quantized_dir(run_dir):
             net = quantize.load_quantized(run_dir)
         else:
-            net = M.from_pretrained(str(run_dir), verbose=verbose)
+            net = pretrained.from_pretrained(str(run_dir), verbose=verbose)
         tokenizer = data.load_tokenizer(run_dir)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise RunError(f"{run_dir}: cannot load the trained model ({e})") from None

@@ -49,6 +49,7 @@ import lora
 import metrics
 import model as M
 import precision
+import pretrained
 import report
 import runs
 
@@ -85,7 +86,7 @@ class Settings:
     # model and optimisation. LoRA trains 0.7% of the weights starting from B = 0 and needs a much
     # larger learning rate than full fine-tuning (METHOD_DEFAULTS): one original write-up used 2e-5
     # for LoRA and ended below the majority baseline.
-    model: str = M.DEFAULT_MODEL
+    model: str = pretrained.DEFAULT_MODEL
     max_length: int = 64
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -371,7 +372,7 @@ def build_lora(s: Settings, dataset, manifest, results):
             raise TrainError(f"{s.base}: classes {list(net.config.id2label.values())}, the data has "
                              f"{list(label_names)}; expected the same")
     else:
-        net = M.from_pretrained(s.model, id2label=dict(enumerate(label_names)))
+        net = pretrained.from_pretrained(s.model, id2label=dict(enumerate(label_names)))
         set_problem_type(net, dataset)
     trainable = [t for t in s.lora_trainable.split(",") if t]
     if any(k.startswith("bert.pooler.") for k in net.load_report.initialized) and "pooler" not in trainable:
@@ -384,7 +385,7 @@ def build_lora(s: Settings, dataset, manifest, results):
     lora.inject_lora(net, s.lora_targets.split(","), s.lora_r, s.lora_alpha, s.lora_dropout, trainable)
     print(lora.lora_report(net))
     # A hub name stays a name; a local folder becomes an absolute path, valid from anywhere.
-    model_dir = M.resolve_model_dir(s.model)
+    model_dir = pretrained.resolve_model_dir(s.model)
     results["base_model"] = s.model if not Path(s.model).expanduser().is_dir() else str(model_dir.resolve())
     return net, model_dir
 
@@ -396,9 +397,9 @@ def build_model(s: Settings, dataset, manifest, val_part, device, run_dir, resul
     if s.method == "lora":
         net, folder = build_lora(s, dataset, manifest, results)
         return net, folder, None
-    net = M.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names)))
+    net = pretrained.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names)))
     set_problem_type(net, dataset)
-    return net, M.resolve_model_dir(s.model), None
+    return net, pretrained.resolve_model_dir(s.model), None
 
 
 def set_problem_type(net, dataset):
@@ -717,7 +718,7 @@ def finish(t: Training):
     if t.main:
         best, tokenizer, info = runs.load_run(t.dir, merge=False)
         if s.method == "lora" and s.export_merged:
-            M.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
+            pretrained.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
         if best.config.multilabel:
             info.results["thresholds"] = choose_thresholds(t, best)
             print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in info.results["thresholds"].items()))
@@ -818,7 +819,7 @@ def add_common(p):
 
 
 def add_model(p):
-    p.add_argument("--model", help=f"pretrained model: name, folder, or a name under $NANOBERT_MODELS (default {M.DEFAULT_MODEL})")
+    p.add_argument("--model", help=f"pretrained model: name, folder, or a name under $NANOBERT_MODELS (default {pretrained.DEFAULT_MODEL})")
 
 
 def add_distill(p):

@@ -8,6 +8,7 @@ import torch
 
 import distill as D
 import model as M
+import pretrained
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
 
@@ -15,7 +16,7 @@ TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
 @pytest.fixture(scope="module")
 def teacher():
     # A 6-layer teacher made from the 3-layer tiny model, so that odd and even differ.
-    t = M.from_pretrained(str(TINY), verbose=False)
+    t = pretrained.from_pretrained(str(TINY), verbose=False)
     six = M.BertForSequenceClassification(M.BertConfig(**{**t.config.__dict__, "num_hidden_layers": 6}))
     six.load_state_dict(t.state_dict(), strict=False)
     torch.manual_seed(1)

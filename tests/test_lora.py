@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import lora
 import model
+import pretrained
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny-bert"
@@ -25,7 +26,7 @@ BATCH = {k: REF[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def tiny():
-    return model.from_pretrained(TINY, verbose=False).eval()
+    return pretrained.from_pretrained(TINY, verbose=False).eval()
 
 
 def logits(m):
@@ -243,9 +244,9 @@ def test_merge_equals_peft_merge_and_unload():
 def test_merged_export_loads_as_a_plain_model(tmp_path):
     m = tiny()
     lora.load_adapter(m, LORA / "qkv", base_model=BASE)
-    model.save_pretrained(m, tmp_path, state_dict=lora.merged_state_dict(m))
+    pretrained.save_pretrained(m, tmp_path, state_dict=lora.merged_state_dict(m))
     assert set(load_file(tmp_path / "model.safetensors")) == set(tiny().state_dict())
-    plain = model.from_pretrained(tmp_path, verbose=False).eval()
+    plain = pretrained.from_pretrained(tmp_path, verbose=False).eval()
     assert not lora.lora_layers(plain)
     assert (logits(plain) - REF["logits_qkv"]).abs().max() < 1e-5
 

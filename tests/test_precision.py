@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import lora
 import model as M
 import precision
+import pretrained
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
 REF = load_file(TINY / "reference_outputs.safetensors")
@@ -21,7 +22,7 @@ BF16 = precision.Choice("bf16", "test")
 
 
 def tiny():
-    return M.from_pretrained(str(TINY), verbose=False).eval()
+    return pretrained.from_pretrained(str(TINY), verbose=False).eval()
 
 
 def rel(a, b):

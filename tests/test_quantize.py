@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import data
 import lora
-import model as M
+import pretrained
 import quantize as Q
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
@@ -20,7 +20,7 @@ TEXTS = ["you are awesome", "what a terrible, terrible idea!!", "@user RT http:/
 
 @pytest.fixture(scope="module")
 def fp32():
-    return M.from_pretrained(str(TINY), verbose=False).eval()
+    return pretrained.from_pretrained(str(TINY), verbose=False).eval()
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,12 @@ def test_save_and_load_round_trip_exactly(fp32, batch, tmp_path):
     a, b = Q.int8_state_dict(q), Q.int8_state_dict(back)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # Smaller on disk: the linear layers at a quarter, the embeddings as they were.
-    M.save_pretrained(fp32, tmp_path / "fp32", tokenizer_dir=TINY)
+    pretrained.save_pretrained(fp32, tmp_path / "fp32", tokenizer_dir=TINY)
     assert (tmp_path / "int8" / "model-int8.safetensors").stat().st_size < 0.8 * (tmp_path / "fp32" / "model.safetensors").stat().st_size
 
 
 def test_a_model_with_lora_layers_is_refused(fp32):
-    net = M.from_pretrained(str(TINY), verbose=False)
+    net = pretrained.from_pretrained(str(TINY), verbose=False)
     lora.inject_lora(net, ["query"], r=2)
     with pytest.raises(ValueError, match="still has LoRA layers"):
         Q.quantize(net)
@@ -132,15 +132,15 @@ def test_a_damaged_file_and_a_wrong_bias(saved):
 
 def test_the_fp32_loader_refuses_an_int8_folder(saved):
     with pytest.raises(ValueError, match="a quantised model \\('nanobert-dynamic-int8'\\); expected fp32 weights"):
-        M.from_pretrained(str(saved), verbose=False)
+        pretrained.from_pretrained(str(saved), verbose=False)
 
 
 def test_real_weights_minilm_int8_keeps_the_sentence_vectors():
     # The embedded 6-layer model: [CLS] vectors of the int8 copy point where the fp32 ones do.
     # Measured: cosine 0.979-0.987 after 6 layers (0.9998 after one); the error of 8-bit activations
     # adds up layer by layer. What it costs a classifier is measured on the test sets (README).
-    net = M.from_pretrained(M.DEFAULT_MODEL, verbose=False).eval()
-    tokenizer = data.load_tokenizer(M.resolve_model_dir(M.DEFAULT_MODEL))
+    net = pretrained.from_pretrained(pretrained.DEFAULT_MODEL, verbose=False).eval()
+    tokenizer = data.load_tokenizer(pretrained.resolve_model_dir(pretrained.DEFAULT_MODEL))
     batch = data.encode(tokenizer, TEXTS, 64)
     q = Q.quantize(net)
     a, b = forward(net, batch), forward(q, batch)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pretrained
 import runs as R
 import train
 
@@ -62,9 +63,8 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 def test_optimizer_skips_decay_on_biases_and_layernorm(teacher):
-    import model as M
 
-    net = M.from_pretrained(str(teacher), verbose=False)
+    net = pretrained.from_pretrained(str(teacher), verbose=False)
     decay, no_decay = train.make_optimizer(net, train.Settings(weight_decay=0.01, lr=1e-3), fused=False).param_groups
     names = {id(p): n for n, p in net.named_parameters()}
     assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
