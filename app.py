@@ -124,20 +124,11 @@ def classify(model, texts):
     return probs, seconds, model.token_counts(texts)
 
 
-def is_blank(text):
-    # Only spaces, line breaks or invisible characters (control, format such as U+200F): nothing to classify.
-    return not "".join(ch for ch in str(text) if ch.isprintable()).strip()
-
-
 def verdict(model, probs):
-    """(name, probability) of one text: the most likely class; for a two-question model the last label
-    said yes to at its threshold (hate before toxic), or "neither" with the largest probability."""
-    p = probs.tolist()
-    if model.multilabel:
-        yes = [k for k, v in zip(model.labels, p, strict=True) if v >= model.thresholds[k]]
-        return (yes[-1], p[model.labels.index(yes[-1])]) if yes else ("neither", max(p))
-    best = max(range(len(p)), key=p.__getitem__)
-    return label_names(model.info)[best], p[best]
+    """(name, probability) of one text: the classifier's verdict (Classifier.verdict: for a two-question
+    model "none" when it says no to both), a binary task's bare class numbers read as "not toxic" / "toxic"."""
+    label, p = model.verdict(probs)
+    return (label if model.multilabel else label_names(model.info)[model.labels.index(label)]), p
 
 
 def flagged(model, probs):
@@ -193,7 +184,7 @@ def label_table(table, column, chosen_runs):
     """The table with a label and a probability column per run, and notes for the page."""
     out = table.copy()
     texts = out[column].tolist()
-    keep = [i for i, t in enumerate(texts) if not is_blank(t)]  # blank rows get no prediction, as on the page
+    keep = [i for i, t in enumerate(texts) if not classifier.is_blank(t)]  # blank rows get no prediction, as on the page
     notes = [f"{len(texts) - len(keep)} blank row(s) left without a prediction."] if len(keep) < len(texts) else []
     for run in chosen_runs:
         model = get_model(run)
@@ -323,7 +314,7 @@ with one:
     query = st.session_state.query
     if query is None:
         st.info("Type a comment and press Classify, or click an example.")
-    elif is_blank(query):
+    elif classifier.is_blank(query):
         st.warning("The text is empty: type a comment to classify.")
     else:
         if query != text:

@@ -19,6 +19,13 @@ import data
 import precision as P
 import runs
 
+NO_LABEL = "none"  # the verdict of a multi-label model that says no to every label
+
+
+def is_blank(text) -> bool:
+    """Only spaces, line breaks or invisible characters (control, format such as U+200F): nothing to classify."""
+    return not "".join(ch for ch in str(text) if ch.isprintable()).strip()
+
 
 def pick_device(name="auto"):
     """'auto': a GPU when there is one, else the CPU. An unavailable device is a ValueError that says so."""
@@ -87,24 +94,28 @@ class Classifier:
         loader = data.Loader(texts, None, self.tokenizer, self.max_length, self.batch_size)
         return predict_probs(self.net, loader).numpy()
 
+    def verdict(self, probs) -> tuple[str, float]:
+        """(label, probability) of one text, from its probabilities in the order of self.labels. One class
+        per text: the most likely class. Multi-label (toxic, hate): the last label said yes to at its
+        threshold (hate before toxic: hate is also toxic), or "none" with the largest probability."""
+        p = np.asarray(probs, dtype=float).tolist()
+        if self.multilabel:
+            yes = [k for k, v in zip(self.labels, p, strict=True) if v >= self.thresholds[k]]
+            return (yes[-1], p[self.labels.index(yes[-1])]) if yes else (NO_LABEL, max(p))
+        best = max(range(len(p)), key=p.__getitem__)
+        return self.labels[best], p[best]
+
     def predict(self, texts) -> list[dict]:
-        """One dict per text: "label" and its probability "score", and every label's probability.
-        One class per text: the most likely class. Multi-label (toxic, hate): "decisions" says yes or no
-        to each label at its threshold, and "label" is the last label said yes to (hate before toxic:
-        hate is also toxic), or "none"; its score is that label's probability (for none: the largest)."""
+        """One dict per text: its verdict, "label" and its probability "score", and every label's probability.
+        Multi-label: "decisions" too, the yes or no to each label at its threshold."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = []
         for text, p in zip(texts, self.predict_proba(texts).tolist(), strict=True):
-            probabilities = dict(zip(self.labels, p, strict=True))
+            label, score = self.verdict(p)
+            result = {"text": text, "label": label, "score": score, "probabilities": dict(zip(self.labels, p, strict=True))}
             if self.multilabel:
-                decisions = {k: v >= self.thresholds[k] for k, v in probabilities.items()}
-                yes = [k for k in self.labels if decisions[k]]
-                label = yes[-1] if yes else "none"
-                out.append({"text": text, "label": label, "score": probabilities[label] if yes else max(p),
-                            "probabilities": probabilities, "decisions": decisions})
-            else:
-                best = max(range(len(p)), key=p.__getitem__)
-                out.append({"text": text, "label": self.labels[best], "score": p[best], "probabilities": probabilities})
+                result["decisions"] = {k: v >= self.thresholds[k] for k, v in result["probabilities"].items()}
+            out.append(result)
         return out
 
     __call__ = predict

@@ -33,11 +33,6 @@ import runs
 # predict: texts from the command line, stdin, or a CSV / JSONL file
 
 
-def is_blank(text):
-    # Only spaces, line breaks or invisible characters (control, format such as U+200F): nothing to classify.
-    return not "".join(ch for ch in str(text) if ch.isprintable()).strip()
-
-
 def read_table(path, column):
     """(rows as dicts, field names) of a .csv or .jsonl file that has `column`."""
     path = Path(path)
@@ -93,7 +88,7 @@ def label_file(clf, args):
     files.check_writable(Path(args.output).parent, "--output")
     rows, fields = read_table(args.input, args.text_column)
     texts = [row.get(args.text_column) for row in rows]
-    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and not is_blank(t)]
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and not classifier.is_blank(t)]
     added = ["label", "score"] + [f"p_{name}" for name in clf.labels]
     batch = 1024  # a progress step: the classifier batches within it by length
     steps = range(0, len(keep), batch)
@@ -117,8 +112,8 @@ def cmd_predict(args):
             raise ValueError("texts given both as arguments and with --input; expected one of them")
         return label_file(clf, args)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
-    blank = sum(is_blank(t) for t in texts)
-    texts = [t for t in texts if not is_blank(t)]
+    blank = sum(classifier.is_blank(t) for t in texts)
+    texts = [t for t in texts if not classifier.is_blank(t)]
     if not texts:
         raise runs.RunError("empty text to predict; expected at least one non-blank text (argument or stdin line)")
     if blank:

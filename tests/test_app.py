@@ -278,4 +278,4 @@ def test_a_two_question_model_shows_both_scores_and_decisions(tmp_path, monkeypa
     text, colour = verdict(at)
     assert text.startswith("### hate\n") and colour == "red" and "toxic " in text and "(yes, threshold" in text
     text, colour = verdict(classify(at, "what a good day"))
-    assert text.startswith("### neither\n") and colour == "green" and text.count("(no, threshold") == 2
+    assert text.startswith("### none\n") and colour == "green" and text.count("(no, threshold") == 2

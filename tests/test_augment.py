@@ -13,6 +13,7 @@ import pytest
 
 import augment as A
 import behaviour as B
+import templates as T
 
 EXAMPLES = A.augment_examples()
 AUGMENT = tomllib.loads(A.DEFAULT_AUGMENT.read_text(encoding="utf-8"))
@@ -22,7 +23,7 @@ RUN = 4  # words in a row that may not appear in both files
 
 def words(text: str) -> tuple[str, ...]:
     """A template's frame: its text with the {placeholders} removed, lower case, punctuation stripped."""
-    return tuple(re.sub(r"[^\w\s]", "", A.PLACEHOLDER.sub(" ", text)).lower().split())
+    return tuple(re.sub(r"[^\w\s]", "", T.PLACEHOLDER.sub(" ", text)).lower().split())
 
 
 def augment_templates() -> list[str]:
@@ -144,6 +145,11 @@ id = "women"
 group = "women"
 member = "a woman"
 
+[[groups]]
+id = "refugees"
+group = "refugees"
+member = "a refugee"
+
 [fillers]
 insult = ["prick"]
 
@@ -158,9 +164,9 @@ templates = ["Fine {group}.", TEMPLATE]
 @pytest.mark.parametrize("template, message", [
     ('"What {unknown}?"', r"template p#2: unknown placeholder \{unknown\}"),
     ('"Stray } brace"', r"template p#2: stray brace"),
-    ('"Only {adj} ones"', r"template p#2: no group has all of \['adj'\]"),
+    ('"Only {identity_adj} ones"', r"template p#2: no group has all of \['identity_adj'\]"),
     ('{ text = "x {group}", groups = ["men"] }', r"template p#2: groups: no group 'men'"),
-    ('{ text = "no group here", groups = ["women"] }', r"template p#2: groups given but"),
+    ('{ text = "no group here", groups = ["women", "refugees"] }', r"template p#2: groups lists 2 groups for a text without"),
     ('""', r"template p#2: '' is not a text"),
 ])
 def test_bad_templates_are_refused_with_file_and_template(tmp_path, template, message):

@@ -18,6 +18,7 @@ import torch
 from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
+import classifier
 import data
 import eval as E
 import metrics
@@ -406,6 +407,14 @@ def test_stdin_blank_lines_are_skipped_not_fatal(runs, monkeypatch, capsys):
     assert len(captured.out.splitlines()) == 2 and "skipped 1 blank text" in captured.err
 
 
+def test_blank_means_nothing_printable():
+    # One definition (classifier.is_blank) for the command line and the web page.
+    for text in ("", "   ", "\n\t\r", "\u200f\u200b", " \x00 "):
+        assert classifier.is_blank(text), repr(text)
+    for text in ("a", "  .  ", "🙂", "\u200fok"):
+        assert not classifier.is_blank(text), repr(text)
+
+
 def test_every_run_folder_has_a_model_card(runs):
     card = (runs["teacher"] / "README.md").read_text()
     info = runs_module.read_info(runs["teacher"])
@@ -460,6 +469,8 @@ def test_two_label_predict_says_yes_or_no_to_each_label(two_label_runs, capsys):
     clf = Classifier.from_run(two_label_runs / "teacher")
     got = clf.predict(["you are the vermin here", "you are an idiot", "what a good day"])
     assert [r["label"] for r in got] == ["hate", "toxic", "none"]
+    assert classifier.NO_LABEL == "none" and got[2]["score"] == max(got[2]["probabilities"].values())
+    assert [clf.verdict(list(r["probabilities"].values())) for r in got] == [(r["label"], r["score"]) for r in got]
     assert got[0]["decisions"] == {"toxic": True, "hate": True} and got[2]["decisions"] == {"toxic": False, "hate": False}
     E.main(["predict", "--run", str(two_label_runs / "teacher"), "you are the vermin here"])
     line = capsys.readouterr().out.strip()
