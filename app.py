@@ -26,7 +26,7 @@ import pandas as pd
 import streamlit as st
 
 import classifier
-import data
+import files
 import runs
 
 TRAIN_COMMAND = "python train.py all --preset quick"
@@ -111,7 +111,7 @@ def get_model(run):
     """The run's model, or None after saying on the page why it cannot be loaded (the rest of the page goes on)."""
     try:
         return load_model(run.dir, os.stat(Path(run.dir) / "summary.json").st_mtime_ns)
-    except (runs.RunError, data.DataError, OSError, ValueError) as e:
+    except (runs.RunError, files.DataError, OSError, ValueError) as e:
         st.error(f"Cannot load {run.dir}: {e}")
         return None
 

@@ -15,7 +15,7 @@ length; the model runs on the device asked for (int8 models on the CPU, where th
 import numpy as np
 import torch
 
-import data
+import batching
 import precision as P
 import runs
 
@@ -91,7 +91,7 @@ class Classifier:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        loader = data.Loader(texts, None, self.tokenizer, self.max_length, self.batch_size)
+        loader = batching.Loader(texts, None, self.tokenizer, self.max_length, self.batch_size)
         return predict_probs(self.net, loader).numpy()
 
     def verdict(self, probs) -> tuple[str, float]:

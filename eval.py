@@ -270,7 +270,7 @@ def main(argv=None):
     try:
         {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour,
          "beyond": cmd_beyond}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:  # RunError and data.DataError are ValueErrors
+    except (ValueError, FileNotFoundError) as e:  # RunError and files.DataError are ValueErrors
         sys.exit(f"error: {e}")
     except OSError as e:  # read-only folder, a path under a file, a full disk
         sys.exit(f"error: {files.os_error_message(e)}")

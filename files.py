@@ -1,10 +1,12 @@
 """
 The file plumbing every other module needs, in one place: writing a file so that it is either
 whole or absent, downloading into the cache, reading safetensors with an error that names the
-file, and progress bars that are there when tqdm is.
+file, progress bars that are there when tqdm is, and DataError, the error of input that cannot
+be used as it is.
 
-This is the ground floor: it imports nothing from the project, and model.py, lora.py and data.py
-may use it (the one exception to "model.py imports nothing from the project").
+This is the ground floor: it imports nothing from the project, and model.py, lora.py and the data
+modules (wordpiece.py, readers.py, corpus.py, splits.py, batching.py) may use it (the one exception
+to "model.py imports nothing from the project").
 """
 
 import http.client
@@ -21,6 +23,10 @@ os.umask(UMASK)  # read once: os.umask can only be read by setting it
 def cache_root() -> Path:
     """Where downloads are kept: $NANOBERT_CACHE, else ~/.cache/nanobert."""
     return Path(os.environ.get("NANOBERT_CACHE") or Path.home() / ".cache" / "nanobert")
+
+
+class DataError(ValueError):
+    """Input that cannot be used as it is; the message names the file, the row and what was expected."""
 
 
 # -----------------------------------------------------------------------------
@@ -87,7 +93,7 @@ def write_json(path, obj):
 
 def read_safetensors(path) -> dict:
     """The tensors of a safetensors file; a damaged file is a ValueError that names it."""
-    from safetensors.torch import load_file  # here, not at the top: data.py uses this module without torch work
+    from safetensors.torch import load_file  # here, not at the top: the data modules use this one without torch work
 
     path = Path(path)
     if not path.is_file():

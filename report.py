@@ -24,15 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import batching
 import behaviour
 import classifier
-import data
+import corpus
 import files
 import metrics
 import model as M
 import plots
 import precision as P
 import runs
+import splits
+import wordpiece
 
 # -----------------------------------------------------------------------------
 # 1. One run on the held-out test split: quality, size, speed
@@ -58,7 +61,7 @@ def latencies_ms(net, tokenizer, texts, max_length, warmup=3):
     out = []
     for i, text in enumerate([texts[0]] * warmup + list(texts)):
         t0 = time.perf_counter()
-        batch = data.encode(tokenizer, [text], max_length)
+        batch = wordpiece.encode(tokenizer, [text], max_length)
         net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
         classifier.sync(device)
         if i >= warmup:
@@ -79,7 +82,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
                        "expected the same")
     net.to(device)
     max_length = info.get("max_length", 128)
-    probs, seconds = timed_predict(net, data.Loader(test.texts, test.labels, tokenizer, max_length, batch_size))
+    probs, seconds = timed_predict(net, batching.Loader(test.texts, test.labels, tokenizer, max_length, batch_size))
     lat = latencies_ms(net, tokenizer, test.texts[:latency_n], max_length)
     probs = probs.numpy()
     if test.multilabel:  # each label at its threshold on the texts that annotate it; the mean over labels
@@ -245,7 +248,7 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                 "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
-                 "kind": data.split_kind(manifest)}
+                 "kind": splits.split_kind(manifest)}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
     extras = beyond_the_split(run_dirs, infos, names, device, precision) if beyond else None
     if not test.multilabel:
@@ -352,15 +355,15 @@ def dataset_test_texts(run_dir, info, name, cache):
     mirror, normalize = info.get("data_mirror"), info.get("normalize", True)
     key = (name, mirror, json.dumps(normalize, default=str))
     if key not in cache:
-        both = data.load_dataset(name, mirror=mirror, normalize=normalize, multilabel=True)
+        both = corpus.load_dataset(name, mirror=mirror, normalize=normalize, multilabel=True)
         cache[key] = dict(zip(both.texts, both.labels, strict=True))
     labels_of = cache[key]
     if name in str(info["data"]).split("+"):
         test, _, _ = runs.load_test_split(run_dir, info)
         texts = [t for t, s in zip(test.texts, test.sources or [name] * len(test), strict=True) if s == name]
     else:
-        alone = data.load_dataset(name, mirror=mirror, normalize=normalize)
-        texts = data.apply_split(alone, data.make_split(alone, seed=info.get("split_seed", 0)))["test"].texts
+        alone = corpus.load_dataset(name, mirror=mirror, normalize=normalize)
+        texts = splits.apply_split(alone, splits.make_split(alone, seed=info.get("split_seed", 0)))["test"].texts
     return texts, [labels_of[t] for t in texts]
 
 
@@ -659,7 +662,7 @@ LIMITATIONS = {
 def test_scores(net, tokenizer, info, test, batch_size=64):
     """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split;
     multi-label: those of each label at its threshold, under "labels"."""
-    loader = data.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size)
+    loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size)
     probs = classifier.predict_probs(net, loader).numpy()
     keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
     if test.multilabel:

@@ -30,13 +30,15 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-import data
+import corpus
 import distill
 import files
 import lora
 import model as M
 import pretrained
 import quantize
+import splits
+import wordpiece
 
 FORMAT = "nanobert-run-2"
 RUN_FILE, LOG_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
@@ -261,7 +263,7 @@ def load_run(run_dir, merge=True, verbose=False):
             net = quantize.load_quantized(run_dir)
         else:
             net = pretrained.from_pretrained(str(run_dir), verbose=verbose)
-        tokenizer = data.load_tokenizer(run_dir)
+        tokenizer = wordpiece.load_tokenizer(run_dir)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise RunError(f"{run_dir}: cannot load the trained model ({e})") from None
     return net.eval(), tokenizer, info
@@ -399,9 +401,9 @@ def label_map_of(info):
 
 def load_run_data(info, mirror=None):
     """The whole dataset a run was trained on, loaded with the run's own options."""
-    return data.load_dataset(info["data"], mirror=mirror or info.get("data_mirror"), three_class=info.get("three_class", False),
-                             normalize=info.get("normalize", True), text_column=info.get("text_column", "text"),
-                             label_column=info.get("label_column", "label"), label_map=label_map_of(info))
+    return corpus.load_dataset(info["data"], mirror=mirror or info.get("data_mirror"), three_class=info.get("three_class", False),
+                               normalize=info.get("normalize", True), text_column=info.get("text_column", "text"),
+                               label_column=info.get("label_column", "label"), label_map=label_map_of(info))
 
 
 def find_manifest(run_dir, info):
@@ -418,12 +420,12 @@ def find_manifest(run_dir, info):
 def load_test_split(run_dir, info):
     """(test Dataset, manifest path, manifest): the held-out part of the run's data, as its manifest says."""
     path = find_manifest(run_dir, info)
-    manifest = data.load_manifest(path)
+    manifest = splits.load_manifest(path)
     if manifest["manifest_sha256"] != info["split_sha256"]:
         raise RunError(f"{path}: sha256 {manifest['manifest_sha256'][:12]}…, but {run_dir} was trained on split "
                        f"{info['split_sha256'][:12]}…; expected the run's own manifest")
     # max_train / max_val only ever limited training and validation: the test part is always whole.
-    return data.apply_split(load_run_data(info), manifest)["test"], path, manifest
+    return splits.apply_split(load_run_data(info), manifest)["test"], path, manifest
 
 
 def subset_for_quick_runs(part, limit, seed):

@@ -41,8 +41,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import batching
 import classifier
-import data
+import corpus
 import distill
 import files
 import lora
@@ -50,8 +51,11 @@ import metrics
 import model as M
 import precision
 import pretrained
+import readers
 import report
 import runs
+import splits
+import wordpiece
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -265,9 +269,9 @@ def clear_folder(run_dir: Path):
 def load_data(s: Settings, run_dir: Path):
     """(dataset, {'train', 'validation'} parts, manifest): the split manifest beside the runs is made once and reused."""
     label_map = json.loads(s.label_map) if isinstance(s.label_map, str) else s.label_map
-    dataset = data.load_dataset(s.data, mirror=s.data_mirror, three_class=s.three_class, normalize=s.normalize,
-                                text_column=s.text_column, label_column=s.label_column, label_map=label_map,
-                                multilabel=s.multilabel)
+    dataset = corpus.load_dataset(s.data, mirror=s.data_mirror, three_class=s.three_class, normalize=s.normalize,
+                                  text_column=s.text_column, label_column=s.label_column, label_map=label_map,
+                                  multilabel=s.multilabel)
     for note in dataset.notes:
         print(f"{s.data}: {note}")
     counts = dataset.class_counts()
@@ -278,8 +282,8 @@ def load_data(s: Settings, run_dir: Path):
         raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
                          "least two classes, each with examples (labels 0..K-1, or --label-map)")
     s.split = str(s.split or run_dir.parent / "split.json")
-    parts = data.get_split(dataset, s.split, seed=s.split_seed)
-    manifest = data.load_manifest(s.split)
+    parts = splits.get_split(dataset, s.split, seed=s.split_seed)
+    manifest = splits.load_manifest(s.split)
     if not len(parts["validation"]) or not len(parts["train"]):
         raise TrainError(f"--data {s.data}: {len(dataset)} texts leave {len(parts['train'])} for training and "
                          f"{len(parts['validation'])} for validation; expected some in each (more data)")
@@ -296,8 +300,8 @@ def with_augmentation(s: Settings, dataset, train_part):
     or test, and none that the dataset itself holds (which could be a validation or test text)."""
     import augment  # only runs that ask for it need the templates
 
-    if not dataset.multilabel or list(dataset.label_names) != data.TWO_LABELS:
-        raise TrainError(f"--augment {s.augment}: gives {data.TWO_LABELS} labels; expected a two-question dataset "
+    if not dataset.multilabel or list(dataset.label_names) != readers.TWO_LABELS:
+        raise TrainError(f"--augment {s.augment}: gives {readers.TWO_LABELS} labels; expected a two-question dataset "
                          f"(e.g. --data davidson+hate_speech18), not {list(dataset.label_names)}")
     try:
         pairs = augment.load_augment(s.augment, seed=s.seed)
@@ -309,7 +313,7 @@ def with_augmentation(s: Settings, dataset, train_part):
     labels = train_part.labels + [list(y) for _, y in pairs]
     sources = (train_part.sources or [train_part.name] * len(train_part)) + ["augment"] * len(pairs)
     print(f"--augment {s.augment}: {len(pairs)} template texts added to the {len(train_part)} training texts")
-    return data.Dataset(train_part.name, texts, labels, train_part.label_names, sources=sources)
+    return readers.Dataset(train_part.name, texts, labels, train_part.label_names, sources=sources)
 
 
 def load_parent(s: Settings, flag, folder, manifest):
@@ -334,7 +338,7 @@ def rank_teacher_layers(s: Settings, teacher, val_part, device, results):
     if s.importance_texts < 1:
         raise TrainError(f"--importance-texts {s.importance_texts}: expected at least 1 validation text")
     part = runs.subset_for_quick_runs(val_part, s.importance_texts, s.split_seed)
-    loader = data.Loader(part.texts, part.labels, data.load_tokenizer(s.teacher), s.max_length, s.eval_batch_size)
+    loader = batching.Loader(part.texts, part.labels, wordpiece.load_tokenizer(s.teacher), s.max_length, s.eval_batch_size)
     batches = [tuple(b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")) for b in loader]
     t0 = time.time()
     scores = distill.layer_importance(teacher.to(device), batches)
@@ -505,8 +509,8 @@ class Training:
     ddp: torch.nn.Module  # net itself, or its DistributedDataParallel wrapper
     teacher: torch.nn.Module | None
     tokenizer_dir: Path
-    loader: data.Loader
-    val_loader: data.Loader
+    loader: batching.Loader
+    val_loader: batching.Loader
     opt: torch.optim.Optimizer
     weight: torch.Tensor | None
     total_steps: int
@@ -558,15 +562,15 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     results.update(precision_chosen=choice.precision, precision_reason=choice.reason)
     if rank == 0:
         print(f"{s.method}: computing in {choice.precision} ({choice.reason})")
-    tokenizer = data.load_tokenizer(tokenizer_dir)
+    tokenizer = wordpiece.load_tokenizer(tokenizer_dir)
     train_part, val_part = parts["train"], parts["validation"]
-    loader = data.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
-                         shuffle=True, seed=s.seed, num_replicas=world, rank=rank)
-    val_loader = data.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size)
+    loader = batching.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
+                             shuffle=True, seed=s.seed, num_replicas=world, rank=rank)
+    val_loader = batching.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size)
     weight = None
     if s.class_weights:  # inverse class frequency; multi-label: each label's negatives per positive
-        weight = data.pos_weights(train_part.labels) if dataset.multilabel else \
-            data.class_weights(train_part.labels, len(dataset.label_names))
+        weight = batching.pos_weights(train_part.labels) if dataset.multilabel else \
+            batching.class_weights(train_part.labels, len(dataset.label_names))
         weight = weight.to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     opt = make_optimizer(net, s, fused=device.type in ("cpu", "cuda"))
@@ -945,7 +949,7 @@ def main(argv=None):
             train(settings(args, args.command), args.out)
     except KeyboardInterrupt:
         sys.exit("interrupted; an interrupted run continues from its last checkpoint with the same command and --resume")
-    except (TrainError, data.DataError, runs.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
+    except (TrainError, files.DataError, runs.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # read-only folder, a path under a file, a full disk
         sys.exit(f"error: {files.os_error_message(e)}")

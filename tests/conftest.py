@@ -1,11 +1,20 @@
-"""Shared test data: a toy comment dataset that the tiny model learns in a few steps."""
+"""Shared test data: a toy comment dataset that the tiny model learns in a few steps; and the
+fixture files, fixtures and helpers that the tests of the data modules (wordpiece, readers, corpus,
+splits, batching) share."""
 
 import csv
+import hashlib
 import os
 import random
+import shutil
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
+
+import corpus
+import wordpiece
 
 # The test models are tiny: one thread each is as fast as two, and keeps the suite quick when
 # the machine is busy. OMP_NUM_THREADS reaches the train.py processes the tests start.
@@ -56,3 +65,59 @@ def write_toy_two_label_csv(path, n=240):
 @pytest.fixture(scope="session")
 def toy2(tmp_path_factory):
     return str(write_toy_two_label_csv(tmp_path_factory.mktemp("toy2") / "toy2.csv"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The data modules' fixtures: tests/fixtures/tokenizer (made by make_tokenizer_fixture.py with
+# transformers) and tests/fixtures/data (made by make_data_fixtures.py, and make_group_fixtures.py
+# for the grouped splits and the two-label dataset). Checks against the real datasets run only
+# where the offline mirror ../shared exists beside the repository.
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+DATA = FIXTURES / "data"
+TOKENIZER = FIXTURES / "tokenizer"
+SHARED = ROOT.parent / "shared"
+
+DAVIDSON_TINY = DATA / "davidson_tiny.csv"
+HATE18_TINY = DATA / "hate18_tiny.zip"
+DAVIDSON_NEAR_DUPS = DATA / "davidson_near_dups.csv"  # these three: made by make_group_fixtures.py
+HATE18_AUTHORS = DATA / "hate18_authors.zip"
+SPLIT_V1 = DATA / "split_v1.json"
+
+needs_shared = pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="no ../shared/data mirror here")
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    # Never read a real mirror or write to ~/.cache from a test unless the test says so.
+    monkeypatch.delenv("NANOBERT_DATA", raising=False)
+    monkeypatch.setenv("NANOBERT_CACHE", str(tmp_path / "cache"))
+
+
+def one_line_error(excinfo, *needles):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+@pytest.fixture
+def cased():
+    return wordpiece.load_tokenizer(TOKENIZER / "cased")
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path, monkeypatch):
+    """A mirror folder holding the two fixtures as davidson and hate_speech18, accepted by their checksums."""
+    mirror = tmp_path / "mirror"
+    (mirror / "davidson").mkdir(parents=True)
+    (mirror / "hate_speech18").mkdir()
+    shutil.copy(DAVIDSON_NEAR_DUPS, mirror / corpus.FILES["davidson"])
+    shutil.copy(HATE18_AUTHORS, mirror / corpus.FILES["hate_speech18"])
+    monkeypatch.setitem(corpus.SHA256, "davidson", hashlib.sha256(DAVIDSON_NEAR_DUPS.read_bytes()).hexdigest())
+    with zipfile.ZipFile(HATE18_AUTHORS) as archive:
+        meta = archive.read("hate-speech-dataset-master/annotations_metadata.csv")
+    monkeypatch.setitem(corpus.SHA256, "hate_speech18", hashlib.sha256(meta).hexdigest())
+    return mirror

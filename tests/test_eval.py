@@ -19,11 +19,12 @@ from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
 import classifier
-import data
+import corpus
 import eval as E
 import metrics
 import report
 import runs as runs_module
+import splits
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
@@ -205,10 +206,10 @@ def test_cli_bare_form_writes_the_report_beside_the_runs(runs):
 
 
 def first_test_text(runs):
-    manifest = data.load_manifest(runs["teacher"].parent / "split.json")
-    dataset = data.load_dataset(runs_module.read_info(runs["teacher"])["data"],
-                                label_map={"ok": 0, "toxic": 1})
-    test = data.apply_split(dataset, manifest)["test"]
+    manifest = splits.load_manifest(runs["teacher"].parent / "split.json")
+    dataset = corpus.load_dataset(runs_module.read_info(runs["teacher"])["data"],
+                                  label_map={"ok": 0, "toxic": 1})
+    test = splits.apply_split(dataset, manifest)["test"]
     return test.texts[0]
 
 
@@ -281,9 +282,9 @@ def test_runs_on_different_splits_are_refused(runs, tmp_path):
     other = tmp_path / "other" / "teacher"
     shutil.copytree(runs["teacher"], other)
     info = json.loads((other / "run.json").read_text())
-    dataset = data.load_dataset(info["settings"]["data"], label_map={"ok": 0, "toxic": 1})
-    manifest = data.make_split(dataset, seed=7)
-    data.save_manifest(manifest, tmp_path / "other" / "split.json")
+    dataset = corpus.load_dataset(info["settings"]["data"], label_map={"ok": 0, "toxic": 1})
+    manifest = splits.make_split(dataset, seed=7)
+    splits.save_manifest(manifest, tmp_path / "other" / "split.json")
     info["settings"]["split"] = str(tmp_path / "other" / "split.json")
     info["results"]["split_sha256"] = manifest["manifest_sha256"]
     (other / "run.json").write_text(json.dumps(info))
@@ -496,14 +497,14 @@ def test_each_datasets_test_texts_are_the_same_for_every_run():
     mirror = str(ROOT.parent / "shared" / "data")
     cache, texts = {}, {}
     for data_name in ("davidson", "hate_speech18", "davidson+hate_speech18"):
-        both = data.load_dataset(data_name, mirror=mirror)
-        manifest = data.make_split(both, seed=0)
+        both = corpus.load_dataset(data_name, mirror=mirror)
+        manifest = splits.make_split(both, seed=0)
         folder = ROOT / "runs-test-tmp"  # never written: load_test_split reads only the manifest path
         info = runs_module.RunInfo({"data": data_name, "data_mirror": mirror, "split": "x", "split_seed": 0},
                                    {"split_sha256": manifest["manifest_sha256"]})
         real = runs_module.load_test_split
         try:
-            runs_module.load_test_split = lambda d, i, b=both, m=manifest: (data.apply_split(b, m)["test"], None, m)
+            runs_module.load_test_split = lambda d, i, b=both, m=manifest: (splits.apply_split(b, m)["test"], None, m)
             for name in report.CROSS_DATASETS:
                 texts[(data_name, name)] = report.dataset_test_texts(folder, info, name, cache)[0]
         finally:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import data
 import lora
 import pretrained
 import quantize as Q
+import wordpiece
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-bert"
 TEXTS = ["you are awesome", "what a terrible, terrible idea!!", "@user RT http://t.co/x the game starts at 8",
@@ -25,7 +25,7 @@ def fp32():
 
 @pytest.fixture(scope="module")
 def batch():
-    return data.encode(data.load_tokenizer(TINY), TEXTS, 32)
+    return wordpiece.encode(wordpiece.load_tokenizer(TINY), TEXTS, 32)
 
 
 def forward(net, batch):
@@ -140,8 +140,8 @@ def test_real_weights_minilm_int8_keeps_the_sentence_vectors():
     # Measured: cosine 0.979-0.987 after 6 layers (0.9998 after one); the error of 8-bit activations
     # adds up layer by layer. What it costs a classifier is measured on the test sets (README).
     net = pretrained.from_pretrained(pretrained.DEFAULT_MODEL, verbose=False).eval()
-    tokenizer = data.load_tokenizer(pretrained.resolve_model_dir(pretrained.DEFAULT_MODEL))
-    batch = data.encode(tokenizer, TEXTS, 64)
+    tokenizer = wordpiece.load_tokenizer(pretrained.resolve_model_dir(pretrained.DEFAULT_MODEL))
+    batch = wordpiece.encode(tokenizer, TEXTS, 64)
     q = Q.quantize(net)
     a, b = forward(net, batch), forward(q, batch)
     cos = torch.nn.functional.cosine_similarity(a.hidden_states[-1][:, 0], b.hidden_states[-1][:, 0], dim=-1)

@@ -1,0 +1,160 @@
+"""Batches: pre-tokenized once, bucketed by length so little compute goes to padding; and the class
+weights of an imbalanced dataset.
+
+BucketBatchSampler decides which texts meet in a batch (deterministic, resumable, shardable);
+Loader turns those indices into the tensors of a batch; class_weights and pos_weights weigh the
+rare class (or a label's rare answer) as much as the common one in the loss.
+
+This module imports nothing from the rest of nanobert but the file plumbing (files.py) and the
+tokenizer (wordpiece.py).
+"""
+
+import numpy as np
+import torch
+
+from files import DataError
+from wordpiece import pad, tensors, token_ids
+
+
+class BucketBatchSampler:
+    """Batches of indices, similar lengths together; deterministic from (seed, epoch), resumable, shardable.
+
+    shuffle=True: shuffle, sort by length within chunks of `bucket_batches` batches, cut into batches,
+    shuffle the batches. A batch then holds texts of similar length (little padding), yet which texts
+    meet and the order of batches still change every epoch. shuffle=False: batches in dataset order.
+
+    With num_replicas > 1 (distributed training) batch_size is the global batch: every rank computes
+    the same global batches and takes its share of each, rows rank, rank + num_replicas, ... So one
+    optimizer step sees the same examples however many processes share the work. A last global
+    batch smaller than num_replicas is left out, so that every rank has a part of every batch.
+
+    A full pass moves on to the next epoch by itself. To resume, load_state_dict() and iterate:
+    the batches already done in that epoch are skipped (do not call set_epoch, which restarts it).
+    """
+
+    def __init__(self, lengths, batch_size, *, shuffle=True, seed=0, bucket_batches=50, drop_last=False,
+                 num_replicas=1, rank=0):
+        if batch_size < 1 or bucket_batches < 1:
+            raise ValueError(f"batch_size={batch_size}, bucket_batches={bucket_batches}: expected both >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank}, num_replicas={num_replicas}: expected 0 <= rank < num_replicas")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.bucket_batches, self.drop_last = bucket_batches, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.batches_done = 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch, self.batches_done = epoch, 0
+
+    def global_batches(self, epoch=None):
+        """All batches of an epoch, for all ranks, in order."""
+        n, size = len(self.lengths), self.batch_size
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+            order, chunk, batches = rng.permutation(n), size * self.bucket_batches, []
+            for start in range(0, n, chunk):
+                piece = order[start : start + chunk]
+                piece = piece[np.argsort(self.lengths[piece], kind="stable")]
+                batches += [piece[i : i + size] for i in range(0, len(piece), size)]
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        else:
+            batches = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == size]
+        return [b for b in batches if len(b) >= self.num_replicas]
+
+    def __len__(self):
+        n, size = len(self.lengths), self.batch_size
+        full, rest = divmod(n, size)
+        return full + (0 < rest and not self.drop_last and rest >= self.num_replicas)
+
+    def __iter__(self):
+        # Counting the batches handed out is what makes a mid-epoch resume possible: a restored
+        # sampler recomputes the same order and skips what was done.
+        batches = self.global_batches()
+        for i in range(self.batches_done, len(batches)):
+            self.batches_done = i + 1
+            yield batches[i][self.rank :: self.num_replicas].tolist()
+        self.epoch, self.batches_done = self.epoch + 1, 0  # the next pass is the next epoch
+
+    def state_dict(self):
+        return {"seed": self.seed, "epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state):
+        self.seed, self.epoch, self.batches_done = state["seed"], state["epoch"], state["batches_done"]
+
+
+def padding_fraction(lengths, batches):
+    """Share of the token positions in padded batches that are padding."""
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches if len(b))
+    return 1 - real / total if total else 0.0
+
+
+def class_weights(labels, num_classes=None):
+    """Inverse-frequency class weights normalised so that the weighted count equals the plain count."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes or 0)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise DataError(f"class(es) {empty} have no examples; expected every class at least once for inverse frequency")
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def pos_weights(labels):
+    """Per label of a multi-label dataset, negatives / positives among the texts that annotate it (-1 does not).
+
+    The pos_weight of a binary cross-entropy: a label's positives then weigh as much as its negatives.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 2:
+        raise DataError(f"labels of shape {labels.shape}: expected (texts, labels), one 0/1/-1 list per text")
+    positives, negatives = (labels == 1).sum(axis=0), (labels == 0).sum(axis=0)
+    if (positives == 0).any() or (negatives == 0).any():
+        empty = np.flatnonzero((positives == 0) | (negatives == 0)).tolist()
+        raise DataError(f"label(s) {empty} lack positive or negative examples; expected both for negatives/positives")
+    return torch.tensor(negatives / positives, dtype=torch.float32)
+
+
+class Loader:
+    """Batches of tensors from texts: tokenized once up front, then padded per batch.
+
+    Yields dicts with input_ids, attention_mask, token_type_ids (B, T), labels if labels were given
+    ((B,) of class ids, or (B, L) of 1/0/-1 for multi-label lists), and index (B,): each row's
+    position in `texts`, to put predictions back in order.
+    """
+
+    def __init__(self, texts, labels, tokenizer, max_length, batch_size, *, shuffle=False, seed=0,
+                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0):
+        ids = token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
+        self.ids, self.lengths = pad(ids, tokenizer)
+        # One tensor either way: a list of ints is (N,), a list of [toxic, hate] pairs is (N, 2).
+        self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
+        if self.labels is not None and len(self.labels) != len(ids):
+            raise ValueError(f"{len(ids)} texts but {len(self.labels)} labels; expected one label per text")
+        self.sampler = BucketBatchSampler(self.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                          bucket_batches=bucket_batches, num_replicas=num_replicas, rank=rank)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for indices in self.sampler:
+            yield self.collate(indices)
+
+    def collate(self, indices):
+        batch = tensors(self.ids[indices], self.lengths[indices])
+        batch["index"] = torch.tensor(indices, dtype=torch.long)
+        if self.labels is not None:
+            batch["labels"] = self.labels[batch["index"]]
+        return batch
+
+    def padding_fraction(self, epoch=None):
+        return padding_fraction(self.lengths, self.sampler.global_batches(epoch))
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state):
+        self.sampler.load_state_dict(state)
