@@ -137,3 +137,27 @@ def test_holm_by_hand():
     assert metrics.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert metrics.holm([0.5, 0.9]) == [1.0, 1.0] and metrics.holm([]) == []  # 0.5 * 2 = 1, and none below it after
     assert metrics.holm([0.02]) == [0.02]  # one test: nothing to adjust
+
+
+# -----------------------------------------------------------------------------
+# Multi-label: each label on the texts that annotate it
+
+
+def test_multilabel_metrics_score_each_label_on_the_texts_that_annotate_it():
+    # Two labels over six texts; toxic is not annotated (-1) on texts 2 and 5.
+    labels = np.array([[1, 1], [0, 0], [-1, 0], [1, 0], [0, 1], [-1, 0]])
+    probs = np.array([[0.9, 0.7], [0.3, 0.2], [0.99, 0.1], [0.45, 0.4], [0.6, 0.3], [0.1, 0.05]], dtype=np.float32)
+    m = metrics.multilabel_metrics(labels, probs, ["toxic", "hate"], {"toxic": 0.5})
+    toxic, hate = m["labels"]["toxic"], m["labels"]["hate"]
+    # toxic on texts 0, 1, 3, 4: yes, no, no, yes for truths 1, 0, 1, 0: one of each outcome; ROC-AUC 3 of 4 pairs.
+    assert toxic["n"] == 4 and toxic["confusion_matrix"] == [[1, 1], [1, 1]] and toxic["threshold"] == 0.5
+    assert toxic["accuracy"] == 0.5 and toxic["macro_f1"] == 0.5 and toxic["roc_auc"] == 0.75
+    # hate on all six at 0.5 (no threshold given): only text 0 yes; F1 2/3 and 8/9; ROC-AUC 7 of 8 pairs.
+    assert hate["n"] == 6 and hate["confusion_matrix"] == [[4, 0], [1, 1]] and hate["threshold"] == 0.5
+    assert hate["accuracy"] == pytest.approx(5 / 6) and hate["macro_f1"] == pytest.approx(7 / 9) and hate["roc_auc"] == 0.875
+    assert m["n"] == 6 and m["accuracy"] == pytest.approx(2 / 3) and m["macro_f1"] == pytest.approx(23 / 36)
+    assert list(m) == ["n", "labels", "accuracy", "macro_f1"] and type(m["accuracy"]) is float
+    # Each label is label_metrics() of its column at its threshold, nothing else.
+    lower = metrics.multilabel_metrics(labels.tolist(), probs, ["toxic", "hate"], {"hate": 0.25})
+    assert lower["labels"]["toxic"] == toxic and lower["labels"]["hate"] == metrics.label_metrics(labels[:, 1], probs[:, 1], 0.25)
+    assert lower["labels"]["hate"]["confusion_matrix"] == [[3, 1], [0, 2]]
