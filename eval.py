@@ -8,9 +8,10 @@ The command line for trained runs: the comparison report, labelling texts or fil
     python eval.py export runs/quick/odd                                                # -> runs/quick/odd-int8/
     python eval.py behaviour runs/quick/teacher runs/quick/odd                          # the functional test suite
 
-The work is done elsewhere: report.py (evaluation, tables, statistics, the model card), plots.py,
-classifier.py (predicting), runs.py (the run folder, the int8 export), behaviour.py (the functional
-test suite). This file only reads flags.
+The work is done elsewhere: report.py (the comparison report), measure.py (a run on its test split,
+the int8 export measured), beyond.py (the behaviour suite and each dataset's test split), card.py
+(the model card), classifier.py (predicting), runs.py (the run folder, the int8 export),
+behaviour.py (the functional test suite). This file only reads flags.
 """
 
 import argparse
@@ -23,11 +24,15 @@ from pathlib import Path
 import torch
 
 import behaviour
+import beyond
+import card
 import classifier
 import files
+import measure
 import precision
 import report
 import runs
+import tables
 
 # -----------------------------------------------------------------------------
 # predict: texts from the command line, stdin, or a CSV / JSONL file
@@ -160,11 +165,11 @@ def cmd_export(args):
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
     out = runs.export_int8(args.run, args.out)
-    report.write_model_card(out)
-    print(f"wrote {out}: int8 linear layers, {report.fmt_bytes(runs.weights_file(out).stat().st_size)} "
-          f"(fp32 {report.fmt_bytes(runs.weights_file(args.run).stat().st_size)} for what the run trained)")
+    card.write_model_card(out)
+    print(f"wrote {out}: int8 linear layers, {tables.fmt_bytes(runs.weights_file(out).stat().st_size)} "
+          f"(fp32 {tables.fmt_bytes(runs.weights_file(args.run).stat().st_size)} for what the run trained)")
     if not args.no_measure:
-        report.measure_export(args.run, out, latency_n=args.latency_sentences)
+        measure.measure_export(args.run, out, latency_n=args.latency_sentences)
 
 
 # -----------------------------------------------------------------------------
@@ -175,7 +180,7 @@ def cmd_beyond(args):
     if args.out:
         files.check_writable(args.out, "--out")
     out = args.out or Path(args.runs[0]).parent / "beyond"
-    report.beyond(args.runs, out, device=args.device, precision=args.precision)
+    beyond.beyond(args.runs, out, device=args.device, precision=args.precision)
 
 
 def set_threads(n):
@@ -194,7 +199,7 @@ def cmd_behaviour(args):
     results = {}
     for run_dir in args.runs:
         clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision)
-        result = behaviour.run_suite(cases, report.suite_predict(clf))
+        result = behaviour.run_suite(cases, beyond.suite_predict(clf))
         results[str(run_dir)] = result
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
                             f"({s['min_functionality']})" for label, s in result["summary"].items())
@@ -202,7 +207,7 @@ def cmd_behaviour(args):
         lines += [f"## {run_dir}", "", behaviour.format_markdown(result), ""]
     if args.out:
         files.write_text(Path(args.out) / "behaviour.md", "\n".join(lines) + "\n")
-        files.write_json(Path(args.out) / "behaviour.json", report.json_safe(results))
+        files.write_json(Path(args.out) / "behaviour.json", tables.json_safe(results))
         print(f"wrote {Path(args.out) / 'behaviour.md'} and behaviour.json")
 
 

@@ -6,7 +6,9 @@ Read top to bottom:
   1. scores of one set of predictions: confusion matrix, precision/recall/F1, macro-F1, ROC-AUC;
   2. statistics over runs and test examples: mean ± std over seeds, a paired bootstrap interval,
      McNemar's exact test, Holm's adjustment for many comparisons, and a sentence per comparison
-     that claims no more than its interval allows.
+     that claims no more than its interval allows;
+  3. multi-label: each label a yes/no question on the texts that annotate it; its scores, those of
+     every label of a model, and its decision threshold.
 
 This module imports nothing from the project.
 """
@@ -202,6 +204,19 @@ def label_metrics(labels, probs, threshold=0.5):
     out = metrics(y.tolist(), (p >= threshold).astype(int).tolist(), 2, p.tolist())
     out["threshold"] = float(threshold)
     return out
+
+
+def multilabel_metrics(labels, probs, names, thresholds=None):
+    """
+    The scores of a multi-label model: label_metrics() of every label at its threshold (0.5 where
+    none is given) under "labels", and the mean over the labels of their accuracy and macro-F1.
+    labels (N, L), -1 where a text's source does not annotate the label; probs (N, L); names: the
+    L label names, in column order.
+    """
+    labels, probs, thresholds = np.asarray(labels), np.asarray(probs), thresholds or {}
+    per_label = {name: label_metrics(labels[:, j], probs[:, j], thresholds.get(name, 0.5)) for j, name in enumerate(names)}
+    return {"n": len(labels), "labels": per_label,
+            **{k: float(np.mean([m[k] for m in per_label.values()])) for k in ("accuracy", "macro_f1")}}
 
 
 def best_threshold(labels, probs, target_precision=None):

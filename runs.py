@@ -6,7 +6,7 @@ A run folder, as train.py leaves it:
     run.json                 {"format", "settings": what was asked, "results": what happened}
     metrics.jsonl            one record per logged step ({"kind": "step"}) and per epoch ({"kind": "epoch"})
     summary.json             written last: wall time, steps, best epoch, peak memory; its presence means finished
-    README.md                the model card (report.model_card)
+    README.md                the model card (card.py)
     config.json + model.safetensors + vocab.txt         a full model (teacher, student), or
     adapter_config.json + adapter_model.safetensors     a LoRA adapter on a named base model, or
     config.json + model-int8.safetensors                an int8 export (quantize.py's format)
@@ -367,6 +367,27 @@ def model_key(info):
     if info.get("quantized"):
         key["quantized"] = info["quantized"]
     return json.dumps(key, sort_keys=True, default=str)
+
+
+def group_runs(infos, names):
+    """[{'label', 'method', 'names'}]: runs that differ only in how they were executed (seeds of one
+    model, model_key), in the order given."""
+    groups = {}
+    for info, name in zip(infos, names, strict=True):
+        info = as_info(info)
+        key = model_key(info)
+        groups.setdefault(key, {"label": method_label(info), "method": info["method"], "names": [], "key": json.loads(key)})
+        groups[key]["names"].append(name)
+    groups = list(groups.values())
+    # Two arms of one method (say teachers at two learning rates, or in fp32 and bf16) get the settings
+    # that tell them apart.
+    base = [g["label"] for g in groups]
+    for g, label in zip(groups, base, strict=True):
+        same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
+        if len(same) > 1:
+            keys = sorted(k for k in set().union(*same) if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
+            g["label"] += " (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:3]) + ")"
+    return [{k: v for k, v in g.items() if k != "key"} for g in groups]
 
 
 def run_names(run_dirs):

@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import batching
+import card
 import classifier
 import corpus
 import distill
@@ -674,10 +675,7 @@ def validation_scores(t: Training, thresholds=None):
         return metrics.metrics(labels.tolist(), probs.argmax(-1).tolist(), probs.shape[1],
                                probs[:, 1].tolist() if probs.shape[1] == 2 else None)
     names = [t.net.config.id2label[j] for j in range(labels.shape[1])]
-    per_label = {name: metrics.label_metrics(labels[:, j], probs[:, j], (thresholds or {}).get(name, 0.5))
-                 for j, name in enumerate(names)}
-    return {"accuracy": float(np.mean([m["accuracy"] for m in per_label.values()])),
-            "macro_f1": float(np.mean([m["macro_f1"] for m in per_label.values()])), "labels": per_label}
+    return metrics.multilabel_metrics(labels, probs, names, thresholds)
 
 
 def choose_thresholds(t: Training, net):
@@ -728,12 +726,12 @@ def finish(t: Training):
             print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in info.results["thresholds"].items()))
         # The test split is scored once, for the model card; it never chose anything.
         test, _, _ = runs.load_test_split(t.dir, info)
-        info.results["test"] = report.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
+        info.results["test"] = card.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)
         runs.write_info(t.dir, info)
         if t.dir != t.final:  # a replacement, complete: it takes the old run's place only now
             runs.replace_run(t.dir, t.final)
             t.dir = t.final
-        report.write_model_card(t.dir, summary)
+        card.write_model_card(t.dir, summary)
         runs.write_summary(t.dir, summary)
         runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
     if t.world > 1:
@@ -918,7 +916,7 @@ def run_all(args):
         for source in ("teacher", best, name):
             print(f"== {source}-int8 ==")
             exports.append(runs.export_int8(runs_dir / source, runs_dir / f"{source}-int8"))
-            report.write_model_card(exports[-1])
+            card.write_model_card(exports[-1])
     report.report([runs_dir / name for name, _, _ in plan] + exports, runs_dir / "report")
     for name, s in summaries.items():
         print(f"{name:14s} {s['wall_seconds']:7.0f}s  best validation macro-F1 {s['best_val_macro_f1']:.4f}")

@@ -1,12 +1,14 @@
-"""Shared test data: a toy comment dataset that the tiny model learns in a few steps; and the
-fixture files, fixtures and helpers that the tests of the data modules (wordpiece, readers, corpus,
-splits, batching) share."""
+"""Shared test data: a toy comment dataset that the tiny model learns in a few steps, tiny runs
+trained on it by train.py; and the fixture files, fixtures and helpers that the tests of the data
+modules (wordpiece, readers, corpus, splits, batching) share."""
 
 import csv
 import hashlib
 import os
 import random
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -20,6 +22,9 @@ import wordpiece
 # the machine is busy. OMP_NUM_THREADS reaches the train.py processes the tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
 
 NEUTRAL = ("you are the people day it was on for with his they at be this from have or by one had not but what "
            "all were when we there can an your which their said if do will each about how up out them").split()
@@ -73,7 +78,6 @@ def toy2(tmp_path_factory):
 # for the grouped splits and the two-label dataset). Checks against the real datasets run only
 # where the offline mirror ../shared exists beside the repository.
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 DATA = FIXTURES / "data"
 TOKENIZER = FIXTURES / "tokenizer"
@@ -121,3 +125,29 @@ def tiny_mirror(tmp_path, monkeypatch):
         meta = archive.read("hate-speech-dataset-master/annotations_metadata.csv")
     monkeypatch.setitem(corpus.SHA256, "hate_speech18", hashlib.sha256(meta).hexdigest())
     return mirror
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A teacher, an odd student of seeds 0 and 1, and LoRA, trained by train.py on 160 texts whose label
+    one word gives away: {name: run folder}, shared by the tests of the report, the int8 measurement
+    and the model card."""
+    root = tmp_path_factory.mktemp("eval")
+    toy = write_toy_csv(root / "toy.csv", names=("ok", "toxic"))
+    common = ["--data", toy, "--label-map", '{"ok": 0, "toxic": 1}', "--batch-size", 8, "--no-progress", "--threads", 1]
+    dirs = {name: root / "runs" / name for name in ("teacher", "odd", "odd-s1", "lora")}
+
+    def start(*argv):
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def wait(*procs):
+        for p in procs:
+            out = p.communicate(timeout=300)[0]
+            assert p.returncode == 0, out
+
+    wait(start("teacher", "--model", TINY, "--out", dirs["teacher"], "--epochs", 4, "--lr", 3e-3, *common))
+    student = ["distill", "--teacher", dirs["teacher"], "--layers", "odd", "--epochs", 2, "--lr", 3e-3, *common]
+    wait(start(*student, "--out", dirs["odd"]), start(*student, "--out", dirs["odd-s1"], "--seed", 1),
+         start("lora", "--model", TINY, "--out", dirs["lora"], "--epochs", 2, "--lr", 1e-2, *common))
+    return dirs

@@ -1,6 +1,6 @@
-"""Tests on tiny runs trained by train.py (a teacher, an odd student of two seeds, LoRA): the report
-(report.py, plots.py), predict and export through eval.py's command line and runs.py, and every
-kind of bad input."""
+"""Tests on tiny runs trained by train.py (a teacher, an odd student of two seeds, LoRA: conftest.py's
+`runs`): the comparison report (report.py, plots.py), predict and export through eval.py's command
+line and runs.py, and every kind of bad input."""
 
 import csv
 import io
@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
-import classifier
 import corpus
 import eval as E
 import metrics
@@ -32,7 +30,7 @@ nan = float("nan")
 
 
 # -----------------------------------------------------------------------------
-# Tiny runs trained by train.py
+# The report of the tiny runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,30 +40,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A teacher, an odd student of seeds 0 and 1, and LoRA, on 160 texts whose label one word gives away."""
-    root = tmp_path_factory.mktemp("eval")
-    toy = write_toy_csv(root / "toy.csv", names=("ok", "toxic"))
-    common = ["--data", toy, "--label-map", '{"ok": 0, "toxic": 1}', "--batch-size", 8, "--no-progress", "--threads", 1]
-    dirs = {name: root / "runs" / name for name in ("teacher", "odd", "odd-s1", "lora")}
-
-    def start(*argv):
-        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    def wait(*procs):
-        for p in procs:
-            out = p.communicate(timeout=300)[0]
-            assert p.returncode == 0, out
-
-    wait(start("teacher", "--model", TINY, "--out", dirs["teacher"], "--epochs", 4, "--lr", 3e-3, *common))
-    student = ["distill", "--teacher", dirs["teacher"], "--layers", "odd", "--epochs", 2, "--lr", 3e-3, *common]
-    wait(start(*student, "--out", dirs["odd"]), start(*student, "--out", dirs["odd-s1"], "--seed", 1),
-         start("lora", "--model", TINY, "--out", dirs["lora"], "--epochs", 2, "--lr", 1e-2, *common))
-    return dirs
 
 
 @pytest.fixture(scope="module")
@@ -302,30 +276,6 @@ def test_the_same_run_twice_is_refused(runs, tmp_path):
 # export: an int8 model
 
 
-@pytest.mark.parametrize("name", ["odd", "lora"])
-def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
-    out = tmp_path / f"{name}-int8"
-    runs_module.export_int8(runs[name], out)
-    result = report.measure_export(runs[name], out, latency_n=5)
-    assert runs_module.is_lora_run(out) is False and (out / "summary.json").is_file()
-    info = runs_module.read_info(out)
-    assert info["quantized"] == "nanobert-dynamic-int8" and info["source_run"] == str(runs[name])
-    assert runs_module.method_label(info) == f"{name} int8"
-    net, _, _ = runs_module.load_run(out)
-    assert type(net.classifier).__name__ == "Linear" and net.classifier.__module__.startswith("torch.ao.nn.quantized")
-    # Close to the fp32 model on every test text; the speed and size measured beside it.
-    assert result["agreement"] >= 0.9 and result["max_abs_prob_diff"] < 0.1
-    # Accuracy can only differ on the texts whose label differs (16 texts: macro-F1 jumps with one).
-    assert abs(result["int8"]["accuracy"] - result["fp32"]["accuracy"]) <= 1 - result["agreement"] + 1e-9
-    assert result["int8"]["size_bytes"] < result["fp32"]["size_bytes"]
-    assert result["fp32"]["sentences_per_s"] > 0 and result["int8"]["latency_p50_ms"] > 0
-    assert "| int8 |" in (out / "export.md").read_text() and json.loads((out / "export.json").read_text())["n"] == 16
-    with pytest.raises(runs_module.RunError, match="already an int8 model"):
-        runs_module.export_int8(out, tmp_path / "again")
-    with pytest.raises(runs_module.RunError, match="must not overwrite its own source run"):
-        runs_module.export_int8(runs[name], runs[name])
-
-
 def test_int8_runs_join_the_report_and_the_efficiency_plot(runs, tmp_path):
     runs_module.export_int8(runs["teacher"], tmp_path / "teacher-int8")
     rows = report.report([runs["teacher"], tmp_path / "teacher-int8"], tmp_path / "report", device="cpu", resamples=20, latency_n=5)
@@ -408,24 +358,6 @@ def test_stdin_blank_lines_are_skipped_not_fatal(runs, monkeypatch, capsys):
     assert len(captured.out.splitlines()) == 2 and "skipped 1 blank text" in captured.err
 
 
-def test_blank_means_nothing_printable():
-    # One definition (classifier.is_blank) for the command line and the web page.
-    for text in ("", "   ", "\n\t\r", "\u200f\u200b", " \x00 "):
-        assert classifier.is_blank(text), repr(text)
-    for text in ("a", "  .  ", "🙂", "\u200fok"):
-        assert not classifier.is_blank(text), repr(text)
-
-
-def test_every_run_folder_has_a_model_card(runs):
-    card = (runs["teacher"] / "README.md").read_text()
-    info = runs_module.read_info(runs["teacher"])
-    assert card.startswith("# teacher: teacher") and f"{info['test']['n']} texts" in card
-    assert f"macro-F1 {report.fmt_num(info['test']['macro_f1'])}" in card and "Classifier.from_run" in card
-    assert info["split_sha256"][:12] in card and "Intended use and limitations" in card
-    student = (runs["odd"] / "README.md").read_text()
-    assert "# odd: odd" in student and "layers [1, 3] of the teacher" in student
-
-
 def test_behaviour_command_scores_runs_on_the_suite(runs, tmp_path, capsys):
     E.main(["behaviour", str(runs["teacher"]), "--out", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
@@ -470,47 +402,10 @@ def test_two_label_predict_says_yes_or_no_to_each_label(two_label_runs, capsys):
     clf = Classifier.from_run(two_label_runs / "teacher")
     got = clf.predict(["you are the vermin here", "you are an idiot", "what a good day"])
     assert [r["label"] for r in got] == ["hate", "toxic", "none"]
-    assert classifier.NO_LABEL == "none" and got[2]["score"] == max(got[2]["probabilities"].values())
-    assert [clf.verdict(list(r["probabilities"].values())) for r in got] == [(r["label"], r["score"]) for r in got]
     assert got[0]["decisions"] == {"toxic": True, "hate": True} and got[2]["decisions"] == {"toxic": False, "hate": False}
     E.main(["predict", "--run", str(two_label_runs / "teacher"), "you are the vermin here"])
     line = capsys.readouterr().out.strip()
     assert line.startswith("hate\ttoxic=") and "hate=" in line and "*" in line
-
-
-def test_cross_comparisons_pair_only_runs_scored_on_the_same_texts():
-    y = [1, 0, 1, 0, -1, 1]
-    def entry(decisions, sha="same"):
-        return {"cross": {"davidson": {"seen": True, "texts_sha256": sha,
-                                       "hate": {"labels": y, "decisions": decisions, "macro_f1": 0.5, "f1": 0.5}}}}
-    extras = {"a": entry([1, 0, 1, 0, 0, 1]), "b": entry([0, 0, 0, 0, 0, 0]), "c": entry([1, 1, 1, 1, 1, 1], sha="other")}
-    groups = [{"label": n, "names": [n], "method": "teacher"} for n in "abc"]
-    pairs = report.cross_comparisons(extras, groups, resamples=200)
-    assert [(p["a"], p["b"]) for p in pairs] == [("a", "b")]  # c was scored on other texts: never paired
-    # a is right on all five annotated texts (macro-F1 1), b calls everything no (macro-F1 of 3 "no" wrong).
-    b_f1 = (0 + 2 * 2 / (2 * 2 + 3)) / 2
-    assert pairs[0]["diff"] == pytest.approx(1 - b_f1) and pairs[0]["low"] <= pairs[0]["diff"] <= pairs[0]["high"]
-
-
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="no ../shared/data mirror here")
-def test_each_datasets_test_texts_are_the_same_for_every_run():
-    mirror = str(ROOT.parent / "shared" / "data")
-    cache, texts = {}, {}
-    for data_name in ("davidson", "hate_speech18", "davidson+hate_speech18"):
-        both = corpus.load_dataset(data_name, mirror=mirror)
-        manifest = splits.make_split(both, seed=0)
-        folder = ROOT / "runs-test-tmp"  # never written: load_test_split reads only the manifest path
-        info = runs_module.RunInfo({"data": data_name, "data_mirror": mirror, "split": "x", "split_seed": 0},
-                                   {"split_sha256": manifest["manifest_sha256"]})
-        real = runs_module.load_test_split
-        try:
-            runs_module.load_test_split = lambda d, i, b=both, m=manifest: (splits.apply_split(b, m)["test"], None, m)
-            for name in report.CROSS_DATASETS:
-                texts[(data_name, name)] = report.dataset_test_texts(folder, info, name, cache)[0]
-        finally:
-            runs_module.load_test_split = real
-    for name in report.CROSS_DATASETS:
-        assert texts[("davidson", name)] == texts[("hate_speech18", name)] == texts[("davidson+hate_speech18", name)]
 
 
 def test_predict_notes_cut_and_unknown_only_texts(runs, capsys):

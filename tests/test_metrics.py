@@ -1,5 +1,5 @@
 """Tests for metrics.py: every score, McNemar, the bootstrap and Holm against values worked out by hand,
-and report.py's table cells that show them."""
+and the scores of a multi-label model, label by label."""
 
 import math
 
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import metrics
-import report
 
 nan = float("nan")
 
@@ -46,26 +45,17 @@ def test_a_model_that_predicts_one_class_everywhere():
     # Never predicts toxic: precision 0/0 is undefined, recall 0/2 = 0, F1 0; class 0: P 3/5, R 1, F1 3/4.
     assert math.isnan(m["precision"]) and m["recall"] == 0 and m["f1"] == 0
     assert m["macro_f1"] == pytest.approx(3 / 8) and m["accuracy"] == pytest.approx(3 / 5) and m["roc_auc"] == 0.5
-    row = {"label_names": ["not toxic", "toxic"], **m}
-    assert report.cell([row], "precision", report.fmt_num) == "n/a (never predicts toxic)"
-    assert report.cell([row], "recall", report.fmt_num) == "0.0000"
     # Always toxic: precision 2/5, recall 1, F1 4/7; class 0 is never found, F1 0: macro-F1 2/7.
     m = metrics.metrics(labels, [1] * 5, 2)
     assert m["precision"] == pytest.approx(2 / 5) and m["recall"] == 1 and m["macro_f1"] == pytest.approx(2 / 7)
-    # No toxic text at all in the test set: recall undefined, said so.
-    row = {"label_names": ["not toxic", "toxic"], **metrics.metrics([0, 0], [0, 0], 2, [0.1, 0.2])}
-    assert report.cell([row], "recall", report.fmt_num) == "n/a (no toxic in the test set)"
-    assert report.cell([row], "roc_auc", report.fmt_num) == "n/a (one class in the test set)"
+    # No toxic text at all in the test set: recall and ROC-AUC undefined (tables.py says why).
+    m = metrics.metrics([0, 0], [0, 0], 2, [0.1, 0.2])
+    assert math.isnan(m["recall"]) and math.isnan(m["roc_auc"]) and m["accuracy"] == 1
 
 
-def test_cells_show_mean_and_sample_std_over_seeds():
-    rows = [{"label_names": ["ok", "toxic"], "precision": 0.8}, {"label_names": ["ok", "toxic"], "precision": 0.9}]
-    assert report.cell(rows, "precision", report.fmt_num) == "0.8500 ± 0.0707"  # std with n - 1: sqrt(0.005)
-    rows[1]["precision"] = nan
-    assert report.cell(rows, "precision", report.fmt_num) == "0.8000 (n/a in 1 of 2 seeds: never predicts toxic)"
+def test_mean_std_of_the_defined_values():
+    assert metrics.mean_std([0.8, 0.9]) == (pytest.approx(0.85), pytest.approx(math.sqrt(0.005)))  # std with n - 1
     assert metrics.mean_std([0.5, None, nan]) == (0.5, 0.0) and all(map(math.isnan, metrics.mean_std([nan])))
-    same = [{"params_total": 1000}, {"params_total": 1000}]
-    assert report.cell(same, "params_total", lambda v: f"{v:,}", spread=False) == "1,000"
 
 
 # -----------------------------------------------------------------------------
@@ -137,3 +127,27 @@ def test_holm_by_hand():
     assert metrics.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert metrics.holm([0.5, 0.9]) == [1.0, 1.0] and metrics.holm([]) == []  # 0.5 * 2 = 1, and none below it after
     assert metrics.holm([0.02]) == [0.02]  # one test: nothing to adjust
+
+
+# -----------------------------------------------------------------------------
+# Multi-label: each label on the texts that annotate it
+
+
+def test_multilabel_metrics_score_each_label_on_the_texts_that_annotate_it():
+    # Two labels over six texts; toxic is not annotated (-1) on texts 2 and 5.
+    labels = np.array([[1, 1], [0, 0], [-1, 0], [1, 0], [0, 1], [-1, 0]])
+    probs = np.array([[0.9, 0.7], [0.3, 0.2], [0.99, 0.1], [0.45, 0.4], [0.6, 0.3], [0.1, 0.05]], dtype=np.float32)
+    m = metrics.multilabel_metrics(labels, probs, ["toxic", "hate"], {"toxic": 0.5})
+    toxic, hate = m["labels"]["toxic"], m["labels"]["hate"]
+    # toxic on texts 0, 1, 3, 4: yes, no, no, yes for truths 1, 0, 1, 0: one of each outcome; ROC-AUC 3 of 4 pairs.
+    assert toxic["n"] == 4 and toxic["confusion_matrix"] == [[1, 1], [1, 1]] and toxic["threshold"] == 0.5
+    assert toxic["accuracy"] == 0.5 and toxic["macro_f1"] == 0.5 and toxic["roc_auc"] == 0.75
+    # hate on all six at 0.5 (no threshold given): only text 0 yes; F1 2/3 and 8/9; ROC-AUC 7 of 8 pairs.
+    assert hate["n"] == 6 and hate["confusion_matrix"] == [[4, 0], [1, 1]] and hate["threshold"] == 0.5
+    assert hate["accuracy"] == pytest.approx(5 / 6) and hate["macro_f1"] == pytest.approx(7 / 9) and hate["roc_auc"] == 0.875
+    assert m["n"] == 6 and m["accuracy"] == pytest.approx(2 / 3) and m["macro_f1"] == pytest.approx(23 / 36)
+    assert list(m) == ["n", "labels", "accuracy", "macro_f1"] and type(m["accuracy"]) is float
+    # Each label is label_metrics() of its column at its threshold, nothing else.
+    lower = metrics.multilabel_metrics(labels.tolist(), probs, ["toxic", "hate"], {"hate": 0.25})
+    assert lower["labels"]["toxic"] == toxic and lower["labels"]["hate"] == metrics.label_metrics(labels[:, 1], probs[:, 1], 0.25)
+    assert lower["labels"]["hate"]["confusion_matrix"] == [[3, 1], [0, 2]]

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import report
 import runs as R
 
 
@@ -31,7 +30,7 @@ def test_method_labels_and_groups(tmp_path):
     infos = [{"method": "teacher", "lr": 1e-4, "seed": 0, "run_dir": "a"}, {"method": "teacher", "lr": 3e-4, "seed": 0},
             {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "x", "seed": 0},
             {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "y", "seed": 1}]
-    groups = report.group_runs(infos, ["a", "b", "c", "d"])
+    groups = R.group_runs(infos, ["a", "b", "c", "d"])
     assert [(g["label"], g["names"]) for g in groups] == [
         ("teacher (lr=0.0001)", ["a"]), ("teacher (lr=0.0003)", ["b"]), ("even", ["c", "d"])]
     assert R.run_names([Path("s0/odd"), Path("s1/odd"), Path("s0/lora")]) == ["s0-odd", "s1-odd", "s0-lora"]
@@ -46,7 +45,7 @@ def test_method_labels_and_groups(tmp_path):
             {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 1, "importance_texts": 1000, "base": None},
             {"method": "teacher", "quantized": "q", "source_run": "s0/teacher", "seed": 0},
             {"method": "teacher", "quantized": "q", "source_run": "s1/teacher", "seed": 1}]
-    groups = report.group_runs(infos, list("abcdefgh"))
+    groups = R.group_runs(infos, list("abcdefgh"))
     assert [g["names"] for g in groups] == [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]
     assert R.model_key({**auto, "importance_texts": 500}) != R.model_key(auto)  # it does matter for auto
 
@@ -83,7 +82,7 @@ def test_seeds_group_on_settings_only(tmp_path):
     asked = R.RunInfo({**a.settings, "precision": "fp32"}, {"precision_chosen": "fp32"})
     assert R.model_key(bf16) == R.model_key(old_bf16) != R.model_key(fp32)
     assert R.model_key(old_fp32) == R.model_key(a) == R.model_key(asked) == R.model_key(fp32) != R.model_key(bf16)
-    groups = report.group_runs([old_fp32, bf16, asked, old_bf16], list("wxyz"))
+    groups = R.group_runs([old_fp32, bf16, asked, old_bf16], list("wxyz"))
     assert [(g["label"], g["names"]) for g in groups] == [("teacher (precision=fp32)", ["w", "y"]),
                                                          ("teacher (precision=bf16)", ["x", "z"])]
 

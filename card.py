@@ -1,0 +1,103 @@
+"""
+The model card: README.md in every run folder, what the model is, how it was made, how it scored
+on its test split, how to use it, and what it is not for.
+
+    test_scores(net, tokenizer, info, test)   the test scores train.py keeps in run.json, for the card
+    write_model_card(run_dir)                 README.md in the run folder (model_card: its text)
+
+The test split is scored once, when a run finishes; nothing was chosen on it.
+"""
+
+from pathlib import Path
+
+import batching
+import classifier
+import files
+import metrics
+import runs
+from tables import fmt_num, fmt_seconds
+
+# Known faults of a dataset's labels, said on the card of every model trained on it.
+LIMITATIONS = {
+    "davidson": "Davidson et al.'s labels mark profanity and dialect as much as hate: 77% of the tweets are "
+                "'offensive language', mostly swearing, so a model trained on them flags swearing (also friendly "
+                "swearing) and African-American English far more readily than it finds hate without swear words.",
+    "hate_speech18": "hate_speech18 is sentences from one white-supremacist forum: its hate is that forum's, and a "
+                     "model trained on it alone has seen little profanity, little other hate and no tweets.",
+}
+
+
+def test_scores(net, tokenizer, info, test, batch_size=64):
+    """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split;
+    multi-label: those of each label at its threshold, under "labels"."""
+    loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size)
+    probs = classifier.predict_probs(net, loader).numpy()
+    keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
+    if test.multilabel:
+        per_label = metrics.multilabel_metrics(test.labels, probs, test.label_names, info.get("thresholds"))["labels"]
+        return {"n": len(test), "labels": {k: {key: v[key] for key in keys if key in v} for k, v in per_label.items()}}
+    num_classes = probs.shape[1]
+    m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes,
+                        probs[:, 1].tolist() if num_classes == 2 else None)
+    return {k: m[k] for k in keys if k in m}
+
+
+def model_card(info, summary=None, name="model"):
+    """The text of a run's README.md."""
+    info = runs.as_info(info)
+    s = info.settings
+    labels = [info["id2label"][str(i)] for i in range(len(info["id2label"]))] if info.get("id2label") else []
+    method = runs.method_label(info)
+    made = {"teacher": f"full fine-tuning of `{s.get('model')}`",
+            "distill": f"a student with layers {info.get('teacher_layers')} of the teacher `{s.get('teacher')}`, "
+                       f"distilled (α={fmt_num(s.get('alpha'), '.3g')} CE, β={fmt_num(s.get('beta'), '.3g')} KL at "
+                       f"T={s.get('temperature')}, γ={fmt_num(s.get('gamma'), '.3g')} {s.get('hidden_loss')} hidden-state loss)",
+            "lora": f"LoRA r={s.get('lora_r')}, alpha={s.get('lora_alpha')} on {s.get('lora_targets')} of "
+                    f"`{s.get('base') or s.get('model')}`"}.get(s.get("method"), str(s.get("method")))
+    if info.get("quantized"):
+        made += f"; then exported as {info['quantized']} from `{info.get('source_run')}`"
+    settings = ", ".join(f"{k}={s[k]}" for k in ("epochs", "lr", "batch_size", "max_length", "warmup", "weight_decay",
+                                                 "class_weights", "bf16", "seed") if k in s)
+    if info.get("precision_chosen"):  # what `--precision` chose (older runs: the bf16 flag above)
+        settings += f", computed in {info['precision_chosen']}"
+    lines = [f"# {name}: {method}", "",
+             f"A BERT text classifier trained by nanobert: {made}.", "",
+             "| | |", "|---|---|",
+             f"| labels | {', '.join(labels)} |",
+             f"| data | `{s.get('data')}` ({info.get('train_size', '?')} training, {info.get('val_size', '?')} validation texts) |",
+             f"| split | `{s.get('split')}`, sha256 {str(info.get('split_sha256', ''))[:12]}… |",
+             f"| training | {settings} |",
+             f"| parameters | {info.get('params_total', 0):,} in all, {info.get('params_trainable', 0):,} trained |"]
+    if summary:
+        lines.append(f"| best epoch | {summary.get('best_epoch')} (validation macro-F1 "
+                     f"{fmt_num(summary.get('best_val_macro_f1'))}); {fmt_seconds(summary.get('wall_seconds'))} of training |")
+    test = info.get("test")
+    if test and "labels" in test:  # two questions: a row per label, at its threshold
+        for label, m in test["labels"].items():
+            scores = ", ".join(f"{header} {fmt_num(m.get(k))}" for header, k in metrics.SCORE_NAMES if k in m)
+            lines.append(f"| test, {label} ({m['n']} texts) | {scores} at threshold {fmt_num(m.get('threshold'), '.3f')} |")
+    elif test:
+        scores = ", ".join(f"{header} {fmt_num(test.get(k))}" for header, k in metrics.SCORE_NAMES if k in test)
+        lines.append(f"| test ({test['n']} texts) | {scores}" + (f" (precision/recall/F1 of *{labels[1]}*)" if len(labels) == 2 else "")
+                     + " |")
+    lines += ["", "## Use", "",
+              "```python", "from classifier import Classifier", "",
+              f'clf = Classifier.from_run("{info.dir or "RUN_DIR"}")', 'clf.predict(["some comment"])', "```", "",
+              f"or `python eval.py predict --run {info.dir or 'RUN_DIR'} \"some comment\"`, or a whole file with "
+              "`--input comments.csv --text-column text --output labelled.csv`.", "",
+              "## Intended use and limitations", "",
+              "For research on toxic-comment detection and for screening comments with a human in the loop; not for "
+              "decisions about people without review.", ""]
+    dataset = str(s.get("data"))
+    lines += [f"- {text}" for key, text in LIMITATIONS.items() if key in dataset]
+    lines += ["- Scores are from a split of the same data the model was trained on; text from elsewhere (other "
+              "sites, other years, other kinds of hate) will do worse. See the behaviour results of "
+              "`eval.py` where they are present."]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(run_dir, summary=None, name=None):
+    run_dir = Path(run_dir)
+    info = runs.read_info(run_dir)
+    summary = summary or runs.read_summary(run_dir)
+    files.write_text(run_dir / runs.CARD_FILE, model_card(info, summary, name or run_dir.name))

@@ -1,0 +1,30 @@
+"""Tests for card.py: the model card in every run folder train.py writes (conftest.py's tiny runs),
+and the card of a two-label model trained on Davidson, with its scores per label and the data's limitation."""
+
+import runs as runs_module
+import tables
+from card import LIMITATIONS, model_card
+
+
+def test_every_run_folder_has_a_model_card(runs):
+    card = (runs["teacher"] / "README.md").read_text()
+    info = runs_module.read_info(runs["teacher"])
+    assert card.startswith("# teacher: teacher") and f"{info['test']['n']} texts" in card
+    assert f"macro-F1 {tables.fmt_num(info['test']['macro_f1'])}" in card and "Classifier.from_run" in card
+    assert info["split_sha256"][:12] in card and "Intended use and limitations" in card
+    student = (runs["odd"] / "README.md").read_text()
+    assert "# odd: odd" in student and "layers [1, 3] of the teacher" in student
+
+
+def test_a_two_label_card_has_a_row_per_label_and_says_what_the_data_gets_wrong():
+    info = runs_module.RunInfo(
+        {"method": "teacher", "model": "bert-base-uncased", "data": "davidson+hate_speech18", "split": "split.json", "seed": 0},
+        {"id2label": {"0": "toxic", "1": "hate"}, "split_sha256": "ab" * 32, "params_total": 1000, "params_trainable": 1000,
+         "test": {"n": 10, "labels": {"toxic": {"n": 8, "macro_f1": 0.75, "threshold": 0.4},
+                                      "hate": {"n": 10, "macro_f1": 0.5, "threshold": 0.625}}}})
+    card = model_card(info, {"best_epoch": 2, "best_val_macro_f1": 0.8, "wall_seconds": 30.0}, name="both")
+    assert card.startswith("# both: teacher") and "| labels | toxic, hate |" in card
+    assert "| test, toxic (8 texts) | macro-F1 0.7500 at threshold 0.400 |" in card
+    assert "| test, hate (10 texts) | macro-F1 0.5000 at threshold 0.625 |" in card
+    assert "| best epoch | 2 (validation macro-F1 0.8000); 30.0 s of training |" in card
+    assert f"- {LIMITATIONS['davidson']}" in card and f"- {LIMITATIONS['hate_speech18']}" in card
