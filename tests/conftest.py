@@ -1,8 +1,13 @@
-"""Shared test data: a toy comment dataset that the tiny model learns in a few steps."""
+"""Shared test data: a toy comment dataset that the tiny model learns in a few steps, and the
+training runs that the tests of train.py and the modules around it share."""
 
 import csv
+import json
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +61,38 @@ def write_toy_two_label_csv(path, n=240):
 @pytest.fixture(scope="session")
 def toy2(tmp_path_factory):
     return str(write_toy_two_label_csv(tmp_path_factory.mktemp("toy2") / "toy2.csv"))
+
+
+# -----------------------------------------------------------------------------
+# Training runs: train.py in this process (run) or as a real one (cli), and a teacher trained once
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
+
+
+def run(*argv):
+    import train
+
+    train.main([str(a) for a in argv])
+
+
+def common(toy, out, *extra):
+    return ["--data", toy, "--out", out, "--batch-size", 8, "--no-progress", "--log-every", 1, *extra]
+
+
+def epochs(run_dir):
+    return [r for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl")) if "val_macro_f1" in r]
+
+
+def cli(*argv, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(toy, tmp_path_factory):
+    """A 3-layer teacher that has learnt the toy data; students and LoRA runs of it go beside it."""
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    run("teacher", "--model", TINY, *common(toy, out, "--epochs", 4, "--lr", 3e-3))
+    return out
