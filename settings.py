@@ -45,7 +45,7 @@ def setting(default, doc, *, may_change=False, unset=None, **flag):
     flag:       how the command line spells it, where that is not the plain --name VALUE (or, for a
                 yes/no, the flag that says the opposite of its default: --name, or --no-name):
                 cli=False (no flag), choices=[...], aliases={"--bf16": "bf16"}, negatable=True
-                (a yes/no with both --name and --no-name)
+                (a yes/no with both --name and --no-name), on_off=True (--name on|off)
     """
     return field(default=default, metadata={"doc": doc, "may_change": may_change, "unset": unset, **flag})
 
@@ -104,6 +104,8 @@ class ModelSettings:
     precision: str = setting("auto", "auto, fp32 or bf16: what the model computes in (auto: bf16 where the hardware runs "
                                      "it natively, fp32 elsewhere); bf16 keeps fp32 master weights",
                              aliases={"--bf16": "bf16"})
+    fast: bool = setting(True, "off: compute with the plain model as model.py and lora.py write it, without the fast "
+                               "path; for reading and checking", on_off=True)
 
 
 @dataclass
@@ -252,6 +254,8 @@ def check(s: Settings):
         raise TrainError(f"--max-length {s.max_length}: expected at least 2 (room for [CLS] and [SEP])")
     if s.precision not in precision.PRECISIONS:
         raise TrainError(f"--precision {s.precision!r}: expected one of {', '.join(precision.PRECISIONS)}")
+    if not isinstance(s.fast, bool):  # a preset's `fast = "off"`; the flag itself only takes on or off
+        raise TrainError(f"--fast {s.fast!r}: expected on or off (in a preset: true or false)")
     if s.resume and s.overwrite:
         raise TrainError("--resume and --overwrite: expected one of them (continue a run, or start it again)")
     if isinstance(s.label_map, str):
@@ -295,13 +299,21 @@ def help_text(f):
         return doc
     else:
         per_method = "".join(f"; {m} {shown(d[f.name])}" for m, d in METHOD_DEFAULTS.items() if f.name in d)
-        default = f"default {shown(f.default)}{per_method}"
+        default = f"default {('on' if f.default else 'off') if meta.get('on_off') else shown(f.default)}{per_method}"
     return f"{doc[:-1]}; {default})" if doc.endswith(")") else f"{doc} ({default})"
+
+
+def on_off(text):
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected on or off")
+    return text == "on"
 
 
 def add_flag(group, f, required=False):
     meta, name, kind = f.metadata, "--" + f.name.replace("_", "-"), flag_type(f)
-    if kind is bool:  # a yes/no: the flag says the opposite of the default
+    if kind is bool and meta.get("on_off"):
+        group.add_argument(name, type=on_off, metavar="on|off", help=help_text(f))
+    elif kind is bool:  # a yes/no: the flag says the opposite of the default
         if f.default:
             group.add_argument("--no-" + name[2:], dest=f.name, action="store_const", const=False, help="without " + meta["doc"])
         else:

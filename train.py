@@ -123,7 +123,7 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     net.to(device)
     # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
     # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
-    choice = precision.choose(s.precision, device)
+    choice = precision.choose(s.precision, device, fast=s.fast)
     precision.keep_freed_memory()
     precision.prepare(net, choice)
     if teacher is not None:

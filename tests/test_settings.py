@@ -107,10 +107,10 @@ FLAT_KEYS = ["method", "preset", "data", "data_mirror", "three_class", "multilab
 
 def test_run_json_settings_stay_one_flat_dict_with_the_same_keys():
     flat = dataclasses.asdict(settings.Settings())
-    assert sorted(flat) == sorted(FLAT_KEYS)
+    assert sorted(flat) == sorted(FLAT_KEYS + ["fast"])
     assert not any(isinstance(v, dict) for v in flat.values())
     # The defaults a run.json records are the values of before (16, not 16.0: the model key compares text).
-    assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5
+    assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5 and flat["fast"] is True
     grouped = [f.name for g in (settings.RunSettings, settings.DataSettings, settings.ModelSettings, settings.TrainingSettings,
                                 settings.DistillSettings, settings.LoraSettings) for f in dataclasses.fields(g)]
     assert sorted(grouped) == sorted(flat)  # every field in exactly one group
@@ -122,13 +122,14 @@ def test_every_field_has_one_line_of_doc_and_says_whether_it_may_change_on_resum
         assert isinstance(f.metadata["may_change"], bool), f.name
     may = settings.MAY_CHANGE_ON_RESUME
     assert {"threads", "device", "progress", "log_every", "checkpoint_every", "resume", "overwrite"} <= may
-    assert not may & {"lr", "seed", "epochs", "batch_size", "model", "layers", "lora_r", "data", "split", "precision"}
+    assert not may & {"lr", "seed", "epochs", "batch_size", "model", "layers", "lora_r", "data", "split", "precision", "fast"}
 
 
 def test_the_help_is_built_from_the_docs_and_the_defaults():
     fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
     assert settings.help_text(fields["lr"]) == "peak learning rate (default 5e-5; lora 5e-4)"
     assert settings.help_text(fields["max_train"]) == "use at most N training texts (a fixed subset; default: all)"
+    assert settings.help_text(fields["fast"]).endswith("(default on)")
     parser = settings.build_parser()
     args = parser.parse_args(["all"])
     for name, f in fields.items():
@@ -137,7 +138,24 @@ def test_the_help_is_built_from_the_docs_and_the_defaults():
             if f.default is not None and not isinstance(f.default, bool):
                 assert settings.shown(f.default) in settings.help_text(f), name
     text = subprocess.run([sys.executable, str(ROOT / "train.py"), "teacher", "--help"], capture_output=True, text=True).stdout
-    assert "--lr LR" in text and "lora 5e-4" in text and "--no-normalize" in text
+    assert "--lr LR" in text and "lora 5e-4" in text and "--fast on|off" in text and "--no-normalize" in text
+
+
+def test_fast_is_on_unless_a_flag_or_a_preset_says_off(tmp_path, capsys):
+    parse = settings.build_parser().parse_args
+    assert settings.resolve(parse(["teacher", "--out", "x"]), "teacher").fast is True
+    assert settings.resolve(parse(["teacher", "--out", "x", "--fast", "off"]), "teacher").fast is False
+    assert settings.resolve(parse(["teacher", "--out", "x", "--fast", "on"]), "teacher").fast is True
+    with pytest.raises(SystemExit):
+        parse(["teacher", "--out", "x", "--fast", "maybe"])
+    assert "argument --fast: 'maybe': expected on or off" in capsys.readouterr().err
+    preset = tmp_path / "plain.toml"
+    preset.write_text("fast = false\n")
+    assert settings.resolve(parse(["teacher", "--preset", str(preset), "--out", "x"]), "teacher").fast is False
+    preset.write_text('fast = "off"\n')
+    s = settings.resolve(parse(["teacher", "--preset", str(preset), "--out", "x"]), "teacher")
+    with pytest.raises(settings.TrainError, match="--fast 'off': expected on or off"):
+        settings.check(s)
 
 
 def test_a_run_inherits_the_data_of_the_run_it_builds_on(tmp_path):

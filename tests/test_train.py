@@ -11,6 +11,7 @@ import torch
 from conftest import TINY, cli, common, epochs, run
 from safetensors.torch import load_file
 
+import precision
 import runs as R
 import train
 
@@ -124,6 +125,21 @@ def test_precision_is_recorded_and_both_learn(toy, tmp_path, flags, chosen):
     assert e[-1]["train_loss"] < e[0]["train_loss"]
     # The weights on disk are fp32 either way (bf16 trains fp32 master weights).
     assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "r" / "model.safetensors").values())
+
+
+def test_fast_reaches_the_precision_choice(toy, tmp_path, monkeypatch):
+    # --fast off asks precision.choose for the plain model; the default asks for the fast path.
+    real, asked = precision.choose, []
+
+    def choose(requested, device, fast=True):
+        asked.append(fast)
+        return real(requested, device)
+
+    monkeypatch.setattr(precision, "choose", choose)
+    run("teacher", "--model", TINY, "--fast", "off", *common(toy, tmp_path / "off", "--epochs", 1, "--max-train", 16))
+    run("teacher", "--model", TINY, *common(toy, tmp_path / "on", "--epochs", 1, "--max-train", 16))
+    assert asked == [False, True]
+    assert R.read_info(tmp_path / "off")["fast"] is False and R.read_info(tmp_path / "on")["fast"] is True
 
 
 # -----------------------------------------------------------------------------
