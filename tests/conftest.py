@@ -1,9 +1,11 @@
-"""Shared test data: a toy comment dataset that the tiny model learns in a few steps, tiny runs
-trained on it by train.py; and the fixture files, fixtures and helpers that the tests of the data
-modules (wordpiece, readers, corpus, splits, batching) share."""
+"""Shared test data: a toy comment dataset that the tiny model learns in a few steps; the training
+runs that the tests of train.py, the report and the modules around them share; and the fixture
+files, fixtures and helpers that the tests of the data modules (wordpiece, readers, corpus, splits,
+batching) share."""
 
 import csv
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -151,3 +153,34 @@ def runs(tmp_path_factory):
     wait(start(*student, "--out", dirs["odd"]), start(*student, "--out", dirs["odd-s1"], "--seed", 1),
          start("lora", "--model", TINY, "--out", dirs["lora"], "--epochs", 2, "--lr", 1e-2, *common))
     return dirs
+
+
+# -----------------------------------------------------------------------------
+# Training runs: train.py in this process (run) or as a real one (cli), and a teacher trained once
+
+
+def run(*argv):
+    import train
+
+    train.main([str(a) for a in argv])
+
+
+def common(toy, out, *extra):
+    return ["--data", toy, "--out", out, "--batch-size", 8, "--no-progress", "--log-every", 1, *extra]
+
+
+def epochs(run_dir):
+    return [r for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl")) if "val_macro_f1" in r]
+
+
+def cli(*argv, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(toy, tmp_path_factory):
+    """A 3-layer teacher that has learnt the toy data; students and LoRA runs of it go beside it."""
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    run("teacher", "--model", TINY, *common(toy, out, "--epochs", 4, "--lr", 3e-3))
+    return out

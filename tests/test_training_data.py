@@ -1,0 +1,20 @@
+"""Tests for training_data.py: what one run trains and validates on."""
+
+import pytest
+from conftest import ROOT, TINY, common, run
+
+import runs as R
+
+
+def test_augment_adds_template_texts_to_the_training_part_only(toy, toy2, tmp_path):
+    import augment
+
+    out = tmp_path / "aug"
+    run("teacher", "--model", TINY, "--label-column", "toxic,hate", "--augment", ROOT / "suites" / "augment.toml",
+        *common(toy2, out, "--epochs", 1, "--max-train", 40))
+    info = R.read_info(out)
+    added = len(augment.load_augment(ROOT / "suites" / "augment.toml", seed=0))
+    assert info["train_size"] == 40 + added and info["val_size"] == 24  # validation and test untouched
+    with pytest.raises(SystemExit) as e:  # one class per text: no toxic / hate labels to add to
+        run("teacher", "--model", TINY, "--augment", ROOT / "suites" / "augment.toml", *common(toy, tmp_path / "single" / "x"))
+    assert "--augment" in str(e.value) and "expected a two-question dataset" in str(e.value)

@@ -1,0 +1,68 @@
+"""
+The texts one run trains and validates on: the dataset its settings name, checked to have examples
+of every class; the split manifest beside the runs (made once, then reused by every run of a
+comparison, so they all see the same texts); the fixed subsets of a quick run; and, when --augment
+asks for it, the texts of the training templates, added to the training part only.
+
+The test part is not loaded here: it is scored once, when the run is finished (train.finish).
+"""
+
+import json
+from pathlib import Path
+
+import corpus
+import readers
+import runs
+import splits
+from settings import Settings, TrainError
+
+
+def load_data(s: Settings, run_dir: Path):
+    """(dataset, {'train', 'validation'} parts, manifest): the split manifest beside the runs is made once and reused."""
+    label_map = json.loads(s.label_map) if isinstance(s.label_map, str) else s.label_map
+    dataset = corpus.load_dataset(s.data, mirror=s.data_mirror, three_class=s.three_class, normalize=s.normalize,
+                                  text_column=s.text_column, label_column=s.label_column, label_map=label_map,
+                                  multilabel=s.multilabel)
+    for note in dataset.notes:
+        print(f"{s.data}: {note}")
+    counts = dataset.class_counts()
+    if dataset.multilabel:  # every question needs a yes and a no somewhere
+        if any(yes == 0 or no == 0 for no, yes, _ in counts.values()):
+            raise TrainError(f"--data {s.data}: labels {counts} (no, yes, not annotated); expected yes and no for each")
+    elif sum(c > 0 for c in counts) < 2 or 0 in counts:
+        raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
+                         "least two classes, each with examples (labels 0..K-1, or --label-map)")
+    s.split = str(s.split or run_dir.parent / "split.json")
+    parts = splits.get_split(dataset, s.split, seed=s.split_seed)
+    manifest = splits.load_manifest(s.split)
+    if not len(parts["validation"]) or not len(parts["train"]):
+        raise TrainError(f"--data {s.data}: {len(dataset)} texts leave {len(parts['train'])} for training and "
+                         f"{len(parts['validation'])} for validation; expected some in each (more data)")
+    # Subsets for quick runs, the same for every model of a comparison with the same settings.
+    parts = {"train": runs.subset_for_quick_runs(parts["train"], s.max_train, s.split_seed),
+             "validation": runs.subset_for_quick_runs(parts["validation"], s.max_val, s.split_seed)}
+    if s.augment:
+        parts["train"] = with_augmentation(s, dataset, parts["train"])
+    return dataset, parts, manifest
+
+
+def with_augmentation(s: Settings, dataset, train_part):
+    """The training part plus the texts of the augmentation templates (--augment): never in validation
+    or test, and none that the dataset itself holds (which could be a validation or test text)."""
+    import augment  # only runs that ask for it need the templates
+
+    if not dataset.multilabel or list(dataset.label_names) != readers.TWO_LABELS:
+        raise TrainError(f"--augment {s.augment}: gives {readers.TWO_LABELS} labels; expected a two-question dataset "
+                         f"(e.g. --data davidson+hate_speech18), not {list(dataset.label_names)}")
+    try:
+        pairs = augment.load_augment(s.augment, seed=s.seed)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"--augment {s.augment}: {e}") from None
+    known = set(dataset.texts)
+    pairs = [(text, labels) for text, labels in pairs if text not in known]
+    texts = train_part.texts + [t for t, _ in pairs]
+    labels = train_part.labels + [list(y) for _, y in pairs]
+    sources = (train_part.sources or [train_part.name] * len(train_part)) + ["augment"] * len(pairs)
+    print(f"--augment {s.augment}: {len(pairs)} template texts added to the {len(train_part)} training texts")
+    return readers.Dataset(train_part.name, texts, labels, train_part.label_names, sources=sources)
+
