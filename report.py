@@ -66,12 +66,13 @@ def latencies_ms(net, tokenizer, texts, max_length, warmup=3):
     return out
 
 
-def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_size=64, latency_n=50):
-    """(one report row, test probabilities (N, C) as numpy) for a run, computed in `precision` (precision.py)."""
+def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_size=64, latency_n=50, fast=True):
+    """(one report row, test probabilities (N, C) as numpy) for a run, computed in `precision` (precision.py),
+    on the fast path or (fast False) as model.py writes it."""
     net, tokenizer, _ = runs.load_run(run_dir)
     if info.get("quantized"):
         device = torch.device("cpu")  # int8 kernels are CPU kernels
-    choice = P.choose(precision, device)
+    choice = P.choose(precision, device, fast=fast)
     P.prepare(net, choice, inference=True)
     num_classes = net.config.num_labels
     if num_classes != len(test.label_names):
@@ -204,7 +205,7 @@ def json_safe(x):
 
 
 def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0,
-           draw=True, beyond=True):
+           draw=True, beyond=True, fast=True):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
     predictions-<name>.json per run and the plots into out_dir; return the rows (one per run).
@@ -230,14 +231,14 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
     for d, info, name in zip(run_dirs, infos, names, strict=True):
         print(f"evaluating {name} ({d}) on {len(test)} test texts")
         row, probs[name] = evaluate_run(d, info, test, device=device, precision=precision, batch_size=batch_size,
-                                        latency_n=latency_n)
+                                        latency_n=latency_n, fast=fast)
         rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
     groups = group_runs(infos, names)
     for g in groups:
         for r in rows:
             if r["name"] in g["names"]:
                 r["group"] = g["label"]
-    computed_in = P.choose(precision, device).reason
+    computed_in = P.choose(precision, device, fast=fast).reason
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
     settings = {"device": str(device), "precision": computed_in, "torch_threads": torch.get_num_threads(),
@@ -247,7 +248,7 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": data.split_kind(manifest)}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
-    extras = beyond_the_split(run_dirs, infos, names, device, precision) if beyond else None
+    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast) if beyond else None
     if not test.multilabel:
         preds = {name: p.argmax(1) for name, p in probs.items()}
         test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()
@@ -364,13 +365,13 @@ def dataset_test_texts(run_dir, info, name, cache):
     return texts, [labels_of[t] for t in texts]
 
 
-def beyond_the_split(run_dirs, infos, names, device, precision="auto"):
+def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True):
     """Per run: the behaviour suite's result, and toxic / hate on each dataset's test split (for runs
     trained on Davidson or hate_speech18: the other one is text they never saw), with the decisions
     kept for paired comparisons."""
     cases, cache, out = behaviour.load_suite(), {}, {}
     for d, info, name in zip(run_dirs, infos, names, strict=True):
-        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision)
+        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision, fast=fast)
         entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf)), "cross": {}}
         trained_on = str(info["data"]).split("+")
         columns = label_columns(clf)
@@ -464,14 +465,14 @@ def beyond_markdown(extras, groups):
     return "\n".join(lines)
 
 
-def beyond(run_dirs, out_dir, *, device="auto", precision="auto"):
+def beyond(run_dirs, out_dir, *, device="auto", precision="auto", fast=True):
     """The behaviour suite and each dataset's test split for any runs, whatever split they were trained
     on: beyond.md and beyond.json in out_dir."""
     run_dirs = [Path(d) for d in run_dirs]
     infos = [runs.read_info(d, required=("method", "data")) for d in run_dirs]
     names = runs.run_names(run_dirs)
     device = classifier.pick_device(device)
-    extras = beyond_the_split(run_dirs, infos, names, device, precision)
+    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast)
     groups = group_runs(infos, names)
     text = "# Beyond the test split\n\n" + "\n".join(f"- {n}: `{d}`" for n, d in zip(names, run_dirs, strict=True))
     files.write_text(Path(out_dir) / "beyond.md", text + "\n\n" + beyond_markdown(extras, groups) + "\n")

@@ -97,6 +97,7 @@ class Settings:
     clip: float = 1.0
     accum: int = 1
     precision: str = "auto"  # auto: bf16 where the hardware multiplies it natively (precision.py), else fp32
+    fast: bool = True  # the fast path (fast.py); False: model.py as written, in fp32
     class_weights: bool = False
     target_precision: float | None = None  # multi-label: each label's threshold reaches this precision on validation
     augment: str | None = None  # multi-label: training templates (augment.py) added to the training part only
@@ -203,6 +204,10 @@ def check(s: Settings):
         raise TrainError(f"--max-length {s.max_length}: expected at least 2 (room for [CLS] and [SEP])")
     if s.precision not in precision.PRECISIONS:
         raise TrainError(f"--precision {s.precision!r}: expected one of {', '.join(precision.PRECISIONS)}")
+    try:
+        precision.choose(s.precision, fast=s.fast)  # bf16 with --fast off: refused before anything is loaded
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if s.resume and s.overwrite:
         raise TrainError("--resume and --overwrite: expected one of them (continue a run, or start it again)")
     if isinstance(s.label_map, str):
@@ -425,8 +430,6 @@ def set_dropout(net, p):
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
-        if isinstance(m, M.BertSelfAttention):
-            m.dropout_p = p
 
 
 def make_optimizer(net, s, fused):
@@ -550,7 +553,7 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     net.to(device)
     # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
     # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
-    choice = precision.choose(s.precision, device)
+    choice = precision.choose(s.precision, device, fast=s.fast)
     precision.keep_freed_memory()
     precision.prepare(net, choice)
     if teacher is not None:
@@ -765,6 +768,12 @@ def train(s: Settings, run_dir) -> dict:
 # Command line
 
 
+def on_off(value):
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected on or off")
+    return value == "on"
+
+
 def add_common(p):
     d = dataclasses.asdict(Settings())
     g = p.add_argument_group("data")
@@ -796,6 +805,8 @@ def add_common(p):
     g.add_argument("--precision", help="auto, fp32 or bf16: what the model computes in; bf16 keeps fp32 master weights "
                    "(default auto: bf16 where the hardware runs it natively, fp32 elsewhere)")
     g.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
+    g.add_argument("--fast", type=on_off, help="on: the fast path (fast.py: fused kernels, bf16); off: model.py as "
+                   "written, in fp32, the code to read (default on)")
     g.add_argument("--class-weights", action="store_const", const=True, help="inverse-frequency class weights in the loss "
                    "(multi-label: each label's positives weighted by negatives per positive)")
     g.add_argument("--no-class-weights", dest="class_weights", action="store_const", const=False,

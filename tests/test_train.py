@@ -242,6 +242,19 @@ def test_precision_is_recorded_and_both_learn(toy, tmp_path, flags, chosen):
     assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "r" / "model.safetensors").values())
 
 
+def test_fast_off_trains_the_plain_model(toy, tmp_path, monkeypatch):
+    # --fast off: model.py as written, in fp32 (LoRA through LoRALinear.forward); the fast path never runs.
+    import fast
+
+    monkeypatch.setattr(fast, "prepare", lambda *a, **k: pytest.fail("the fast path ran under --fast off"))
+    run("teacher", "--model", TINY, "--fast", "off", *common(toy, tmp_path / "r", "--epochs", 4, "--lr", 3e-3))
+    e, info = epochs(tmp_path / "r"), R.read_info(tmp_path / "r")
+    assert info["precision_chosen"] == "fp32" and "--fast off" in info["precision_reason"] and info.settings["fast"] is False
+    assert e[-1]["train_loss"] < e[0]["train_loss"] and e[-1]["val_macro_f1"] == 1.0
+    run("lora", "--model", TINY, "--fast", "off", *common(toy, tmp_path / "l", "--epochs", 2, "--lr", 1e-2))
+    assert (tmp_path / "l" / "adapter_model.safetensors").is_file()
+
+
 def test_an_unknown_precision_is_refused_before_anything_is_written(toy, tmp_path):
     with pytest.raises(SystemExit) as e:
         run("teacher", "--model", TINY, "--precision", "fp16", *common(toy, tmp_path / "r"))
@@ -400,6 +413,7 @@ def test_a_teacher_over_a_lora_run_leaves_no_adapter_behind(toy, tmp_path):
     (["--warmup", 2], "--warmup 2.0: expected a number in [0, 1]"),
     (["--max-length", 10000], "--max-length 10000: the model has 128 positions; expected at most 128"),
     (["--label-map", "{bad"], "--label-map '{bad': not valid JSON"),
+    (["--fast", "off", "--precision", "bf16"], "--precision bf16 needs --fast on"),
 ])
 def test_bad_settings_are_one_line_errors_and_leave_nothing(toy, tmp_path, flags, message):
     with pytest.raises(SystemExit) as e:
