@@ -254,6 +254,9 @@ class CastingLayerNorm(nn.LayerNorm):
 
 
 class SelfAttention(M.BertSelfAttention):
+    """Attention from one q/k/v product (LoRA's terms added to it); while training with dropout,
+    attention_with_dropout, else SDPA's fused kernel."""
+
     def project(self, x):
         """(B, T, H) -> (B, T, 3H): q, k and v side by side."""
         layers = (self.query, self.key, self.value)
@@ -284,24 +287,31 @@ class SelfAttention(M.BertSelfAttention):
 
 
 class SelfOutput(M.BertSelfOutput):
+    """The residual add fused with the dropout mask or into the matrix product (dropout_residual)."""
+
     def forward(self, y, x):
         return self.LayerNorm(dropout_residual(x, self.dropout, self.dense, y))  # LayerNorm(x + Dropout(Dense(y)))
 
 
 class Intermediate(M.BertIntermediate):
+    """The GELU fused into the matrix product where oneDNN has the kernel (matmul_bias)."""
+
     def forward(self, x):
         return linear(self.dense, x, act=self.act)  # (B, T, intermediate)
 
 
 class Output(M.BertOutput):
+    """As SelfOutput."""
+
     def forward(self, h, x):
         return self.LayerNorm(dropout_residual(x, self.dropout, self.dense, h))  # (B, T, H)
 
 
 class Pooler(M.BertPooler):
+    """The head in fp32: it is tiny, so it runs in fp32 whatever the encoder ran in, and logits and
+    probabilities keep fp32's precision for free (the classifier then gets fp32 too)."""
+
     def forward(self, x):
-        # The head is tiny, so it runs in fp32 whatever the encoder ran in: logits and
-        # probabilities keep fp32's precision for free.
         return torch.tanh(self.dense(x[:, 0].float()))  # (B, H)
 
 
@@ -329,6 +339,6 @@ def unprepare(net: nn.Module) -> nn.Module:
     for m in net.modules():
         if type(m) in PLAIN:
             m.__class__ = PLAIN[type(m)]
+            m.__dict__.pop("compute_dtype", None)  # CastingLayerNorm's
         m.__dict__.pop("_compute_copies", None)
-        m.__dict__.pop("compute_dtype", None)
     return net

@@ -115,14 +115,15 @@ def test_manual_attention_equals_sdpa(ref):
     assert (grads[0] - grads[1]).abs().max() <= 1e-5 and grads[0].abs().max() > 0
 
 
-def test_attention_dropout_drops_probabilities_in_training_only(ref):
+@pytest.mark.parametrize("flash", [True, False])
+def test_attention_dropout_drops_probabilities_in_training_only(ref, flash):
     m = tiny()
     for mod in m.modules():  # every dropout off but the attention probabilities'
         if isinstance(mod, torch.nn.Dropout):
             mod.p = 0.0
     for layer in m.bert.encoder.layer:
         layer.attention.self.dropout.p = 0.5
-        layer.attention.self.flash = False
+        layer.attention.self.flash = flash  # SDPA's dropout_p, or the nn.Dropout on the written-out probabilities
     with torch.no_grad():
         eval_logits = m(*batch(ref)).logits
         assert torch.equal(m(*batch(ref)).logits, eval_logits)
