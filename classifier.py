@@ -78,12 +78,13 @@ class Classifier:
             if self.multilabel else None
 
     @classmethod
-    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=64):
+    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=64, fast=True):
         """The model of a run folder written by train.py (a LoRA run merged into its base), computing
-        in `precision` (auto: bf16 where the hardware runs it natively, else fp32; precision.py)."""
+        in `precision` (auto: bf16 where the hardware runs it natively, else fp32; precision.py), on
+        the fast path or (fast False) as model.py writes it."""
         net, tokenizer, info = runs.load_run(run_dir)
         device = torch.device("cpu") if info.get("quantized") else pick_device(device)  # int8 kernels are CPU kernels
-        P.prepare(net.to(device), P.choose(precision, device), inference=True)
+        P.prepare(net.to(device), P.choose(precision, device, fast=fast), inference=True)
         return cls(net, tokenizer, info, batch_size=batch_size)
 
     def predict_proba(self, texts) -> np.ndarray:

@@ -111,7 +111,7 @@ def label_file(clf, args):
 
 
 def cmd_predict(args):
-    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision)
+    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision, fast=args.fast)
     if args.input:
         if args.texts:
             raise ValueError("texts given both as arguments and with --input; expected one of them")
@@ -154,7 +154,7 @@ def cmd_report(args):
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
-    report.report(args.runs, out, device=args.device, precision=args.precision, batch_size=args.batch_size,
+    report.report(args.runs, out, device=args.device, precision=args.precision, fast=args.fast, batch_size=args.batch_size,
                   latency_n=args.latency_sentences, resamples=args.resamples, seed=args.seed, draw=not args.no_plots,
                   beyond=not args.test_split_only)
 
@@ -180,7 +180,7 @@ def cmd_beyond(args):
     if args.out:
         files.check_writable(args.out, "--out")
     out = args.out or Path(args.runs[0]).parent / "beyond"
-    beyond.beyond(args.runs, out, device=args.device, precision=args.precision)
+    beyond.beyond(args.runs, out, device=args.device, precision=args.precision, fast=args.fast)
 
 
 def set_threads(n):
@@ -198,7 +198,7 @@ def cmd_behaviour(args):
              "functionalities.", ""]
     results = {}
     for run_dir in args.runs:
-        clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision)
+        clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision, fast=args.fast)
         result = behaviour.run_suite(cases, beyond.suite_predict(clf))
         results[str(run_dir)] = result
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
@@ -217,10 +217,18 @@ def cmd_behaviour(args):
 COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
 
 
+def on_off(value):
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected on or off")
+    return value == "on"
+
+
 def device_flags(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default auto)")
     p.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
                    help="what the model computes in (default auto: bf16 where the hardware runs it natively, else fp32)")
+    p.add_argument("--fast", default=True, type=on_off, metavar="{on,off}", help="on: the fast path (fast.py); off: "
+                   "model.py as written, in fp32 (default on)")
 
 
 def build_parser():

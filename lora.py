@@ -83,6 +83,8 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):  # (..., in) -> (..., out)
+        # What the plain model runs. The fast path (fast.py) computes the same inside BERT's fused
+        # q/k/v product; tests/test_fast.py holds the two equal.
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y  # B A is already inside weight: the cost of the plain layer

@@ -64,12 +64,12 @@ def latencies_ms(net, tokenizer, texts, max_length, warmup=3):
 # 2. One run on the held-out test split: quality, size, speed
 
 
-def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_size=64, latency_n=50):
+def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_size=64, latency_n=50, fast=True):
     """(one report row, test probabilities (N, C) as numpy) for a run, computed in `precision` (precision.py)."""
     net, tokenizer, _ = runs.load_run(run_dir)
     if info.get("quantized"):
         device = torch.device("cpu")  # int8 kernels are CPU kernels
-    choice = P.choose(precision, device)
+    choice = P.choose(precision, device, fast=fast)
     P.prepare(net, choice, inference=True)
     num_classes = net.config.num_labels
     if num_classes != len(test.label_names):

@@ -18,7 +18,6 @@ import torch
 import batching
 import distill
 import lora
-import model as M
 import pretrained
 import runs
 import wordpiece
@@ -45,10 +44,8 @@ def set_problem_type(net, dataset):
 def set_dropout(net, p):
     """Override every dropout probability (e.g. 0 for an exactly reproducible comparison)."""
     for m in net.modules():
-        if isinstance(m, torch.nn.Dropout):
+        if isinstance(m, torch.nn.Dropout):  # attention's too: an nn.Dropout, in the plain model and the fast one
             m.p = p
-        if isinstance(m, M.BertSelfAttention):
-            m.dropout_p = p
 
 
 def load_parent(s: Settings, flag, folder, manifest):

@@ -1,13 +1,15 @@
 """
-Which number format the model computes in: fp32, or bfloat16 with fp32 master weights.
+Which number format the model computes in: fp32, or bfloat16 with fp32 master weights; and
+whether it runs the fast path (fast.py) or model.py as written.
 
     choice = precision.choose("auto", device)   # Choice("bf16", "this CPU multiplies bf16 natively (AMX)")
     precision.prepare(net, choice)              # training: the model computes in bf16, its parameters stay fp32
     precision.prepare(teacher, choice, inference=True)   # a fixed model: frozen, its bf16 weights cast once
+    precision.choose("auto", device, fast=False)         # Choice("fp32", ..., fast=False): model.py as written
 
 In bf16 the parameters stay fp32: they are what the optimizer updates (the master weights) and
 what checkpoints hold. The model casts its activations to bf16 once, after the embeddings, and
-each weight where it is used (model.py, "Arithmetic precision"); the gradients come back fp32.
+each weight where it is used (fast.py, "Arithmetic precision"); the gradients come back fp32.
 So the training loop is the fp32 loop, without torch.autocast:
 
     loss = F.cross_entropy(net(ids, mask, types).logits.float(), labels)
@@ -23,6 +25,9 @@ in fp32, so logits and probabilities are fp32 tensors.
 `auto` picks bf16 where the hardware multiplies bf16 natively: a CPU with AVX-512 BF16 or AMX
 (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later), or a CUDA GPU that supports
 it (Ampere and later). Elsewhere bf16 is emulated and slower than fp32, and `auto` picks fp32.
+
+bf16 is a fast-path thing: fast.py swaps in the modules that compute in it. With fast off
+(`--fast off`), the plain model of model.py runs, in fp32: `auto` picks fp32, and bf16 is refused.
 """
 
 import ctypes
@@ -34,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import model as M
+import fast
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -44,6 +49,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class Choice:
     precision: str  # "fp32" or "bf16": what the model computes in
     reason: str  # one sentence: why, for the log and run.json
+    fast: bool = True  # the fast path (fast.py), or False: model.py as written, in fp32
 
     @property
     def dtype(self) -> torch.dtype:
@@ -82,10 +88,17 @@ def native_bf16(device) -> tuple[bool, str]:
     return False, f"this CPU has no native bf16 (no AVX-512 BF16 or AMX; torch sees {torch.backends.cpu.get_cpu_capability()})"
 
 
-def choose(requested: str = "auto", device="cpu") -> Choice:
-    """The precision to compute in, and why. `bf16` is honoured even where it is emulated."""
+def choose(requested: str = "auto", device="cpu", fast: bool = True) -> Choice:
+    """The precision to compute in, and why. `bf16` is honoured even where it is emulated; with
+    fast off only fp32 is (the plain model computes in fp32)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
+    if not fast:
+        if requested == "bf16":
+            raise ValueError("--precision bf16 needs --fast on (bf16 is the fast path's); expected --precision fp32 "
+                             "or auto with --fast off")
+        return Choice("fp32", "fp32 as asked; --fast off" if requested == "fp32" else
+                      "auto: --fast off runs the plain model, which computes in fp32", fast=False)
     native, why = native_bf16(device)
     if requested == "fp32":
         return Choice("fp32", "fp32 as asked")
@@ -100,21 +113,25 @@ def is_quantized(net: nn.Module) -> bool:
 
 
 def computed_in(net: nn.Module, choice: Choice) -> str:
-    """What `net` computes in once prepared for `choice`: an int8 model stays fp32 whatever is asked."""
-    return "fp32" if is_quantized(net) else choice.precision
+    """What `net` computes in once prepared for `choice`: an int8 model, or the plain model (fast
+    off), stays fp32 whatever is asked."""
+    return "fp32" if is_quantized(net) or not choice.fast else choice.precision
 
 
 def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Module:
     """
-    Make every BERT inside `net` compute in choice.dtype (its parameters are not changed).
-    inference=True is for a model that is not trained (evaluation, a distillation teacher): it
-    is put in eval mode and frozen (requires_grad False), so that its bf16 weights are cast once
-    and kept, instead of at every call. (A trained weight is cast at every forward: the fused
-    AdamW changes it in place without a trace that a cache could check.) An int8 model stays fp32.
-    Returns net.
+    Make every BERT inside `net` compute in choice.dtype on the fast path (fast.prepare: its
+    modules swapped for faster ones over the same parameters, which are not changed), or, with
+    choice.fast off, run as model.py writes it (fast.unprepare). inference=True is for a model
+    that is not trained (evaluation, a distillation teacher): it is put in eval mode and frozen
+    (requires_grad False), so that its bf16 weights are cast once and kept, instead of at every
+    call. (A trained weight is cast at every forward: the fused AdamW changes it in place without
+    a trace that a cache could check.) An int8 model is left plain, in fp32. Returns net.
     """
-    dtype = None if computed_in(net, choice) == "fp32" else choice.dtype
-    M.set_compute_dtype(net, dtype)
+    if choice.fast and not is_quantized(net):
+        fast.prepare(net, DTYPES[computed_in(net, choice)])
+    else:
+        fast.unprepare(net)
     if inference:
         net.eval().requires_grad_(False)
     return net

@@ -38,7 +38,7 @@ from tables import cell, fmt_bytes, fmt_num, fmt_seconds, json_safe, markdown_ta
 
 
 def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0,
-           draw=True, beyond=True):
+           draw=True, beyond=True, fast=True):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
     predictions-<name>.json per run and the plots into out_dir; return the rows (one per run).
@@ -64,14 +64,14 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
     for d, info, name in zip(run_dirs, infos, names, strict=True):
         print(f"evaluating {name} ({d}) on {len(test)} test texts")
         row, probs[name] = measure.evaluate_run(d, info, test, device=device, precision=precision, batch_size=batch_size,
-                                        latency_n=latency_n)
+                                        latency_n=latency_n, fast=fast)
         rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
     groups = runs.group_runs(infos, names)
     for g in groups:
         for r in rows:
             if r["name"] in g["names"]:
                 r["group"] = g["label"]
-    computed_in = P.choose(precision, device).reason
+    computed_in = P.choose(precision, device, fast=fast).reason
     if any(r["device"] != str(device) for r in rows):  # int8 models run on the CPU whatever the device
         device = f"{device} (int8 models: cpu)"
     settings = {"device": str(device), "precision": computed_in, "torch_threads": torch.get_num_threads(),
@@ -81,7 +81,7 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": splits.split_kind(manifest)}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
-    extras = beyond_the_split(run_dirs, infos, names, device, precision) if beyond else None
+    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast) if beyond else None
     if not test.multilabel:
         preds = {name: p.argmax(1) for name, p in probs.items()}
         test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()

@@ -48,7 +48,7 @@ MODEL_FILES = ("model.safetensors", "config.json", lora.WEIGHTS_NAME, lora.CONFI
 # Settings that say how a run was executed, not what model it makes: runs that agree on every
 # other setting are seeds (or re-runs) of one model, and a report shows their mean ± std.
 EXECUTION_SETTINGS = {"seed", "out", "split", "teacher", "base", "data_mirror", "preset", "progress", "resume",
-                      "overwrite", "threads", "device", "checkpoint_every", "log_every", "eval_batch_size"}
+                      "overwrite", "threads", "device", "checkpoint_every", "log_every", "eval_batch_size", "fast"}
 
 # In run.json files of nanobert before format 2 everything was one flat dict; these were results.
 OLD_RESULT_KEYS = {"run_dir", "split_sha256", "data_sha256", "id2label", "params_total", "params_trainable",

@@ -256,6 +256,10 @@ def check(s: Settings):
         raise TrainError(f"--precision {s.precision!r}: expected one of {', '.join(precision.PRECISIONS)}")
     if not isinstance(s.fast, bool):  # a preset's `fast = "off"`; the flag itself only takes on or off
         raise TrainError(f"--fast {s.fast!r}: expected on or off (in a preset: true or false)")
+    try:
+        precision.choose(s.precision, fast=s.fast)  # bf16 with --fast off: refused before anything is loaded
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if s.resume and s.overwrite:
         raise TrainError("--resume and --overwrite: expected one of them (continue a run, or start it again)")
     if isinstance(s.label_map, str):

@@ -138,6 +138,17 @@ def test_inject_wraps_targets_freezes_the_rest_and_changes_no_output():
                                  modules_to_save=["classifier"])
 
 
+def test_the_plain_model_runs_loralinear_forward():
+    # No other LoRA arithmetic runs in model.py's BERT: every projection goes through LoRALinear.forward.
+    m = tiny()
+    lora.inject_lora(m, r=4, alpha=8)
+    calls = []
+    for name, layer in lora.lora_layers(m):
+        layer.register_forward_hook(lambda mod, args, out, name=name: calls.append(name))
+    logits(m)
+    assert calls == [n for n, _ in lora.lora_layers(m)]
+
+
 def test_inject_suffixes_follow_peft_rule():
     m = tiny()
     wrapped = lora.inject_lora(m, ["attention.output.dense", "intermediate.dense"], trainable=None)

@@ -1,4 +1,5 @@
-"""Tests for model.py: parity with the reference implementation, the config."""
+"""Tests for model.py: parity with the reference implementation (the plain model, as written), its
+attention paths and input embeddings, the config. The fast path against this model: tests/test_fast.py."""
 
 import json
 from pathlib import Path
@@ -70,29 +71,69 @@ def test_dropout_only_in_train_mode(ref):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_bf16_padding_does_not_change_real_tokens(ref):
-    # The bf16 path masks padding like the fp32 one (within bf16 rounding).
+def test_every_dropout_is_an_nn_dropout_whose_p_is_live(ref):
+    # Attention-probability dropout included: with every p at 0, training computes what eval does.
     m = tiny()
-    M.set_compute_dtype(m, torch.bfloat16)
+    drops = [mod for mod in m.modules() if isinstance(mod, torch.nn.Dropout)]
+    assert len(drops) == 1 + 3 * 3 + 1  # embeddings, per layer (attention probabilities, two sublayers), head
+    for mod in drops:
+        mod.p = 0.0
+    with torch.no_grad():
+        assert torch.equal(m.train()(*batch(ref)).logits, m.eval()(*batch(ref)).logits)
+
+
+def test_inputs_embeds_replace_the_word_embedding_lookup(ref):
+    m = tiny()
     ids, mask, tt = batch(ref)
     with torch.no_grad():
-        padded = m(ids, mask, tt).hidden_states[-1][1, :7].float()
-        alone = m(ids[1:2, :7], mask[1:2, :7], tt[1:2, :7]).hidden_states[-1][0].float()
-    assert (padded - alone).abs().max() <= 0.05
+        want = m(ids, mask, tt)
+        got = m(attention_mask=mask, token_type_ids=tt, inputs_embeds=m.bert.embeddings.word_embeddings(ids))
+    assert torch.equal(got.logits, want.logits)
+    assert all(torch.equal(a, b) for a, b in zip(got.hidden_states, want.hidden_states, strict=True))
+    # The gradient reaches the input vectors (what attributions need), and no position is left out.
+    embeds = m.bert.embeddings.word_embeddings(ids).detach().requires_grad_()
+    m(inputs_embeds=embeds, attention_mask=mask).logits.sum().backward()
+    assert embeds.grad.shape == embeds.shape and embeds.grad[mask.bool()].abs().sum(-1).min() > 0
+    with pytest.raises(ValueError, match="input_ids .* or inputs_embeds"):
+        m(ids, inputs_embeds=embeds)
+    with pytest.raises(ValueError, match="input_ids .* or inputs_embeds"):
+        m(attention_mask=mask)
 
 
-def test_fused_qkv_keeps_the_reference_names_and_fp32_weights(tmp_path, ref):
-    # q/k/v are computed by one product, but stay three nn.Linear: the state dict (and the file
-    # on disk) is unchanged, holds no bf16 copy, and loads back to the same outputs.
+def test_manual_attention_equals_sdpa(ref):
+    # self.flash False: the written-out softmax(q k^T / sqrt(d)) v, with padding masked, forward and backward.
+    outs, grads = [], []
+    for flash in (True, False):
+        m = tiny()
+        for layer in m.bert.encoder.layer:
+            layer.attention.self.flash = flash
+        out = m(*batch(ref))
+        out.logits.sum().backward()
+        outs.append(torch.stack(out.hidden_states).detach())
+        grads.append(m.bert.encoder.layer[0].attention.self.query.weight.grad)
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 and (outs[0] - ref["hidden_states"]).abs().max() <= 1e-5
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 and grads[0].abs().max() > 0
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_attention_dropout_drops_probabilities_in_training_only(ref, flash):
+    m = tiny()
+    for mod in m.modules():  # every dropout off but the attention probabilities'
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    for layer in m.bert.encoder.layer:
+        layer.attention.self.dropout.p = 0.5
+        layer.attention.self.flash = flash  # SDPA's dropout_p, or the nn.Dropout on the written-out probabilities
+    with torch.no_grad():
+        eval_logits = m(*batch(ref)).logits
+        assert torch.equal(m(*batch(ref)).logits, eval_logits)
+        assert not torch.equal(m.train()(*batch(ref)).logits, eval_logits)
+
+
+def test_saved_file_keeps_the_reference_names(tmp_path, ref):
     m = tiny()
     keys = list(m.state_dict())
-    M.set_compute_dtype(m, torch.bfloat16)
-    m.requires_grad_(False)
-    with torch.no_grad():
-        m(*batch(ref))  # makes and keeps the bf16 copies
-    assert list(m.state_dict()) == keys
     assert "bert.encoder.layer.0.attention.self.query.weight" in keys and not any("qkv" in k for k in keys)
-    assert all(v.dtype == torch.float32 for k, v in m.state_dict().items() if v.is_floating_point())
     pretrained.save_pretrained(m, tmp_path / "out", tokenizer_dir=TINY)
     with torch.no_grad():
         again = pretrained.from_pretrained(str(tmp_path / "out"), verbose=False).eval()(*batch(ref)).logits

@@ -56,6 +56,7 @@ def test_help_explains_every_flag():
     (["--warmup", 2], "--warmup 2.0: expected a number in [0, 1]"),
     (["--max-length", 10000], "--max-length 10000: the model has 128 positions; expected at most 128"),
     (["--label-map", "{bad"], "--label-map '{bad': not valid JSON"),
+    (["--fast", "off", "--precision", "bf16"], "--precision bf16 needs --fast on"),
 ])
 def test_bad_settings_are_one_line_errors_and_leave_nothing(toy, tmp_path, flags, message):
     with pytest.raises(SystemExit) as e:
