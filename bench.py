@@ -1,5 +1,5 @@
 """
-Speed of nanobert's BERT on this machine: a training step (forward + backward + AdamW) and
+Speed of nanobert's BERT on the machine it runs on: a training step (forward + backward + AdamW) and
 inference, for 12- and 6-layer hidden-384 models at batch 32 x 64 tokens, full fine-tuning and
 LoRA (r=8 on query, key, value), fp32 and bf16, and int8 inference (every linear layer
 dynamically quantised, quantize.py; the reference gets torch's quantize_dynamic alike).

@@ -36,7 +36,7 @@ def pick_device(name="auto"):
     except RuntimeError:
         raise ValueError(f"device {name!r}: expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA GPU on this machine; expected cpu or auto")
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU; expected cpu or auto")
     return device
 
 

@@ -202,7 +202,7 @@ CASES = [
     case("resume-and-overwrite", "`--resume` and `--overwrite` together", "train",
          lambda c: teacher_argv(c, "--resume", "--overwrite"), "--resume and --overwrite: expected one of them"),
     case("device-cuda-no-gpu", "`--device cuda` on a machine without a GPU", "train", lambda c: teacher_argv(c, "--device", "cuda"),
-         "--device: device 'cuda': no CUDA GPU on this machine; expected cpu or auto", setup=no_gpu),
+         "--device: device 'cuda': torch sees no CUDA GPU; expected cpu or auto", setup=no_gpu),
     case("device-unknown", "`--device gpu0` (not a device name)", "train", lambda c: teacher_argv(c, "--device", "gpu0"),
          "--device: device 'gpu0': expected cpu, cuda, cuda:N or auto"),
     case("precision-unknown", "`--precision fp16` (not one nanobert computes in)", "train",
@@ -425,7 +425,7 @@ CASES = [
     case("predict-empty-stdin", "`predict` with nothing on stdin", "eval", lambda c: ["predict", "--run", c.run("teacher")],
          "empty text to predict; expected at least one non-blank text", stdin=""),
     case("predict-device-cuda", "`predict --device cuda` on a machine without a GPU", "eval",
-         lambda c: ["predict", "--run", c.run("teacher"), "--device", "cuda", "hi"], "device 'cuda': no CUDA GPU on this machine",
+         lambda c: ["predict", "--run", c.run("teacher"), "--device", "cuda", "hi"], "device 'cuda': torch sees no CUDA GPU",
          setup=no_gpu),
     case("input-missing", "`predict --input` naming a file that does not exist", "eval",
          lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "nope.csv", "--output", c.tmp / "out.csv"],
@@ -510,7 +510,7 @@ CASES = [
 
 
 def normalise(text, ctx):
-    """The message with this machine's folders and the split hashes replaced, so that the doc is stable."""
+    """The message with the temporary folders and the split hashes replaced, so that the doc is stable."""
     for path, name in sorted([(ctx.tmp, "<tmp>"), (ctx.shared, "<tmp>"), (TINY, "<tiny-bert>"), (ROOT, "<repo>")],
                              key=lambda p: -len(str(p[0]))):
         text = text.replace(str(Path(path).resolve()), name).replace(str(path), name)

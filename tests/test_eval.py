@@ -322,7 +322,7 @@ def test_classifier_api_agrees_with_the_report(runs, reported):
     assert result["label"] == ["ok", "toxic"][int(np.argmax(saved))] and result["score"] == max(result["probabilities"].values())
     batch = Classifier.from_run(runs["teacher"]).predict([text, "you are terrible", "what a great day"])
     assert [r["label"] for r in batch[1:]] == ["toxic", "ok"] and clf.predict_proba([]).shape == (0, 2)
-    with pytest.raises(ValueError, match="no CUDA GPU on this machine") if not torch.cuda.is_available() else nullcontext():
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU") if not torch.cuda.is_available() else nullcontext():
         Classifier.from_run(runs["lora"], device="cuda")
 
 
