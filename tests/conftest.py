@@ -25,6 +25,27 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
 
+
+# The tiny BERT of tests/fixtures/tiny-bert and the outputs the reference library gave for it
+# (make_tiny_bert.py beside it): the parity tests of model.py and pretrained.py.
+
+
+@pytest.fixture(scope="module")
+def ref():
+    from safetensors.torch import load_file
+
+    return load_file(Path(TINY) / "reference_outputs.safetensors")
+
+
+def batch(ref):
+    return ref["input_ids"], ref["attention_mask"], ref["token_type_ids"]
+
+
+def tiny(**kw):
+    import pretrained  # imported here: tests/test_bad_inputs.py --write imports this file outside pytest
+
+    return pretrained.from_pretrained(TINY, verbose=False, **kw).eval()
+
 NEUTRAL = ("you are the people day it was on for with his they at be this from have or by one had not but what "
            "all were when we there can an your which their said if do will each about how up out them").split()
 

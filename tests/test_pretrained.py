@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batch, tiny
 from safetensors.torch import load_file, save_file
 
 import files
@@ -15,19 +16,6 @@ import pretrained
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny-bert"
 SHARED_BGE = Path(__file__).resolve().parents[2] / "shared" / "models" / "bge-small-en"
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return load_file(TINY / "reference_outputs.safetensors")
-
-
-def batch(ref):
-    return ref["input_ids"], ref["attention_mask"], ref["token_type_ids"]
-
-
-def tiny(**kw):
-    return pretrained.from_pretrained(str(TINY), verbose=False, **kw).eval()
 
 
 # -- loading checkpoints ---------------------------------------------------------------------
