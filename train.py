@@ -125,7 +125,7 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     net.to(device)
     # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
     # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
-    # A resumed run computes in what it started in: the recorded choice, not a new `auto` one on this machine.
+    # A resumed run computes in what it started in: the recorded choice, not a new `auto` one where it resumes.
     asked = before.results.get("precision_chosen", s.precision) if before else s.precision
     choice = precision.choose(asked, device, fast=s.fast)
     precision.keep_freed_memory()
