@@ -73,5 +73,6 @@ def run_one(args, runs_dir, name, method, extra, train):
             print(f"== {name}: done before, kept ==")
             return runs.read_summary(runs_dir / name)
         s.resume = (runs_dir / name / runs.CHECKPOINT_FILE).exists()
+        s.overwrite = not s.resume and (runs_dir / name).exists()  # stopped before its first checkpoint: start it again
     print(f"== {name} ==")
     return train(s, runs_dir / name)

@@ -1,18 +1,23 @@
 """
 The file plumbing every other module needs, in one place: writing a file so that it is either
-whole or absent, downloading into the cache, reading safetensors with an error that names the
-file, progress bars that are there when tqdm is, and DataError, the error of input that cannot
-be used as it is.
+whole or absent, one writer per folder (a lock), a file's sha256, downloading into the cache,
+reading safetensors with an error that names the file, progress bars that are there when tqdm
+is, and DataError, the error of input that cannot be used as it is.
 
 This is the ground floor: it imports nothing from the project, and model.py, lora.py and the data
 modules (wordpiece.py, readers.py, corpus.py, splits.py, batching.py) may use it (the one exception
 to "model.py imports nothing from the project").
 """
 
+import contextlib
+import hashlib
 import http.client
 import json
 import os
+import re
+import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,10 +50,22 @@ def atomic_write(path, write):
         write(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; the result is an ordinary one
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if error := write_error(e, tmp, path):
+            raise error from None
         raise
+
+
+def write_error(e: BaseException, tmp, path) -> OSError | None:
+    """A failed write as an OSError that names the file being written, not its temporary: safetensors
+    reports a full disk as SafetensorError("... No space left on device (os error 28)"), and a plain
+    write's OSError often names no file at all."""
+    if isinstance(e, OSError) and e.errno and e.filename in (None, tmp):
+        return OSError(e.errno, e.strerror, str(path))
+    code = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    return OSError(int(code[1]), os.strerror(int(code[1])), str(path)) if code else None
 
 
 def os_error_message(e: OSError) -> str:
@@ -85,6 +102,99 @@ def write_text(path, text: str):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# One writer per folder
+
+
+class FolderBusy(ValueError):
+    """A folder that another living process is writing; the message names that process."""
+
+
+def lock_path(folder) -> Path:
+    """The lock of a folder lies beside it (.<name>.lock), so that it outlives the folder's renames
+    (a replacement swapped in, an export moved into place) and exists before the folder does."""
+    folder = Path(folder).absolute()
+    return folder.with_name(f".{folder.name}.lock")
+
+
+@contextlib.contextmanager
+def lock(folder, command=None):
+    """
+    Hold the folder's lock while writing it: a second process that asks for it is refused with a
+    FolderBusy that names the holder (its pid, its command, since when). The lock is the operating
+    system's (flock): it goes with its process, however that process ends. The file only records who
+    holds it, for the message; a record left by a process that died without releasing its lock is
+    taken over, with a note that says so. (Where fcntl is missing, on Windows, nothing is locked.)
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = lock_path(folder)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_lock_record(fd, wait=True)
+            os.close(fd)
+            raise FolderBusy(f"{folder}: being written by {holder}; one writer at a time: wait for it to end, or "
+                             "stop it") from None
+        # The file may have been released and removed between our open and our lock: lock the one in place.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        stale = read_lock_record(fd)
+        if stale:
+            print(f"note: {folder}: took over the lock of {stale}, which ended without releasing it", file=sys.stderr)
+        command = command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        record = {"pid": os.getpid(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # still ours: only a holder removes it
+            os.unlink(path)
+        os.close(fd)
+        for parent in made:  # the folders made for the lock go, unless the run came to live in them
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def read_lock_record(fd, wait=False) -> str:
+    """Who a lock file says holds it: 'process 123 (`train.py ...`, since 2025-01-31 12:00:00)', or ''.
+    wait: the holder may be between taking the lock and writing its record; give it a moment."""
+    for _ in range(20 if wait else 1):
+        raw = os.pread(fd, 1 << 16, 0)
+        if raw:
+            break
+        time.sleep(0.05)
+    try:
+        r = json.loads(raw)
+        return f"process {r['pid']} (`{r['command']}`, since {r['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process" if wait or raw else ""
+
+
+def sha256_file(path, chunk=1 << 20) -> str:
+    """The sha256 of a file, read a MiB at a time (model weights can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 # -----------------------------------------------------------------------------

@@ -7,7 +7,10 @@ The model each method trains, built before its first step:
     lora      adapters on a pretrained model, or on a trained run (--base), the rest frozen
 
 A run this one builds on (--teacher, --base) is checked first: trained on the same split, and a
-full fp32 model (not an int8 export, not a LoRA adapter).
+full fp32 model (not an int8 export, not a LoRA adapter). Its weights' sha256 goes into the results:
+a LoRA adapter is a change to its base's weights, and every reader of the run checks that the base is
+still the one (runs.check_base); a student keeps its teacher's for provenance only (its own weights
+do not depend on the teacher once trained).
 """
 
 import time
@@ -17,6 +20,7 @@ import torch
 
 import batching
 import distill
+import files
 import lora
 import pretrained
 import runs
@@ -72,6 +76,7 @@ def build_student(s: Settings, manifest, val_part, device, run_dir, results):
     if not s.teacher:
         raise TrainError("distill needs --teacher RUN_DIR (a teacher run written by `train.py teacher`)")
     teacher = load_parent(s, "teacher", s.teacher, manifest).requires_grad_(False)
+    results["teacher_sha256"] = files.sha256_file(runs.weights_file(s.teacher))
     n = teacher.config.num_hidden_layers
     importance = None
     if str(s.layers).startswith("auto"):
@@ -131,4 +136,5 @@ def build_lora(s: Settings, dataset, manifest, results):
     # A hub name stays a name; a local folder becomes an absolute path, valid from anywhere.
     model_dir = pretrained.resolve_model_dir(s.model)
     results["base_model"] = s.model if not Path(s.model).expanduser().is_dir() else str(model_dir.resolve())
+    results["base_sha256"] = files.sha256_file(runs.base_weights(s.model))  # the weights the adapter changes
     return net, model_dir

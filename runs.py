@@ -22,6 +22,7 @@ Read top to bottom:
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -226,6 +227,18 @@ def remove_checkpoint(run_dir):
     Path(run_dir, CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
+def checkpoint_progress(run_dir) -> dict | None:
+    """{"epoch": epochs done, "step": optimizer steps} of the checkpoint in run_dir (its header only), or None."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(files.read_safetensors_metadata(path).get("state", "{}"))
+    except ValueError:  # a damaged checkpoint: --resume will say so
+        state = {}
+    return {"epoch": state.get("epoch", "?"), "step": state.get("step", "?")}
+
+
 # -----------------------------------------------------------------------------
 # 3. Model files
 
@@ -247,6 +260,7 @@ def load_run(run_dir, merge=True, verbose=False):
     """
     run_dir = Path(run_dir)
     info = read_info(run_dir)
+    check_base(run_dir, info)
     if not is_lora_run(run_dir) and not (run_dir / "config.json").is_file():
         raise RunError(f"{run_dir}: no trained model (neither config.json + model.safetensors nor "
                        f"{lora.CONFIG_NAME}); expected a run that finished at least one epoch")
@@ -267,6 +281,42 @@ def load_run(run_dir, merge=True, verbose=False):
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise RunError(f"{run_dir}: cannot load the trained model ({e})") from None
     return net.eval(), tokenizer, info
+
+
+def base_weights(base) -> Path:
+    """The weights a LoRA adapter changes: those of its base, a trained run folder or a pretrained model
+    (a name, resolved as from_pretrained resolves it: the embedded package, a mirror, the cache)."""
+    folder = pretrained.resolve_model_dir(base)
+    return weights_file(folder) if (folder / RUN_FILE).is_file() else folder / "model.safetensors"
+
+
+def check_base(run_dir, info):
+    """A LoRA adapter is a change to one set of weights: on any other it computes something else. Refuse
+    to load it when its base's weights are not those it was trained on (run.json's base_sha256).
+    Runs without the record (older ones, full models) pass; a base that cannot be found is left to the
+    loader to name."""
+    recorded = info.results.get("base_sha256")
+    if not recorded or not is_lora_run(run_dir):
+        return
+    try:
+        base = lora.read_adapter_config(run_dir)["base_model_name_or_path"]
+        now = files.sha256_file(base_weights(base))
+    except (OSError, ValueError, KeyError):
+        return
+    if now != recorded:
+        raise RunError(f"{run_dir}: its base {base} has changed since the adapter was trained on it (sha256 {now[:12]}…, "
+                       f"run.json says {recorded[:12]}…); expected the same weights: retrain the adapter with "
+                       f"`{retrain_command(run_dir, info)}`")
+
+
+def retrain_command(run_dir, info) -> str:
+    """The command that trains the run again in its folder: the one run.json recorded, with --overwrite."""
+    head, _, rest = str(info.results.get("command") or "").partition(" ")
+    if Path(head).name != "train.py" or not rest.startswith(f"{info.get('method')} "):  # not recorded, or `all`
+        parent = f"--base {info['base']}" if info.get("base") else f"--model {info.get('model')}"
+        rest = f"{info.get('method')} {parent} --out {run_dir}"
+    rest = re.sub(r" --resume\b", "", rest)
+    return f"python train.py {rest}" + ("" if "--overwrite" in rest.split() else " --overwrite")
 
 
 def plain_model(net):

@@ -10,15 +10,17 @@ Where a value comes from, lowest first:
 run.json keeps them as one flat dict (its "settings"), with the same keys as ever: the groups are for
 reading the code and the help, not the file. Each field also says whether it may change when an
 interrupted run continues (--resume): how many threads, how often to log or checkpoint, may;
-whatever shapes the model may not.
+whatever shapes the model may not, and --resume refuses it (changed_on_resume).
 
 Read top to bottom: the field and its metadata; the groups; Settings, all of them in one; presets
-and the settings of one method; the checks; the parser built from the groups.
+and the settings of one method; the checks, and what --resume compares; the parser built from the
+groups.
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -273,6 +275,41 @@ def check(s: Settings):
         classifier.pick_device(s.device)
     except ValueError as e:
         raise TrainError(f"--device: {e}") from None
+
+
+def changed_on_resume(recorded: dict, s: Settings) -> list:
+    """[(name, recorded value, value now)]: the settings of s that differ from those an interrupted run
+    recorded (run.json's "settings"), less those that may change on resume. A setting that an older
+    run.json lacks is not compared: nothing says what it was."""
+    now = dataclasses.asdict(s)
+    return [(name, recorded[name], now[name]) for name in SETTING_NAMES
+            if name not in MAY_CHANGE_ON_RESUME and name in recorded and not same_setting(name, recorded[name], now[name])]
+
+
+def same_setting(name, old, new):
+    """Equal, or the same thing spelled another way: a file by another path (relative vs absolute), or
+    the LoRA modules with the pooler that the run itself added (methods.build_lora, a base without one)."""
+    if old == new:
+        return True
+    if name == "lora_trainable" and isinstance(new, str):
+        return old == ",".join([m for m in new.split(",") if m] + ["pooler"])
+    if isinstance(old, str) and isinstance(new, str) and Path(old).exists() and Path(new).exists():
+        return os.path.samefile(old, new)
+    return False
+
+
+def resume_refusal(run_dir, changed) -> str:
+    """One line naming what differs, old and new: the subcommand alone if that is what differs (the rest follows)."""
+    method = [c for c in changed if c[0] == "method"]
+    if method:
+        _, old, new = method[0]
+        return (f"--resume {run_dir}: the run was started by `train.py {old}`, this is `train.py {new}`; expected "
+                f"`train.py {old} ... --resume`, or --overwrite to train a {new} run in its place")
+    shown = [f"--{name.replace('_', '-')} {new!r} (run.json: {old!r})" for name, old, new in changed[:3]]
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    verb = "differs" if len(changed) == 1 else "differ"
+    return (f"--resume {run_dir}: {', '.join(shown)}{more} {verb} from the settings the run started with; a resumed "
+            "run keeps them: expected the same, or --overwrite to start again with the new ones")
 
 
 # -----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Train the arms of the comparison with one plain, explicit loop:
 
 Every flag overrides the preset (presets/<name>.toml), which overrides the defaults of the settings
 (settings.py). What a run folder holds is runs.py's business. A finished run is never changed,
-except by --overwrite; an unfinished one continues with --resume.
+except by --overwrite; an unfinished one continues with --resume, with the settings it started with;
+one process trains into a folder at a time (run_folder.py).
 
 Read top to bottom: setting up a run (the settings checked, the data, the model, the loaders, the
 optimizer, the folder); one epoch (batches, loss, backward, clip, step, log); the end of an epoch
@@ -102,7 +103,7 @@ class Training:
 def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     """Check and load everything; only then touch the run folder (work: where the run trains)."""
     settings.check(s)
-    run_folder.check(s, run_dir, work)
+    before = run_folder.check(s, run_dir, work)  # on --resume: the interrupted run's run.json
     device = distributed.pick_device(s.device)
     memory = PeakMemory(device)
     world, rank = distributed.setup(device)
@@ -124,7 +125,9 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     net.to(device)
     # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
     # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
-    choice = precision.choose(s.precision, device, fast=s.fast)
+    # A resumed run computes in what it started in: the recorded choice, not a new `auto` one where it resumes.
+    asked = before.results.get("precision_chosen", s.precision) if before else s.precision
+    choice = precision.choose(asked, device, fast=s.fast)
     precision.keep_freed_memory()
     precision.prepare(net, choice)
     if teacher is not None:
@@ -154,6 +157,7 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     t = Training(s, work, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
                  total_steps, results, memory)
     if s.resume:
+        run_folder.check_same_inputs(run_dir, before, results)
         resume(t)
     elif t.main:
         # Everything is checked: from here on the folder is this run's.
@@ -167,7 +171,11 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
 def resume(t: Training):
     """Continue from the checkpoint: the model, the optimizer, the RNG, the sampler and the books."""
     runs.remove_stale_temporaries(t.dir)
-    meta = runs.load_checkpoint(t.dir, t.net, t.opt)
+    try:
+        meta = runs.load_checkpoint(t.dir, t.net, t.opt)
+    except (RuntimeError, ValueError, KeyError) as e:  # the settings matched, and still the model is another
+        raise TrainError(f"{t.dir / runs.CHECKPOINT_FILE}: does not fit the model this command builds ({str(e).splitlines()[0]}); "
+                         "expected the command the run was started with, and --resume") from None
     t.loader.load_state_dict(meta.pop("sampler"))
     t.state.update(meta)
     # The killed process worked past its checkpoint; its last log line says how long it ran.
@@ -204,7 +212,9 @@ def train_epoch(t: Training, epoch: int):
     s, state = t.s, t.state
     t.ddp.train()
     t0, seen, done_before = time.time(), 0, t.loader.sampler.batches_done
-    crash_at = int(os.environ.get("NANOBERT_CRASH_AT_STEP", 0))  # for the resume test: a real kill mid-epoch
+    # For the tests: a real kill (or with NANOBERT_CRASH_SIGNAL=INT a real Ctrl-C) at a known step.
+    crash_at = int(os.environ.get("NANOBERT_CRASH_AT_STEP", 0))
+    crash_signal = signal.SIGINT if os.environ.get("NANOBERT_CRASH_SIGNAL") == "INT" else signal.SIGKILL
     bar = files.progress(t.loader, len(t.loader) - done_before, f"{s.method} epoch {epoch + 1}", s.progress and t.main)
     for i, batch in enumerate(bar, start=done_before):
         batch = {k: v.to(t.device) for k, v in batch.items()}
@@ -238,7 +248,7 @@ def train_epoch(t: Training, epoch: int):
         if t.main and s.checkpoint_every and state["step"] % s.checkpoint_every == 0:
             checkpoint(t)
         if crash_at and state["step"] == crash_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), crash_signal)
     return time.time() - t0
 
 
@@ -322,18 +332,22 @@ def train(s: Settings, run_dir) -> dict:
     """Train one model into run_dir; returns its summary. A run that fails before its first checkpoint
     leaves no folder behind; after it, the folder waits for --resume (run_folder.py)."""
     run_dir = Path(run_dir)
-    work, existed = run_folder.where(s, run_dir)
     t_start = time.time()
-    try:
-        t = setup(s, run_dir, work)
-        t.t_start = t_start  # the run's time includes loading the data and the model
-        while t.state["epoch"] < s.epochs:
-            seconds = train_epoch(t, t.state["epoch"])
-            end_epoch(t, t.state["epoch"], seconds)
-        return finish(t)
-    except BaseException:
-        run_folder.discard(work, existed)
-        raise
+    with run_folder.lock(run_dir):  # one writer at a time, from the first check to the last rename
+        work, existed = run_folder.where(s, run_dir)
+        try:
+            t = setup(s, run_dir, work)
+            t.t_start = t_start  # the run's time includes loading the data and the model
+            while t.state["epoch"] < s.epochs:
+                seconds = train_epoch(t, t.state["epoch"])
+                end_epoch(t, t.state["epoch"], seconds)
+            return finish(t)
+        except KeyboardInterrupt:  # Ctrl-C: one line that says what was kept
+            run_folder.discard(work, existed)
+            raise KeyboardInterrupt(run_folder.interrupted(run_dir, work)) from None
+        except BaseException:
+            run_folder.discard(work, existed)
+            raise
 
 
 # -----------------------------------------------------------------------------
@@ -347,8 +361,8 @@ def main(argv=None):
             compare.run_all(args, train=train)
         else:
             train(settings.resolve(args, args.command), args.out)
-    except KeyboardInterrupt:
-        sys.exit("interrupted; an interrupted run continues from its last checkpoint with the same command and --resume")
+    except KeyboardInterrupt as e:  # train() says what it kept
+        sys.exit(str(e) or "interrupted; an interrupted run continues from its last checkpoint with the same command and --resume")
     except (TrainError, files.DataError, runs.RunError, FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # read-only folder, a path under a file, a full disk

@@ -32,7 +32,7 @@ def load_data(s: Settings, run_dir: Path):
     elif sum(c > 0 for c in counts) < 2 or 0 in counts:
         raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
                          "least two classes, each with examples (labels 0..K-1, or --label-map)")
-    s.split = str(s.split or run_dir.parent / "split.json")
+    s.split = split_path(s, run_dir)
     parts = splits.get_split(dataset, s.split, seed=s.split_seed)
     manifest = splits.load_manifest(s.split)
     if not len(parts["validation"]) or not len(parts["train"]):
@@ -44,6 +44,11 @@ def load_data(s: Settings, run_dir: Path):
     if s.augment:
         parts["train"] = with_augmentation(s, dataset, parts["train"])
     return dataset, parts, manifest
+
+
+def split_path(s: Settings, run_dir: Path) -> str:
+    """--split, or split.json beside the run folder: one manifest for the runs of a comparison."""
+    return str(s.split or Path(run_dir).parent / "split.json")
 
 
 def with_augmentation(s: Settings, dataset, train_part):

@@ -1,7 +1,8 @@
 """Every bad input and fault a user can run into, one table of cases run through the real entry
 points (train.main, eval.main, the web page, a real Ctrl-C): each gets a one-line error naming the
 flag, file or field and what was expected, or, where going on is right, a printed note. No
-traceback reaches the user, and a finished run that a failed command targets is left byte for byte.
+traceback reaches the user, and a run (finished or interrupted) that a failed command targets is
+left byte for byte.
 
 docs/bad-inputs.md is rendered from this table and the messages the cases get; the last test
 checks that it is up to date. Regenerate it with
@@ -54,7 +55,7 @@ def main_of(tool):
 @dataclass
 class Ctx:
     tmp: Path  # this case's folder
-    shared: Path  # the module's folder: toy.csv and runs/{split.json,teacher,odd,lora,teacher-int8}
+    shared: Path  # the module's folder: toy.csv and runs/{split.json,teacher,odd,lora,teacher-int8,interrupted}
     monkeypatch: pytest.MonkeyPatch
 
     @property
@@ -153,6 +154,60 @@ def no_gpu(c):
     c.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+# The interrupted run of the shared runs: a teacher of 3 epochs killed (kill -9) in its second epoch,
+# after its first checkpoint (step 16). This is the command it was started with, into a copy of it.
+def interrupted_argv(c, *extra, command="teacher"):
+    return with_flags([command, "--model", TINY, "--data", c.toy, "--out", c.run("interrupted"), "--batch-size", 8,
+                       "--epochs", 3, "--lr", 3e-3, "--no-progress", "--split", c.shared / "runs" / "split.json"], extra)
+
+
+def train_quietly(c, *argv):
+    """A training run a case starts from, recorded as a user's `train.py ...` (its run.json's command)."""
+    argv = [str(a) for a in argv]
+    with c.monkeypatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        mp.setattr(sys, "argv", ["train.py", *argv])
+        main_of("train")(argv)
+
+
+def lora_on_retrained_base(c):
+    """LoRA on a trained run (--base), then that base trained again (--overwrite, another seed)."""
+    train_quietly(c, "lora", "--base", c.run("teacher"), "--out", c.tmp / "runs" / "lora-on-teacher", "--epochs", 1,
+                  "--lr", 1e-2, "--no-progress")
+    train_quietly(c, *teacher_argv(c, "--overwrite", "--seed", 1, "--split", c.shared / "runs" / "split.json",
+                                   out=c.run("teacher")))
+
+
+def lora_on_changed_model(c):
+    """LoRA on a model folder (--model), then that folder's weights changed (an update of the model)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = model_copy(c)
+    train_quietly(c, "lora", "--model", folder, "--data", c.toy, "--split", c.shared / "runs" / "split.json",
+                  "--out", c.tmp / "runs" / "lora-own", "--epochs", 1, "--lr", 1e-2, "--batch-size", 8, "--no-progress")
+    weights = load_file(folder / "model.safetensors")
+    name = next(k for k in weights if k.endswith("query.weight"))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def killed_before_first_checkpoint(c):
+    """A run into tmp/run killed (kill -9) at its second step: its run.json and its lock's record stay."""
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, teacher_argv(c))], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "NANOBERT_CRASH_AT_STEP": "2"}, timeout=300)
+    assert p.returncode == -9, p.stderr
+
+
+def disk_full(c):
+    """Every safetensors file written from now on fails as a full disk makes it fail."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **kw):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    c.monkeypatch.setattr(safetensors.torch, "serialize_file", full)
+
+
 # -----------------------------------------------------------------------------
 # The cases
 
@@ -169,6 +224,8 @@ class Case:
     note: bool = False  # going on is right: exit 0 and a printed note that holds `expect`
     stdin: str | None = None
     xfail: str | None = None  # what happens now, while the message is not yet right
+    busy: Callable | None = None  # Ctx -> argv of a train.py process that trains while the case runs
+    env: dict | None = None  # train-ctrl-c: the process's environment; NANOBERT_CRASH_SIGNAL=INT: it gets its Ctrl-C itself
     doc_expected_only: bool = False  # depends on the machine (root): the doc shows the expected fragments
 
 
@@ -345,8 +402,48 @@ CASES = [
     case("all-runs-under-file", "`train.py all --runs` inside a path where a file stands", "train",
          lambda c: ["all", "--model", TINY, "--data", c.toy, "--runs", c.tmp / "afile" / "runs", "--no-progress"],
          ("--runs <tmp>/afile/runs", "<tmp>/afile"), setup=lambda c: c.write("afile", "mine\n")),
-    case("ctrl-c", "Ctrl-C while training", "train-ctrl-c", lambda c: teacher_argv(c, "--epochs", 500),
-         "interrupted; an interrupted run continues from its last checkpoint with the same command and --resume"),
+    case("ctrl-c", "Ctrl-C while training, before the first checkpoint", "train-ctrl-c", lambda c: teacher_argv(c, "--epochs", 3),
+         "interrupted before the first checkpoint: nothing kept", env={"NANOBERT_CRASH_AT_STEP": "5", "NANOBERT_CRASH_SIGNAL": "INT"}),
+    case("ctrl-c-overwrite", "Ctrl-C in the second epoch of an `--overwrite` of a finished run", "train-ctrl-c",
+         lambda c: teacher_argv(c, "--epochs", 3, "--overwrite", "--split", c.shared / "runs" / "split.json", out=c.run("teacher")),
+         "interrupted; kept the checkpoint at step 16 (1 of 3 epochs done); the finished run in <tmp>/runs/teacher is "
+         "unchanged: the same command with --resume continues from it", keep=lambda c: c.run("teacher"),
+         env={"NANOBERT_CRASH_AT_STEP": "20", "NANOBERT_CRASH_SIGNAL": "INT"}),
+    case("disk-full-saving", "a full disk while saving the model (safetensors' own error, not an OSError)", "train",
+         lambda c: teacher_argv(c), "<tmp>/run/model.safetensors: no space left on device", setup=disk_full),
+    # --- train.py: one writer per folder, and a run keeps its word
+    case("second-writer", "training into a folder that another process is training into (`--overwrite` in two terminals)",
+         "train", lambda c: teacher_argv(c, "--overwrite", out=c.run("teacher")),
+         ("<tmp>/runs/teacher: being written by process <pid> (`train.py teacher", "since <time>); one writer at a time"),
+         busy=lambda c: teacher_argv(c, "--overwrite", "--epochs", 100000, "--threads", 1, out=c.run("teacher")),
+         keep=lambda c: c.run("teacher")),
+    case("note-stale-lock", "a run killed (`kill -9`) before its first checkpoint, started again with `--overwrite`", "train",
+         lambda c: teacher_argv(c, "--overwrite"),
+         ("note: <tmp>/run: took over the lock of process <pid> (`train.py teacher", "which ended without releasing it"),
+         note=True, setup=killed_before_first_checkpoint),
+    case("out-unfinished", "training again into an interrupted run's folder without `--resume` or `--overwrite`", "train",
+         lambda c: teacher_argv(c, "--max-train", 64, out=c.run("interrupted")),
+         "--out <tmp>/runs/interrupted: holds an unfinished run, stopped at step 16 with 1 of 3 epochs done; expected "
+         "--resume to continue it, or --overwrite to start it again", keep=lambda c: c.run("interrupted")),
+    case("out-unfinished-no-checkpoint", "training again into a run killed before its first checkpoint", "train",
+         lambda c: teacher_argv(c), ("--out <tmp>/run: holds an unfinished run, stopped before its first checkpoint",
+                                     "expected --overwrite to start it again"), setup=killed_before_first_checkpoint),
+    case("resume-other-lr", "`--resume` with another `--lr` than the run started with", "train",
+         lambda c: interrupted_argv(c, "--resume", "--lr", "1e-6"),
+         "--resume <tmp>/runs/interrupted: --lr 1e-06 (run.json: 0.003) differs from the settings the run started with; "
+         "a resumed run keeps them: expected the same, or --overwrite to start again with the new ones",
+         keep=lambda c: c.run("interrupted")),
+    case("resume-other-split", "`--resume` with another `--split` and `--split-seed` (it would train on test texts)", "train",
+         lambda c: interrupted_argv(c, "--resume", "--split", c.tmp / "other.json", "--split-seed", 5),
+         ("--split '<tmp>/other.json' (run.json: '<tmp>/runs/split.json'), --split-seed 5 (run.json: 0) differ",
+          "expected the same"), keep=lambda c: c.run("interrupted")),
+    case("resume-other-model", "`--resume` with another `--model`", "train",
+         lambda c: interrupted_argv(c, "--resume", "--model", model_copy(c)),
+         "--model '<tmp>/model' (run.json: '<tiny-bert>') differs", keep=lambda c: c.run("interrupted")),
+    case("resume-other-subcommand", "`--resume` of a teacher run with `train.py lora`", "train",
+         lambda c: interrupted_argv(c, "--resume", command="lora"),
+         "--resume <tmp>/runs/interrupted: the run was started by `train.py teacher`, this is `train.py lora`; expected "
+         "`train.py teacher ... --resume`, or --overwrite to train a lora run in its place", keep=lambda c: c.run("interrupted")),
     # --- train.py: notes, and training goes on
     case("note-latin1", "a CSV with Latin-1 bytes (not UTF-8)", "train",
          lambda c: teacher_argv(c, "--data", c.tmp / "latin1.csv"), "invalid UTF-8 byte sequence(s) replaced by U+FFFD", note=True,
@@ -383,6 +480,15 @@ CASES = [
     case("lora-adapter-config-bad", "a LoRA run whose adapter_config.json says `\"r\": 0`", "eval",
          lambda c: ["predict", "--run", c.run("lora"), "hi"], "adapter_config.json: field 'r' is 0; expected a positive integer",
          setup=lambda c: c.edit_json(c.run("lora") / "adapter_config.json", lambda raw: raw.update(r=0))),
+    case("lora-base-retrained", "`predict` with a LoRA run whose `--base` run was trained again since", "eval",
+         lambda c: ["predict", "--run", c.tmp / "runs" / "lora-on-teacher", "hi"],
+         ("<tmp>/runs/lora-on-teacher: its base <tmp>/runs/teacher has changed since the adapter was trained on it",
+          "retrain the adapter with `python train.py lora --base <tmp>/runs/teacher --out <tmp>/runs/lora-on-teacher", "--overwrite`"),
+         setup=lora_on_retrained_base, keep=lambda c: c.tmp / "runs" / "lora-on-teacher"),
+    case("lora-base-model-changed", "`eval.py report` of a LoRA run whose `--model` folder's weights changed since", "eval",
+         lambda c: [c.tmp / "runs" / "lora-own", "--out", c.tmp / "report"],
+         ("<tmp>/runs/lora-own: its base <tmp>/model has changed since the adapter was trained on it",
+          "`python train.py lora --model <tmp>/model"), setup=lora_on_changed_model, keep=lambda c: c.tmp / "runs" / "lora-own"),
     case("run-no-vocab", "a run without its vocab.txt", "eval", lambda c: ["predict", "--run", c.run("teacher"), "hi"],
          "vocab.txt: not found", setup=lambda c: (c.run("teacher") / "vocab.txt").unlink()),
     # --- eval.py report
@@ -502,6 +608,9 @@ CASES = [
     case("app-damaged-run", "the web page serving a run whose model.safetensors was cut short", "app", lambda c: c.tmp / "runs",
          ("Cannot load <tmp>/runs/teacher", "not a readable safetensors file"),
          setup=lambda c: truncate(c.run("teacher") / "model.safetensors")),
+    case("app-lora-base-changed", "the web page serving a LoRA run whose `--model` folder's weights changed since", "app",
+         lambda c: c.tmp / "runs", ("Cannot load <tmp>/runs/lora-own", "its base <tmp>/model has changed since the adapter "
+                                    "was trained on it"), setup=lora_on_changed_model),
 ]
 
 
@@ -514,6 +623,8 @@ def normalise(text, ctx):
     for path, name in sorted([(ctx.tmp, "<tmp>"), (ctx.shared, "<tmp>"), (TINY, "<tiny-bert>"), (ROOT, "<repo>")],
                              key=lambda p: -len(str(p[0]))):
         text = text.replace(str(Path(path).resolve()), name).replace(str(path), name)
+    text = re.sub(r"\bprocess \d+", "process <pid>", text)
+    text = re.sub(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "since <time>", text)
     return re.sub(r"\b[0-9a-f]{12}…", "<hash>…", text)
 
 
@@ -552,7 +663,7 @@ def run_in_process(case, ctx, argv):
 
 def run_ctrl_c(case, ctx, argv):
     """A real process, a real SIGINT once training has started."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(case.env or {})}
     # A process started in the background of a non-interactive shell (as CI may run us) inherits SIGINT
     # ignored, and Python then keeps it ignored: give the child the default, as a terminal would.
     p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env, text=True,
@@ -560,18 +671,32 @@ def run_ctrl_c(case, ctx, argv):
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
-        for line in p.stdout:  # setup prints "teacher: N train / M validation texts ..." before the first batch
-            lines.append(line)
-            if line.startswith("teacher:"):
-                break
-        time.sleep(0.3)  # into the first epoch
-        p.send_signal(signal.SIGINT)
+        if "NANOBERT_CRASH_SIGNAL" not in env:  # else it gets its Ctrl-C at a known step (train.train_epoch)
+            for line in p.stdout:  # setup prints "teacher: N train / M validation texts ..." before the first batch
+                lines.append(line)
+                if line.startswith("teacher:"):
+                    break
+            time.sleep(0.3)  # into the first epoch
+            p.send_signal(signal.SIGINT)
         rest, err = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     return Outcome(err.strip().splitlines()[-1] if p.returncode and err.strip() else p.returncode, "".join(lines) + rest, err)
+
+
+def start_busy(argv):
+    """A real train.py process, returned once it trains (its folder claimed, the lock held)."""
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("teacher:") and "train /" in line:
+            return p
+    p.wait()
+    raise AssertionError("the busy process ended before it trained:\n" + "".join(seen))
 
 
 def run_app(case, ctx, runs_dir):
@@ -597,13 +722,19 @@ def run_case(case, ctx):
     before = snapshot(keep) if keep else None
     out_dir = Path(argv[argv.index("--out") + 1]) if case.tool.startswith("train") and "--out" in argv else None
     new_out = out_dir is not None and not out_dir.exists()
-    if case.tool == "app":
-        pytest.importorskip("streamlit")
-        outcome = run_app(case, ctx, argv[0])
-    elif case.tool == "train-ctrl-c":
-        outcome = run_ctrl_c(case, ctx, argv)
-    else:
-        outcome = run_in_process(case, ctx, argv)
+    holder = start_busy([str(a) for a in case.busy(ctx)]) if case.busy else None
+    try:
+        if case.tool == "app":
+            pytest.importorskip("streamlit")
+            outcome = run_app(case, ctx, argv[0])
+        elif case.tool == "train-ctrl-c":
+            outcome = run_ctrl_c(case, ctx, argv)
+        else:
+            outcome = run_in_process(case, ctx, argv)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.communicate()
     where = f"\n--- stdout\n{outcome.out[-3000:]}\n--- stderr\n{outcome.err[-3000:]}"
     assert outcome.escaped is None, f"a traceback reaches the user: {outcome.escaped}{where}"
     assert "Traceback" not in outcome.err, f"a traceback reaches the user{where}"
@@ -653,6 +784,11 @@ def shared(tmp_path_factory):
         main_of("train")(["distill", "--teacher", str(runs / "teacher"), "--out", str(runs / "odd"), *map(str, common)])
         main_of("train")(["lora", "--model", str(TINY), "--out", str(runs / "lora"), "--lr", "1e-2", *map(str, common)])
         main_of("eval")(["export", str(runs / "teacher"), "--out", str(runs / "teacher-int8"), "--no-measure"])
+    argv = ["teacher", "--model", TINY, "--data", toy, "--out", runs / "interrupted", "--batch-size", 8, "--epochs", 3,
+            "--lr", 3e-3, "--no-progress", "--split", runs / "split.json"]
+    killed = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "NANOBERT_CRASH_AT_STEP": "20"}, timeout=300)
+    assert killed.returncode == -9, killed.stderr  # kill -9 in its second epoch: the checkpoint of epoch 1 stays
     return root
 
 
@@ -720,10 +856,11 @@ def render(messages, commands, kept):
         "Every mistake below gets a one-line `error: ...` (exit status 1; a flag that argparse itself cannot",
         "read: its usage line, then one error line, exit status 2) that names the flag, file or field and what",
         "was expected, with no traceback; the web page shows the same kind of line in its error or warning box.",
-        "A finished run or a file that a failed command targets is left byte for byte. Where going on is",
-        "right, the command goes on and prints a note. `<tmp>` stands for the",
+        "A finished or interrupted run, or a file, that a failed command targets is left byte for byte. Where",
+        "going on is right, the command goes on and prints a note. `<tmp>` stands for the",
         "folder the test works in, `<repo>` for this repository, `<tiny-bert>` for the test model",
-        "`tests/fixtures/tiny-bert`, `<hash>` for the start of a split's sha256.",
+        "`tests/fixtures/tiny-bert`, `<hash>` for the start of a split's sha256, `<pid>` and `<time>` for",
+        "the process and the time a lock names.",
         "",
         "Rows marked **not yet** are checked as expected failures: the message shown is what the",
         "command should say (the fragments the test requires), not what it says today.",
@@ -750,6 +887,13 @@ def render(messages, commands, kept):
     return "\n".join(lines) + "\n"
 
 
+def kept_label(path):
+    if path.suffix:
+        return "the file"
+    unfinished = (path / "run.json").is_file() and not (path / "summary.json").is_file()
+    return "the interrupted run" if unfinished else "the finished run"
+
+
 def test_doc_matches_the_cases(shared, tmp_path_factory, monkeypatch):
     """docs/bad-inputs.md is the table above with the messages the cases get (run here if not run yet)."""
     messages, commands, kept = dict(MESSAGES), {}, {}
@@ -760,7 +904,7 @@ def test_doc_matches_the_cases(shared, tmp_path_factory, monkeypatch):
                 messages[c.id] = run_case(c, ctx)
             commands[c.id] = normalise(command_of(c, ctx), ctx)
             if c.keep:
-                kept[c.id] = "the file" if c.keep(ctx).suffix else "the finished run"
+                kept[c.id] = kept_label(c.keep(ctx))
     text = render(messages, commands, kept)
     target = os.environ.get(WRITE_ENV)
     if target:

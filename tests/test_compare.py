@@ -6,7 +6,9 @@ import json
 import pytest
 from conftest import TINY, run
 
+import compare
 import runs as R
+import settings
 
 
 def test_all_runs_every_arm_on_one_split_then_the_report(toy, tmp_path):
@@ -47,3 +49,13 @@ def test_all_refuses_layers_it_would_ignore(toy, tmp_path):
     with pytest.raises(SystemExit) as e:
         run("all", "--model", TINY, "--data", toy, "--runs", tmp_path, "--layers", "1,2")
     assert "--layers 1,2: `all` trains the odd and even students" in str(e.value)
+
+
+def test_all_resume_resumes_a_checkpoint_and_starts_again_a_run_killed_before_one(toy, tmp_path):
+    args = settings.build_parser().parse_args(["all", "--model", TINY, "--data", toy, "--runs", str(tmp_path), "--resume"])
+    seen = []
+    R.write_info(tmp_path / "teacher", R.RunInfo({}, {}))  # killed before its first checkpoint: run.json only
+    compare.run_one(args, tmp_path, "teacher", "teacher", {}, lambda s, d: seen.append((s.resume, s.overwrite)))
+    (tmp_path / "teacher" / R.CHECKPOINT_FILE).write_bytes(b"")
+    compare.run_one(args, tmp_path, "teacher", "teacher", {}, lambda s, d: seen.append((s.resume, s.overwrite)))
+    assert seen == [(False, True), (True, False)]

@@ -1,13 +1,18 @@
 """Tests for run_folder.py: a finished run is never lost, a replacement takes its place only once it is
-complete, and a run that failed before its first checkpoint leaves nothing behind."""
+complete, a run that failed before its first checkpoint leaves nothing behind, one process trains into
+a folder at a time, and a resumed run keeps the inputs it started on."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, cli, common, run
+from conftest import ROOT, TINY, cli, common, run
 
+import run_folder
 import runs as R
 import train
+from settings import TrainError
 
 
 def snapshot(folder):
@@ -59,3 +64,34 @@ def test_a_failed_or_killed_overwrite_leaves_the_old_run_whole(toy, tmp_path, mo
     assert resumed.returncode == 0, resumed.stderr
     assert R.read_info(out)["seed"] == 1 and snapshot(out) != before and R.read_info(out)["run_dir"] == str(out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_second_train_into_the_same_folder_is_refused(toy, tmp_path):
+    """Two real train.py processes, one folder: the second is refused while the first trains, naming it."""
+    out = tmp_path / "r"
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "teacher", "--model", TINY,
+                              *map(str, common(toy, out, "--epochs", 100000, "--threads", 1))],
+                             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in first.stdout:
+            if line.startswith("teacher:") and "train /" in line:
+                break
+        second = cli("teacher", "--model", TINY, *common(toy, out, "--epochs", 1))
+        assert second.returncode == 1
+        assert second.stderr.startswith(f"error: {out}: being written by process {first.pid} (`train.py teacher ")
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.communicate()
+    assert R.read_info(out)["epochs"] == 100000  # the second wrote nothing
+
+
+def test_resume_refuses_inputs_that_changed_since_the_run_started(tmp_path):
+    recorded = {"data_sha256": "a" * 64, "split_sha256": "b" * 64, "base_sha256": "c" * 64}
+    before = R.RunInfo({}, recorded)
+    run_folder.check_same_inputs(tmp_path, before, dict(recorded))
+    with pytest.raises(TrainError) as e:
+        run_folder.check_same_inputs(tmp_path, before, {**recorded, "base_sha256": "d" * 64})
+    assert str(e.value) == (f"--resume {tmp_path}: the base model's weights changed since the run started (sha256 "
+                            f"{'d' * 12}…, run.json says {'c' * 12}…); expected the same, or --overwrite to start again "
+                            "on the new ones")

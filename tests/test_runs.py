@@ -1,10 +1,17 @@
-"""Tests for runs.py: run.json's sections, the log, names and labels of runs, which runs are seeds of one model."""
+"""Tests for runs.py: run.json's sections, the log, names and labels of runs, which runs are seeds of one
+model, and a LoRA run's pinned base."""
 
+import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import run
+from safetensors.torch import load_file, save_file
 
+import classifier
 import runs as R
 
 
@@ -102,3 +109,37 @@ def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):
     steps, epochs = R.read_log(tmp_path)
     assert steps[-1]["step"] == 9 and epochs[-1]["epoch"] == 2
 
+
+
+# -----------------------------------------------------------------------------
+# A LoRA run pins its base: every reader (load_run: predict, report, the API, the app) checks its weights
+
+
+def test_a_lora_run_refuses_a_base_that_changed_since(toy, teacher_run, tmp_path, monkeypatch):
+    base, adapter = tmp_path / "base", tmp_path / "lora"
+    shutil.copytree(teacher_run, base)
+    argv = ["lora", "--base", str(base), "--out", str(adapter), "--epochs", "1", "--lr", "1e-2", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])  # run.json's command, as a user typed it
+    run(*argv)
+    weights = base / "model.safetensors"
+    assert R.read_info(adapter).results["base_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    R.load_run(adapter)  # the base as it was: loads
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("query.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(R.RunError) as e:
+        R.load_run(adapter)
+    message = str(e.value)
+    assert message.startswith(f"{adapter}: its base {base} has changed since the adapter was trained on it (sha256 ")
+    assert message.endswith(f"retrain the adapter with `python train.py {' '.join(argv)} --overwrite`")
+    assert "\n" not in message
+    with pytest.raises(R.RunError, match="has changed since the adapter was trained"):
+        classifier.Classifier.from_run(adapter)  # the Python API
+
+
+def test_the_retrain_command_is_the_recorded_one_with_overwrite(tmp_path):
+    info = R.RunInfo({"method": "lora", "base": "runs/odd"}, {"command": "/abs/train.py lora --base runs/odd --out runs/l --resume"})
+    assert R.retrain_command("runs/l", info) == "python train.py lora --base runs/odd --out runs/l --overwrite"
+    info = R.RunInfo({"method": "lora", "base": "runs/odd"}, {"command": "train.py all --preset quick --extended"})
+    assert R.retrain_command("runs/lora-odd", info) == "python train.py lora --base runs/odd --out runs/lora-odd --overwrite"

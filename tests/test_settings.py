@@ -168,3 +168,60 @@ def test_a_run_inherits_the_data_of_the_run_it_builds_on(tmp_path):
     assert s.data == "toy.csv" and s.max_length == 16 and s.lr == 5e-5  # the data is inherited, a flag wins, lr is not
     s = settings.resolve(parse(["lora", "--base", str(parent), "--out", "x"]), "lora")
     assert s.data == "toy.csv" and s.max_length == 32 and s.model == str(parent) and s.lora_trainable == "" and s.lr == 5e-4
+
+
+# -----------------------------------------------------------------------------
+# --resume: what may change, and what a resumed run must keep
+
+
+def test_may_change_marks_only_how_the_run_is_executed():
+    # These say how a process runs, or what it writes besides the model: a resumed run may change them.
+    assert settings.MAY_CHANGE_ON_RESUME == {"preset", "device", "threads", "checkpoint_every", "log_every", "progress",
+                                             "resume", "overwrite", "data_mirror", "eval_batch_size", "export_merged"}
+    # Everything else shapes the model or its scores (the preset only through the settings it sets, each compared).
+    shaping = {"method", "data", "split", "split_seed", "model", "layers", "lr", "batch_size", "accum", "epochs",
+               "max_length", "seed", "label_column", "label_map", "augment", "class_weights", "lora_r", "lora_alpha",
+               "lora_targets", "precision", "fast", "teacher", "base", "dropout", "target_precision"}
+    assert shaping <= set(settings.SETTING_NAMES) - settings.MAY_CHANGE_ON_RESUME
+
+
+def resumed(**changes):
+    recorded = dataclasses.asdict(settings.Settings(lr=3e-3, batch_size=8, split="runs/split.json"))
+    return recorded, dataclasses.replace(settings.Settings(lr=3e-3, batch_size=8, split="runs/split.json"), **changes)
+
+
+def test_resume_compares_every_setting_that_shapes_the_run():
+    recorded, s = resumed(threads=1, log_every=1, checkpoint_every=5, progress=False, device="cpu", resume=True)
+    assert settings.changed_on_resume(recorded, s) == []  # execution only
+    recorded, s = resumed(lr=1e-6, batch_size=16, split_seed=5)
+    assert settings.changed_on_resume(recorded, s) == [("split_seed", 0, 5), ("batch_size", 8, 16), ("lr", 3e-3, 1e-6)]
+    recorded, s = resumed(precision="bf16", fast=False, lora_r=4)
+    assert {name for name, _, _ in settings.changed_on_resume(recorded, s)} == {"precision", "fast", "lora_r"}
+    # A setting an older run.json lacks is not compared: nothing says what it was.
+    recorded, s = resumed(fast=False)
+    del recorded["fast"]
+    assert settings.changed_on_resume(recorded, s) == []
+
+
+def test_the_same_thing_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
+    (tmp_path / "toy.csv").write_text("text,label\n")
+    monkeypatch.chdir(tmp_path)
+    assert settings.same_setting("data", "toy.csv", str(tmp_path / "toy.csv"))  # relative and absolute
+    assert not settings.same_setting("data", "toy.csv", "other.csv")
+    assert settings.same_setting("lr", 16, 16.0)
+    # The run adds the pooler to the trained modules itself when the base has none (methods.build_lora).
+    assert settings.same_setting("lora_trainable", "classifier,pooler", "classifier")
+    assert settings.same_setting("lora_trainable", "pooler", "")
+    assert not settings.same_setting("lora_trainable", "classifier", "")
+
+
+def test_the_resume_refusal_is_one_line_with_old_and_new_values():
+    line = settings.resume_refusal("runs/t", [("lr", 3e-3, 1e-6)])
+    assert line == ("--resume runs/t: --lr 1e-06 (run.json: 0.003) differs from the settings the run started with; a "
+                    "resumed run keeps them: expected the same, or --overwrite to start again with the new ones")
+    many = [(n, 1, 2) for n in ("epochs", "batch_size", "accum", "seed", "max_length")]
+    assert "--epochs 2 (run.json: 1), --batch-size 2 (run.json: 1), --accum 2 (run.json: 1) and 2 more differ" in \
+        settings.resume_refusal("r", many)
+    # Another subcommand: that alone is named (its other settings follow from it).
+    line = settings.resume_refusal("r", [("model", "a", "b"), ("method", "teacher", "lora")])
+    assert line.startswith("--resume r: the run was started by `train.py teacher`, this is `train.py lora`") and "\n" not in line

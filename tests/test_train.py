@@ -1,16 +1,23 @@
 """Tests for train.py on the tiny model and a small made-up dataset: the loop of each method, the run
-folder it leaves, determinism, resume after a kill, a non-finite loss, the precision, and two questions
-in one model. The modules around it have their own: test_settings, test_run_folder, test_methods,
-test_training_data, test_optimizer, test_distributed, test_memory, test_compare."""
+folder it leaves, determinism, resume after a kill (and the precision it keeps), a non-finite loss, a
+full disk, the precision, and two questions in one model. The modules around it have their own:
+test_settings, test_run_folder, test_methods, test_training_data, test_optimizer, test_distributed,
+test_memory, test_compare."""
 
+import hashlib
 import json
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, cli, common, epochs, run
+from conftest import ROOT, TINY, cli, common, epochs, run
 from safetensors.torch import load_file
 
+import precision
 import runs as R
 import train
 
@@ -38,6 +45,8 @@ def test_distill_student_learns_from_the_teacher(toy, teacher_run, layers):
     run("distill", "--teacher", teacher_run, "--layers", layers, *common(toy, out, "--epochs", 2, "--lr", 3e-3))
     info = R.read_info(out)
     assert info["teacher_layers"] == ([1, 3] if layers == "odd" else [2, 3])
+    # The teacher's weights, for provenance (nothing checks them later: the student's own weights stand alone).
+    assert info["teacher_sha256"] == hashlib.sha256((teacher_run / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     steps = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
     assert {"ce", "kl", "hidden"} <= set(steps[0])
@@ -158,3 +167,29 @@ def test_fast_off_trains_the_plain_model(toy, tmp_path, monkeypatch):
     assert e[-1]["train_loss"] < e[0]["train_loss"] and e[-1]["val_macro_f1"] == 1.0
     run("lora", "--model", TINY, "--fast", "off", *common(toy, tmp_path / "l", "--epochs", 2, "--lr", 1e-2))
     assert (tmp_path / "l" / "adapter_model.safetensors").is_file()
+
+
+def test_a_resumed_run_keeps_the_precision_it_recorded(toy, tmp_path, monkeypatch, capsys):
+    args = ["teacher", "--model", TINY, *common(toy, tmp_path / "r", "--epochs", 2, "--lr", 3e-3)]
+    assert cli(*args, env={"NANOBERT_CRASH_AT_STEP": "20"}).returncode == -9
+    recorded = R.read_info(tmp_path / "r")["precision_chosen"]
+    # On the machine it resumes on, `auto` would choose the other one; the run keeps its own.
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (recorded == "fp32", "pretend"))
+    assert precision.choose("auto", "cpu").precision != recorded
+    run(*args, "--resume")
+    assert f"teacher: computing in {recorded}" in capsys.readouterr().out
+    assert R.read_info(tmp_path / "r")["precision_chosen"] == recorded and R.read_summary(tmp_path / "r")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_folder(toy, tmp_path):
+    """A real process whose writes the kernel refuses past 100 kB (a file-size limit, as a full disk
+    refuses them): the model is the first file that big."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(ROOT / "train.py"), "teacher", "--model", TINY, *map(str, common(toy, out))],
+                       cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert p.returncode == 1 and p.stderr.strip() == f"error: {out}/model.safetensors: file too large", p.stderr
+    assert not out.exists()
