@@ -9,9 +9,11 @@ modules (wordpiece.py, readers.py, corpus.py, splits.py, batching.py) may use it
 to "model.py imports nothing from the project").
 """
 
+import errno
 import http.client
 import json
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -45,10 +47,30 @@ def atomic_write(path, write):
         write(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes a private file; the result is an ordinary one
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        failed = write_error(e, path, tmp)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def write_error(e: BaseException, path, tmp=None) -> OSError | None:
+    """The OSError, naming path, of a write that failed: a full disk, a read-only file system. A plain
+    write raises OSError without a file name; safetensors raises its own SafetensorError with the
+    system's words in the message ('No space left on device (os error 28)'). None: not a write error."""
+    if isinstance(e, OSError):
+        # Only the system's own errors (an errno) without a file of their own (a copy's source) are renamed;
+        # others (a download cut short, a URLError) are the caller's to word.
+        if e.errno is None or e.filename and str(e.filename) != str(tmp):
+            return e
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    if type(e).__name__ == "SafetensorError":  # by name: this module does not import safetensors
+        code = re.search(r"os error (\d+)", str(e))
+        number = int(code.group(1)) if code else errno.EIO
+        return OSError(number, os.strerror(number) if code else str(e), str(path))
+    return None
 
 
 def os_error_message(e: OSError) -> str:
@@ -142,13 +164,14 @@ def progress(iterable, total=None, desc=None, enabled=True):
     return iterable
 
 
-def progress_bar(total, desc, enabled=True):
-    """A byte counter for downloads: tqdm's, or one that does nothing."""
+def progress_bar(total, desc, enabled=True, unit="B"):
+    """A counter of bytes (downloads) or of another unit: tqdm's, or one that does nothing."""
     if enabled:
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+            return tqdm(total=total, desc=desc, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False,
+                        dynamic_ncols=True)
         except ImportError:
             pass
     return NoBar()
