@@ -38,3 +38,92 @@ def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):
         f.write(json.dumps({"step": 9, "loss": 0.1}) + "\n" + json.dumps({"epoch": 2, "val_macro_f1": 0.6}) + "\n{\"ste")
     steps, epochs = R.read_log(tmp_path)
     assert steps[-1]["step"] == 9 and epochs[-1]["epoch"] == 2
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("settings", "max_length", None, "field 'max_length' is None; expected a whole number of at least 2"),
+    ("settings", "max_length", True, "field 'max_length' is True; expected a whole number of at least 2"),
+    ("settings", "split", 5, "field 'split' is 5; expected the path of a split manifest"),
+    ("settings", "epochs", "3", "field 'epochs' is '3'; expected a whole number above 0"),
+    ("results", "id2label", {"0": "ok", "2": "toxic"}, "field 'id2label' is {'0': 'ok', '2': 'toxic'}; expected an object"),
+    ("results", "id2label", [], "field 'id2label' is []; expected an object"),
+])
+def test_run_json_fields_the_readers_use_are_checked(tmp_path, section, key, value, expected):
+    good = {"settings": {"method": "teacher", "max_length": 64, "split": "split.json", "epochs": 3},
+            "results": {"id2label": {"0": "ok", "1": "toxic"}, "split_sha256": "ab"}}
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    assert R.label_names_of(R.read_info(tmp_path)) == ["ok", "toxic"]
+    good[section][key] = value
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    with pytest.raises(R.RunError) as e:
+        R.read_info(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'run.json'}: {expected}")
+
+
+def test_id2label_may_be_a_list_or_missing(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {}, "results": {"id2label": ["ok", "toxic"]}}))
+    assert R.label_names_of(R.read_info(tmp_path)) == ["ok", "toxic"]
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {}, "results": {}}))
+    assert R.label_names_of(R.read_info(tmp_path)) is None
+
+
+def interrupted_run(folder, epochs_done, epochs=3):
+    """A run folder as Ctrl-C leaves it: settings, a model, the log of the epochs done, no summary.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    R.write_info(folder, R.RunInfo({"method": "teacher", "epochs": epochs}, {}))
+    (folder / "config.json").write_text("{}")
+    for epoch in range(1, epochs_done + 1):
+        R.log(folder, "epoch", {"epoch": epoch, "step": 10 * epoch, "val_macro_f1": 0.5})
+    return folder
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for_and_then_named(tmp_path):
+    run = interrupted_run(tmp_path / "run", 1)
+    assert R.unfinished_note(run) == "unfinished, epoch 1 of 3"
+    with pytest.raises(R.RunError) as e:
+        R.check_finished(run)
+    assert str(e.value) == (f"{run}: unfinished, epoch 1 of 3 (no summary.json: interrupted, or still training); expected a "
+                            "finished run: continue it with train.py and --resume, or pass --allow-unfinished (Python: "
+                            "allow_unfinished=True) to use the best epoch saved so far")
+    with pytest.raises(R.RunError, match=r"and --resume$"):
+        R.check_finished(run, can_allow=False)
+    assert R.check_finished(run, allow_unfinished=True) == "unfinished, epoch 1 of 3"
+    R.write_summary(run, {"wall_seconds": 1})
+    assert R.unfinished_note(run) is None and R.check_finished(run) is None
+    (tmp_path / "empty").mkdir()
+    R.write_info(tmp_path / "empty", R.RunInfo({"method": "teacher", "epochs": 3}, {}))
+    with pytest.raises(R.RunError, match="no trained model"):  # nothing saved yet: said as such
+        R.check_finished(tmp_path / "empty", allow_unfinished=True)
+
+
+def an_export(folder, source):
+    folder.mkdir(parents=True)
+    R.write_info(folder, R.RunInfo({"method": "teacher"}, {"quantized": "nanobert-dynamic-int8", "source_run": str(source)}))
+    return folder
+
+
+def test_an_export_goes_only_where_nothing_else_is(tmp_path, monkeypatch):
+    run, other = tmp_path / "runs" / "odd", tmp_path / "runs" / "even"
+    assert R.export_target(run) == (tmp_path / "runs" / "odd-int8").resolve()  # the default: beside the run
+    assert R.export_target(run, tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    assert R.export_target(run, tmp_path / "empty") == tmp_path / "empty"
+    assert R.export_target(run, an_export(tmp_path / "again", run)) == tmp_path / "again"
+    monkeypatch.chdir(tmp_path)  # an earlier export that names its source relative to where it ran
+    assert R.export_target(run, an_export(tmp_path / "relative", "runs/odd")) == tmp_path / "relative"
+    expected = f"expected a new folder, an empty one, or an earlier int8 export of {run}"
+    for folder, says in [(an_export(tmp_path / "other", other), f"holds the int8 export of {other}"),
+                         (interrupted_run(tmp_path / "a-run", 1), "holds another run (run.json without 'quantized')")]:
+        with pytest.raises(R.RunError) as e:
+            R.export_target(run, folder)
+        assert str(e.value) == f"{folder}: {says}; {expected}"
+    (tmp_path / "project").mkdir()
+    for name in ("README.md", "app.py", "config.json", "summary.json", "z.txt", ".git"):
+        (tmp_path / "project" / name).write_text("mine")
+    with pytest.raises(R.RunError) as e:
+        R.export_target(run, tmp_path / "project")
+    assert str(e.value) == (f"{tmp_path / 'project'}: not empty and not an int8 export (holds README.md, app.py, config.json, "
+                            f"summary.json and 2 more); {expected}")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(R.RunError, match="a file; expected a folder for the int8 model"):
+        R.export_target(run, tmp_path / "afile")
