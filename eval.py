@@ -168,7 +168,7 @@ def cmd_behaviour(args):
 
 COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
 # What Ctrl-C leaves, said in one line (a command that knows more says it: predict --input, export).
-INTERRUPTED = {"report": "the report was not finished", "predict": "the lines printed so far are all the labels given",
+INTERRUPTED = {"report": "the report was not finished", "predict": "only the texts printed above (if any) were labelled",
                "export": "nothing was exported", "behaviour": "the behaviour suite was not finished",
                "beyond": "the scores beyond the test split were not finished"}
 
@@ -206,7 +206,8 @@ def build_parser():
     p.add_argument("--output", help="--input: the labelled file to write (.csv or .jsonl): every input row in order, "
                    "plus label, score and p_<label> columns; where the input has such a column already they are named "
                    "predicted_label, ... (no input column is ever overwritten). Until the last row is done they go to "
-                   "<output>.partial.csv (.jsonl), which Ctrl-C or an error leaves holding the rows done so far")
+                   "NAME.partial.csv beside --output NAME.csv (or .jsonl), which Ctrl-C or an error leaves holding the "
+                   "whole rows done so far")
     device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="--input: no progress bar")
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin")
