@@ -484,3 +484,34 @@ def test_a_lora_run_whose_id2label_is_a_list(runs, tmp_path, capsys):
     E.main(["predict", "--run", str(runs["lora"]), "you are terrible"])
     listed, named = capsys.readouterr().out.splitlines()
     assert listed == named and listed.split("\t")[0] in ("ok", "toxic")  # the same answer, by the same names
+
+
+@pytest.mark.parametrize("argv, where, message", [
+    (["predict", "--run", "{teacher}", "you are terrible"], ("classifier", "predict_probs"),
+     "error: interrupted; only the texts printed above (if any) were labelled"),
+    (["behaviour", "{teacher}"], ("behaviour", "run_suite"), "error: interrupted; the behaviour suite was not finished"),
+    (["beyond", "{teacher}", "--out", "{tmp}/beyond"], ("behaviour", "run_suite"),
+     "error: interrupted; the scores beyond the test split were not finished"),
+])
+def test_ctrl_c_in_every_command_is_one_line(runs, tmp_path, monkeypatch, argv, where, message):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(where[0]), where[1], interrupted)
+    assert error_of([a.format(teacher=runs["teacher"], tmp=tmp_path) for a in argv]) == message
+
+
+@pytest.mark.parametrize("command", ["behaviour", "beyond"])
+def test_a_full_disk_in_every_command_is_one_line(runs, tmp_path, monkeypatch, command):
+    import files
+
+    real = files.atomic_write
+
+    def full(path, write):
+        return real(path, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    message = error_of([command, runs["teacher"], "--out", tmp_path / "out"])
+    assert message.startswith(f"error: {tmp_path / 'out'}/") and message.endswith(": no space left on device")
