@@ -255,7 +255,7 @@ def stopped(e, out, partial, written, done, output):
         out.close()
         if not done:
             partial.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: the file was closed already
         pass  # what the partial file holds is whole, or it is gone: the message says what is known
     kept = f"the {done} row(s) labelled so far are in {partial}" if done and partial.exists() else "no row was kept"
     left = f"{output} was left as it was" if output.exists() else f"{output} was not written"
