@@ -41,8 +41,9 @@ METHOD_ORDER = {"teacher": 0, "distill": 1, "lora": 2}  # the order of the compa
 class Run:
     dir: str  # the run folder; also the key of the model cache and of the model selector
     name: str  # the folder relative to the runs folder, e.g. "odd": names its output columns
-    label: str  # what the selector shows: folder and method
+    label: str  # what the selector shows: folder and method (and "unfinished, epoch k of n")
     info: dict  # run.json
+    unfinished: str | None = None  # "unfinished, epoch k of n" for a run shown before it finished
 
 
 def default_runs_folder():
@@ -67,28 +68,36 @@ def describe(info):
     return text + (", int8" if info.get("quantized") else "")
 
 
-def find_runs(root):
-    """(finished runs, unfinished or unreadable folders) under root: the folder itself, its subfolders, and theirs."""
+def find_runs(root, with_unfinished=False):
+    """(runs to serve, unfinished folders left out, unreadable folders with why) under root: the folder
+    itself, its subfolders, and theirs. with_unfinished: unfinished runs that saved a model are served
+    too, each labelled "unfinished, epoch k of n" (runs.check_finished)."""
     root = Path(root)
     finished, unfinished = runs.find_runs(root)
-    found = []
-    for folder in finished:
+    found, left_out, broken = [], [], []
+    for folder in finished + unfinished:
         try:
             info = runs.read_info(folder)
-        except runs.RunError:
-            unfinished.append(folder)
+        except runs.RunError as e:
+            broken.append((str(folder), str(e)))
+            continue
+        note = runs.unfinished_note(folder, info)
+        if note and not (with_unfinished and runs.weights_file(folder).is_file()):  # listed once it saved a model
+            left_out.append((str(folder), note))
             continue
         name = folder.relative_to(root).as_posix() if folder != root else folder.name
-        found.append(Run(str(folder), name, f"{name} — {describe(info)}", info))
+        found.append(Run(str(folder), name, f"{name} — {describe(info)}" + (f" ({note})" if note else ""), info, note))
     found.sort(key=lambda r: (bool(r.info.get("quantized")), METHOD_ORDER.get(r.info.get("method"), 9),
                               bool(r.info.get("base")), r.info.get("teacher_layers") or [], r.name))
-    return found, [str(f) for f in unfinished]
+    return found, left_out, broken
 
 
-def label_names(info):
-    """A display name per class: run.json's id2label, except that a binary task with bare numbers
-    for names reads "not toxic" / "toxic" (the toxic datasets put the toxic or hate class at 1)."""
-    names = [info["id2label"][str(i)] for i in range(len(info["id2label"]))]
+def label_names(model):
+    """A display name per class: run.json's id2label (an object or a list; the model's own labels where
+    it has none, or not one per class), except that a binary task with bare numbers for names reads
+    "not toxic" / "toxic" (the toxic datasets put the toxic or hate class at 1)."""
+    names = runs.label_names_of(model.info)
+    names = [str(n) for n in (names if names and len(names) == len(model.labels) else model.labels)]
     if len(names) == 2 and all(re.fullmatch(r"(label_?)?\d+", n, re.IGNORECASE) for n in names):
         return ["not toxic", "toxic"]
     return names
@@ -99,10 +108,12 @@ def label_names(info):
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=16)
-def load_model(run_dir, stamp):
+def load_model(run_dir, stamp, allow_unfinished=False):
     """A run's model, loaded once per server process and shared by every visitor. `stamp` (the time
-    summary.json was written) is part of the cache key only, so that a retrained run is reloaded."""
-    model = classifier.Classifier.from_run(run_dir, device="cpu")  # a LoRA adapter comes merged into its base weights
+    summary.json, or for an unfinished run the weights, were written) is part of the cache key only,
+    so that a retrained run is reloaded."""
+    model = classifier.Classifier.from_run(run_dir, device="cpu",  # a LoRA adapter comes merged into its base weights
+                                           allow_unfinished=allow_unfinished)
     classify(model, ["warm-up"])  # the first forward pass pays one-off costs; keep them out of the latency shown
     return model
 
@@ -110,7 +121,8 @@ def load_model(run_dir, stamp):
 def get_model(run):
     """The run's model, or None after saying on the page why it cannot be loaded (the rest of the page goes on)."""
     try:
-        return load_model(run.dir, os.stat(Path(run.dir) / "summary.json").st_mtime_ns)
+        stamp = Path(run.dir) / "summary.json" if not run.unfinished else runs.weights_file(run.dir)
+        return load_model(run.dir, os.stat(stamp).st_mtime_ns, allow_unfinished=bool(run.unfinished))
     except (runs.RunError, files.DataError, OSError, ValueError) as e:
         st.error(f"Cannot load {run.dir}: {e}")
         return None
@@ -128,7 +140,7 @@ def verdict(model, probs):
     """(name, probability) of one text: the classifier's verdict (Classifier.verdict: for a two-question
     model "none" when it says no to both), a binary task's bare class numbers read as "not toxic" / "toxic"."""
     label, p = model.verdict(probs)
-    return (label if model.multilabel else label_names(model.info)[model.labels.index(label)]), p
+    return (label if model.multilabel else label_names(model)[model.labels.index(label)]), p
 
 
 def flagged(model, probs):
@@ -199,6 +211,8 @@ def label_table(table, column, chosen_runs):
             cut = sum(n > model.max_length for n in lengths)
             if cut:
                 notes.append(f"{run.name}: {cut} text(s) longer than {model.max_length} tokens were cut to that length.")
+        if run.unfinished:
+            notes.append(f"{run.name}: {run.unfinished}; its labels are those of the best epoch saved so far.")
         out[f"{run.name} label"], out[f"{run.name} probability"] = labels, probabilities
     return out, notes
 
@@ -279,20 +293,28 @@ with st.sidebar:
     st.header("Models")
     root = st.text_input("Runs folder", value=default_runs_folder(), key="runs",
                          help="A folder of run folders written by train.py, e.g. runs/quick")
-    available, unfinished = find_runs(root)
+    with_unfinished = st.toggle("Show unfinished runs", key="unfinished",
+                                help="Runs without summary.json (interrupted, or still training), with the best epoch "
+                                     "they saved; each is marked 'unfinished, epoch k of n'")
+    available, unfinished, broken = find_runs(root, with_unfinished)
     by_dir = {r.dir: r for r in available}
     if available:
         chosen = by_dir[st.selectbox("Model", list(by_dir), format_func=lambda d: by_dir[d].label, key="model")]
         st.caption("Each model is loaded once and kept in memory; LoRA adapters are served merged into their base model.")
     if unfinished:
-        st.caption(f"Not finished (no summary.json yet), so not listed: {', '.join(unfinished)}")
+        st.caption("Not finished (no summary.json yet), so not listed: "
+                   + ", ".join(f"{folder} ({why})" for folder, why in unfinished))
+    for folder, why in broken:
+        st.warning(f"Cannot read {folder}: {why}")
 
 st.title("Is this comment toxic?")
 st.caption("A BERT teacher, two students distilled from its odd and even layers, and LoRA, trained by nanobert.")
 
 if not available:
     where = f"in `{root}`" if Path(root).is_dir() else f"`{root}` does not exist"
-    st.warning(f"No trained models found: no run folder (run.json and summary.json) {where}. "
+    waiting = (f" {len(unfinished)} unfinished run(s) are not listed ({', '.join(f for f, _ in unfinished)}): turn on "
+               "'Show unfinished runs' in the sidebar to use the best epoch each saved." if unfinished else "")
+    st.warning(f"No trained models found: no run folder (run.json and summary.json) {where}.{waiting} "
                f"Train the four models with the command below, or give another runs folder in the sidebar "
                f"(`streamlit run app.py -- --runs DIR`, or NANOBERT_RUNS=DIR).")
     st.code(TRAIN_COMMAND, language="bash")

@@ -26,6 +26,7 @@ import classifier
 import corpus
 import files
 import metrics
+import naming
 import runs
 import splits
 from tables import cell, json_safe, markdown_table
@@ -88,13 +89,14 @@ def dataset_test_texts(run_dir, info, name, cache):
 # 3. Scoring the runs beyond the test split
 
 
-def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True):
+def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True, allow_unfinished=False):
     """Per run: the behaviour suite's result, and toxic / hate on each dataset's test split (for runs
     trained on Davidson or hate_speech18: the other one is text they never saw), with the decisions
     kept for paired comparisons."""
     cases, cache, out = behaviour.load_suite(), {}, {}
     for d, info, name in zip(run_dirs, infos, names, strict=True):
-        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision, fast=fast)
+        clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision, fast=fast,
+                                             allow_unfinished=allow_unfinished)
         entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf)), "cross": {}}
         trained_on = str(info["data"]).split("+")
         columns = label_columns(clf)
@@ -192,16 +194,18 @@ def beyond_markdown(extras, groups):
     return "\n".join(lines)
 
 
-def beyond(run_dirs, out_dir, *, device="auto", precision="auto", fast=True):
+def beyond(run_dirs, out_dir, *, device="auto", precision="auto", fast=True, allow_unfinished=False):
     """The behaviour suite and each dataset's test split for any runs, whatever split they were trained
-    on: beyond.md and beyond.json in out_dir."""
+    on: beyond.md and beyond.json in out_dir. An unfinished run is refused unless allow_unfinished."""
     run_dirs = [Path(d) for d in run_dirs]
     infos = [runs.read_info(d, required=("method", "data")) for d in run_dirs]
-    names = runs.run_names(run_dirs)
+    notes = [runs.check_finished(d, allow_unfinished) for d in run_dirs]
+    names = naming.run_names(run_dirs)
     device = classifier.pick_device(device)
-    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast)
-    groups = runs.group_runs(infos, names)
-    text = "# Beyond the test split\n\n" + "\n".join(f"- {n}: `{d}`" for n, d in zip(names, run_dirs, strict=True))
+    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast, allow_unfinished)
+    groups = naming.group_runs(infos, names, notes)
+    text = "# Beyond the test split\n\n" + "\n".join(f"- {n}: `{d}`" + (f" ({note})" if note else "")
+                                                      for n, d, note in zip(names, run_dirs, notes, strict=True))
     files.write_text(Path(out_dir) / "beyond.md", text + "\n\n" + beyond_markdown(extras, groups) + "\n")
     files.write_json(Path(out_dir) / "beyond.json", json_safe({"runs": dict(zip(names, map(str, run_dirs), strict=True)),
                                                                 "groups": groups, "results": extras}))

@@ -14,6 +14,7 @@ import batching
 import classifier
 import files
 import metrics
+import naming
 import runs
 from tables import fmt_num, fmt_seconds
 
@@ -46,8 +47,8 @@ def model_card(info, summary=None, name="model"):
     """The text of a run's README.md."""
     info = runs.as_info(info)
     s = info.settings
-    labels = [info["id2label"][str(i)] for i in range(len(info["id2label"]))] if info.get("id2label") else []
-    method = runs.method_label(info)
+    labels = runs.label_names_of(info) or []
+    method = naming.method_label(info)
     made = {"teacher": f"full fine-tuning of `{s.get('model')}`",
             "distill": f"a student with layers {info.get('teacher_layers')} of the teacher `{s.get('teacher')}`, "
                        f"distilled (α={fmt_num(s.get('alpha'), '.3g')} CE, β={fmt_num(s.get('beta'), '.3g')} KL at "
@@ -96,8 +97,9 @@ def model_card(info, summary=None, name="model"):
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(run_dir, summary=None, name=None):
+def write_model_card(run_dir, summary=None, name=None, info=None):
+    """README.md of a run folder; info (default: its run.json) for a folder staged to take another's place."""
     run_dir = Path(run_dir)
-    info = runs.read_info(run_dir)
+    info = info or runs.read_info(run_dir)
     summary = summary or runs.read_summary(run_dir)
     files.write_text(run_dir / runs.CARD_FILE, model_card(info, summary, name or run_dir.name))

@@ -10,7 +10,12 @@ Using a trained model from Python: a run folder in, labels and probabilities out
 Like `pipeline("text-classification")` it returns one dict per text, and like Detoxify's
 `predict` every label's probability comes with it. Texts are tokenized once and batched by
 length; the model runs on the device asked for (int8 models on the CPU, where their kernels are).
+The texts are checked first (check_texts): strings only, and a blank one gets no prediction, as
+on the command line.
 """
+
+import math
+from collections.abc import Mapping, Set
 
 import numpy as np
 import torch
@@ -25,6 +30,36 @@ NO_LABEL = "none"  # the verdict of a multi-label model that says no to every la
 def is_blank(text) -> bool:
     """Only spaces, line breaks or invisible characters (control, format such as U+200F): nothing to classify."""
     return not "".join(ch for ch in str(text) if ch.isprintable()).strip()
+
+
+def describe(value) -> str:
+    """What a value that is not a text is, in a few words."""
+    if value is None:
+        return "None"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN (a missing value, as pandas reads an empty cell: drop or fill it first)"
+    if isinstance(value, (bytes, bytearray)):
+        return f"{type(value).__name__} (decode it first, e.g. text.decode('utf-8'))"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown[:40] + '…' if len(shown) > 40 else shown}"
+
+
+def check_texts(texts) -> list:
+    """texts as a list of strings: a str is one text; a list or tuple of strings (or another sequence of
+    them, such as a pandas column) is taken as it is. Anything else is a TypeError in one line that names
+    the first wrong item by its index and what it is: None, NaN, bytes, a number; a dict is refused
+    whole (classifying its keys is never what was meant), and so is a set (it has no order)."""
+    if isinstance(texts, str):
+        return [texts]
+    why = {Mapping: " (its keys are not the texts to classify)", Set: " (it has no order to give the results in)"}
+    if isinstance(texts, (bytes, bytearray, Mapping, Set)) or not hasattr(texts, "__iter__"):
+        kind = next((f"a {type(texts).__name__}{say}" for base, say in why.items() if isinstance(texts, base)), describe(texts))
+        raise TypeError(f"texts: {kind}; expected a string or a list or tuple of strings")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}]: {describe(text)}; expected a string")
+    return texts
 
 
 def pick_device(name="auto"):
@@ -76,24 +111,33 @@ class Classifier:
         # Multi-label: the yes/no threshold of each label, chosen on validation when the run was trained.
         self.thresholds = {label: float((info.get("thresholds") or {}).get(label, 0.5)) for label in self.labels} \
             if self.multilabel else None
+        self.unfinished = None  # from_run: "unfinished, epoch k of n" for a model of an unfinished run
 
     @classmethod
-    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=64, fast=True):
+    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=64, fast=True, allow_unfinished=False):
         """The model of a run folder written by train.py (a LoRA run merged into its base), computing
         in `precision` (auto: bf16 where the hardware runs it natively, else fp32; precision.py), on
-        the fast path or (fast False) as model.py writes it."""
-        net, tokenizer, info = runs.load_run(run_dir)
+        the fast path or (fast False) as model.py writes it.
+        An unfinished run (interrupted, or still training) is a RunError unless allow_unfinished;
+        then self.unfinished says so ("unfinished, epoch 1 of 3") and so does every result of predict."""
+        net, tokenizer, info = runs.load_run(run_dir)  # a damaged run is named as such first
+        note = runs.check_finished(run_dir, allow_unfinished)
         device = torch.device("cpu") if info.get("quantized") else pick_device(device)  # int8 kernels are CPU kernels
         P.prepare(net.to(device), P.choose(precision, device, fast=fast), inference=True)
-        return cls(net, tokenizer, info, batch_size=batch_size)
+        clf = cls(net, tokenizer, info, batch_size=batch_size)
+        clf.unfinished = note
+        return clf
 
     def predict_proba(self, texts) -> np.ndarray:
-        """(N, C) probabilities, columns in the order of self.labels."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        loader = batching.Loader(texts, None, self.tokenizer, self.max_length, self.batch_size)
-        return predict_probs(self.net, loader).numpy()
+        """(N, C) probabilities, columns in the order of self.labels; a row of NaN for a blank text
+        (is_blank: nothing to classify)."""
+        texts = check_texts(texts)
+        probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
+        keep = [i for i, t in enumerate(texts) if not is_blank(t)]
+        if keep:
+            loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size)
+            probs[keep] = predict_probs(self.net, loader).numpy()
+        return probs
 
     def verdict(self, probs) -> tuple[str, float]:
         """(label, probability) of one text, from its probabilities in the order of self.labels. One class
@@ -108,14 +152,22 @@ class Classifier:
 
     def predict(self, texts) -> list[dict]:
         """One dict per text: its verdict, "label" and its probability "score", and every label's probability.
-        Multi-label: "decisions" too, the yes or no to each label at its threshold."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        Multi-label: "decisions" too, the yes or no to each label at its threshold. A blank text gets no
+        prediction: "label", "score" and "probabilities" (and "decisions") are None. A model of an
+        unfinished run adds "note": "unfinished, epoch k of n"."""
+        texts = check_texts(texts)
         out = []
         for text, p in zip(texts, self.predict_proba(texts).tolist(), strict=True):
-            label, score = self.verdict(p)
-            result = {"text": text, "label": label, "score": score, "probabilities": dict(zip(self.labels, p, strict=True))}
-            if self.multilabel:
-                result["decisions"] = {k: v >= self.thresholds[k] for k, v in result["probabilities"].items()}
+            if is_blank(text):
+                result = {"text": text, "label": None, "score": None, "probabilities": None,
+                          **({"decisions": None} if self.multilabel else {})}
+            else:
+                label, score = self.verdict(p)
+                result = {"text": text, "label": label, "score": score, "probabilities": dict(zip(self.labels, p, strict=True))}
+                if self.multilabel:
+                    result["decisions"] = {k: v >= self.thresholds[k] for k, v in result["probabilities"].items()}
+            if self.unfinished:
+                result["note"] = self.unfinished
             out.append(result)
         return out
 
@@ -123,16 +175,22 @@ class Classifier:
 
     def token_counts(self, texts) -> list[int]:
         """Tokens per text before cutting ([CLS] and [SEP] counted, as max_length counts them)."""
-        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+        return [len(e.ids) for e in self.tokenizer.encode_batch(check_texts(texts))]
 
-    def notes(self, texts) -> list[str]:
-        """What a user should know about these texts before trusting the answers: texts cut to the
-        model's max_length, and texts the vocabulary knows nothing of (all [UNK], e.g. only emoji),
-        whose label says more about the model than about the text."""
+    def note_counts(self, texts) -> tuple[int, int]:
+        """(texts longer than max_length, texts of unknown tokens only): what notes() reports."""
         unk, special = self.tokenizer.token_to_id("[UNK]"), {self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
-        encoded = self.tokenizer.encode_batch(list(texts))
+        encoded = self.tokenizer.encode_batch(check_texts(texts))
         cut = sum(len(e.ids) > self.max_length for e in encoded)
         unknown = sum(all(i == unk for i in e.ids if i not in special) for e in encoded)
+        return cut, unknown
+
+    def notes(self, texts, counts=None) -> list[str]:
+        """What a user should know about these texts before trusting the answers: texts cut to the
+        model's max_length, and texts the vocabulary knows nothing of (all [UNK], e.g. only emoji),
+        whose label says more about the model than about the text. counts: note_counts summed over
+        the parts of a file labelled part by part, instead of texts."""
+        cut, unknown = counts or self.note_counts(texts)
         out = []
         if cut:
             out.append(f"{cut} text(s) longer than {self.max_length} tokens were cut to that length")

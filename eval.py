@@ -10,13 +10,12 @@ The command line for trained runs: the comparison report, labelling texts or fil
 
 The work is done elsewhere: report.py (the comparison report), measure.py (a run on its test split,
 the int8 export measured), beyond.py (the behaviour suite and each dataset's test split), card.py
-(the model card), classifier.py (predicting), runs.py (the run folder, the int8 export),
-behaviour.py (the functional test suite). This file only reads flags.
+(the model card), classifier.py (predicting), labelling.py (labelling a file), runs.py (the run
+folder, the int8 export), behaviour.py (the functional test suite). This file only reads flags.
+A run that has not finished is refused unless --allow-unfinished (runs.check_finished).
 """
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import beyond
 import card
 import classifier
 import files
+import labelling
 import measure
 import precision
 import report
@@ -35,87 +35,20 @@ import runs
 import tables
 
 # -----------------------------------------------------------------------------
-# predict: texts from the command line, stdin, or a CSV / JSONL file
-
-
-def read_table(path, column):
-    """(rows as dicts, field names) of a .csv or .jsonl file that has `column`."""
-    path = Path(path)
-    if path.suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"--input {path}: expected a .csv or .jsonl file")
-    if not path.is_file():
-        raise FileNotFoundError(f"--input {path}: file not found")
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig", errors="replace")
-    replaced = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
-    if replaced:  # a file in another encoding (latin-1, say): labelled all the same, but say so
-        print(f"note: --input {path}: {replaced} byte sequence(s) that are not UTF-8 replaced by U+FFFD", file=sys.stderr)
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows, fields = list(reader), reader.fieldnames or []
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"--input {path} line {number}: not valid JSON ({e.msg}); expected an object per line") from None
-                if not isinstance(rows[-1], dict):
-                    raise ValueError(f"--input {path} line {number}: a JSON {type(rows[-1]).__name__}; expected an object")
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-    if column not in fields:
-        raise ValueError(f"--text-column {column!r}: not a column of {path}; expected one of {fields}")
-    return rows, fields
-
-
-def write_table(path, rows, fields):
-    path = Path(path)
-    if path.suffix.lower() == ".jsonl":
-        files.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fields, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    files.write_text(path, buf.getvalue())
-
-
-def label_file(clf, args):
-    """Label every row of --input into --output: the rows as they were, plus label, score and one
-    probability column per label; blank texts stay unlabelled and are counted."""
-    if not args.output:
-        raise ValueError("--input needs --output FILE (.csv or .jsonl) for the labelled rows")
-    if Path(args.output).suffix.lower() not in (".csv", ".jsonl"):
-        raise ValueError(f"--output {args.output}: expected a .csv or .jsonl file")
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise ValueError(f"--output {args.output}: the same file as --input; expected another file")
-    files.check_writable(Path(args.output).parent, "--output")
-    rows, fields = read_table(args.input, args.text_column)
-    texts = [row.get(args.text_column) for row in rows]
-    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and not classifier.is_blank(t)]
-    added = ["label", "score"] + [f"p_{name}" for name in clf.labels]
-    batch = 1024  # a progress step: the classifier batches within it by length
-    steps = range(0, len(keep), batch)
-    for start in files.progress(steps, total=len(steps), desc="labelling", enabled=not args.no_progress):
-        chunk = keep[start:start + batch]
-        for i, result in zip(chunk, clf.predict([texts[i] for i in chunk]), strict=True):
-            rows[i].update({"label": result["label"], "score": round(result["score"], 6),
-                            **{f"p_{k}": round(v, 6) for k, v in result["probabilities"].items()}})
-    write_table(args.output, rows, fields + [f for f in added if f not in fields])
-    for note in clf.notes([texts[i] for i in keep]):
-        print(f"note: {note}", file=sys.stderr)
-    blank = len(rows) - len(keep)
-    print(f"labelled {len(keep)} of {len(rows)} rows into {args.output}"
-          + (f"; {blank} blank row(s) left without a label" if blank else ""), file=sys.stderr)
+# predict: texts from the command line, stdin, or a CSV / JSONL file (labelling.py)
 
 
 def cmd_predict(args):
-    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision, fast=args.fast)
+    if args.input and args.texts:
+        raise ValueError("texts given both as arguments and with --input; expected one of them")
+    if args.input and not args.output:
+        raise ValueError("--input needs --output FILE (.csv or .jsonl) for the labelled rows")
+    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision, fast=args.fast,
+                                         allow_unfinished=args.allow_unfinished)
+    if clf.unfinished:
+        print(f"note: {args.run}: {clf.unfinished}; its labels are those of the best epoch saved so far", file=sys.stderr)
     if args.input:
-        if args.texts:
-            raise ValueError("texts given both as arguments and with --input; expected one of them")
-        return label_file(clf, args)
+        return labelling.label_file(clf, args.input, args.output, text_column=args.text_column, progress=not args.no_progress)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
     blank = sum(classifier.is_blank(t) for t in texts)
     texts = [t for t in texts if not classifier.is_blank(t)]
@@ -129,7 +62,8 @@ def cmd_predict(args):
         if args.json:
             print(json.dumps({"text": result["text"], "label": result["label"], "probability": round(result["score"], 6),
                               "probabilities": {k: round(v, 6) for k, v in result["probabilities"].items()},
-                              **({"decisions": result["decisions"]} if "decisions" in result else {})}, ensure_ascii=False))
+                              **({"decisions": result["decisions"]} if "decisions" in result else {}),
+                              **({"note": result["note"]} if "note" in result else {})}, ensure_ascii=False))
         elif "decisions" in result:  # two questions: each label's probability, and its decision
             scores = " ".join(f"{k}={v:.3f}{'*' if result['decisions'][k] else ''}" for k, v in result["probabilities"].items())
             print(f"{result['label']}\t{scores}\t{result['text']}")
@@ -156,20 +90,36 @@ def cmd_report(args):
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "report"
     report.report(args.runs, out, device=args.device, precision=args.precision, fast=args.fast, batch_size=args.batch_size,
                   latency_n=args.latency_sentences, resamples=args.resamples, seed=args.seed, draw=not args.no_plots,
-                  beyond=not args.test_split_only)
+                  beyond=not args.test_split_only, allow_unfinished=args.allow_unfinished)
+
+
+def write_card(folder, info, summary):
+    """The export's model card, written into its staged folder under the name of the folder it goes to."""
+    card.write_model_card(folder, summary, name=info.dir.name, info=info)
 
 
 def cmd_export(args):
+    """The int8 export (runs.export_int8): built beside --out, swapped in when complete, then measured."""
     check_positive(args, "latency_sentences")
     if args.out:
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
-    out = runs.export_int8(args.run, args.out)
-    card.write_model_card(out)
+    runs.read_info(args.run)  # a folder that is not a run is named first
+    out = runs.export_target(args.run, args.out)
+    before = "was left as it was" if out.exists() else "was not written"
+    try:
+        runs.export_int8(args.run, out, write_card=write_card)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"nothing was exported; {out} {before}") from None
+    except OSError as e:  # a full disk (safetensors' own error included: files.write_error)
+        raise runs.RunError(f"{files.os_error_message(e)}; nothing was exported; {out} {before}") from None
     print(f"wrote {out}: int8 linear layers, {tables.fmt_bytes(runs.weights_file(out).stat().st_size)} "
           f"(fp32 {tables.fmt_bytes(runs.weights_file(args.run).stat().st_size)} for what the run trained)")
     if not args.no_measure:
-        measure.measure_export(args.run, out, latency_n=args.latency_sentences)
+        try:
+            measure.measure_export(args.run, out, latency_n=args.latency_sentences)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"the int8 export is complete in {out}, without its measurement (export.md)") from None
 
 
 # -----------------------------------------------------------------------------
@@ -180,7 +130,8 @@ def cmd_beyond(args):
     if args.out:
         files.check_writable(args.out, "--out")
     out = args.out or Path(args.runs[0]).parent / "beyond"
-    beyond.beyond(args.runs, out, device=args.device, precision=args.precision, fast=args.fast)
+    beyond.beyond(args.runs, out, device=args.device, precision=args.precision, fast=args.fast,
+                  allow_unfinished=args.allow_unfinished)
 
 
 def set_threads(n):
@@ -198,13 +149,15 @@ def cmd_behaviour(args):
              "functionalities.", ""]
     results = {}
     for run_dir in args.runs:
-        clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision, fast=args.fast)
+        clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision, fast=args.fast,
+                                             allow_unfinished=args.allow_unfinished)
         result = behaviour.run_suite(cases, beyond.suite_predict(clf))
-        results[str(run_dir)] = result
+        results[str(run_dir)] = {**result, **({"note": clf.unfinished} if clf.unfinished else {})}
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
                             f"({s['min_functionality']})" for label, s in result["summary"].items())
-        print(f"{run_dir}: {summary}")
-        lines += [f"## {run_dir}", "", behaviour.format_markdown(result), ""]
+        name = f"{run_dir} ({clf.unfinished})" if clf.unfinished else str(run_dir)
+        print(f"{name}: {summary}")
+        lines += [f"## {name}", "", behaviour.format_markdown(result), ""]
     if args.out:
         files.write_text(Path(args.out) / "behaviour.md", "\n".join(lines) + "\n")
         files.write_json(Path(args.out) / "behaviour.json", tables.json_safe(results))
@@ -215,6 +168,10 @@ def cmd_behaviour(args):
 # The command line
 
 COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
+# What Ctrl-C leaves, said in one line (a command that knows more says it: predict --input, export).
+INTERRUPTED = {"report": "the report was not finished", "predict": "only the texts printed above (if any) were labelled",
+               "export": "nothing was exported", "behaviour": "the behaviour suite was not finished",
+               "beyond": "the scores beyond the test split were not finished"}
 
 
 def on_off(value):
@@ -229,6 +186,9 @@ def device_flags(p):
                    help="what the model computes in (default auto: bf16 where the hardware runs it natively, else fp32)")
     p.add_argument("--fast", default=True, type=on_off, metavar="{on,off}", help="on: the fast path (fast.py); off: "
                    "model.py as written, in fp32 (default on)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="use a run that has not finished (no summary.json: interrupted, or still training) with the best "
+                        "epoch it saved; everything printed or written then says 'unfinished, epoch k of n'")
 
 
 def build_parser():
@@ -249,9 +209,14 @@ def build_parser():
     p = sub.add_parser("predict", help="label texts with a trained run (arguments, stdin one per line, or --input FILE)")
     p.add_argument("--run", required=True, help="run folder written by train.py")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
-    p.add_argument("--input", help="a .csv or .jsonl file to label, row by row")
+    p.add_argument("--input", help="a .csv or .jsonl file to label, streamed row by row (any length). Checked first: "
+                   "each column once in the header, as many fields in every row as in the header")
     p.add_argument("--text-column", default="text", help="--input: the column holding the texts (default text)")
-    p.add_argument("--output", help="--input: the labelled file to write (.csv or .jsonl)")
+    p.add_argument("--output", help="--input: the labelled file to write (.csv or .jsonl): every input row in order, "
+                   "plus label, score and p_<label> columns; where the input has such a column already they are named "
+                   "predicted_label, ... (no input column is ever overwritten). Until the last row is done they go to "
+                   "NAME.partial.csv beside --output NAME.csv (or .jsonl), which Ctrl-C or an error leaves holding the "
+                   "whole rows done so far")
     device_flags(p)
     p.add_argument("--no-progress", action="store_true", help="--input: no progress bar")
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin")
@@ -283,6 +248,8 @@ def main(argv=None):
     try:
         {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour,
          "beyond": cmd_beyond}[args.command](args)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line that says what was left
+        sys.exit(f"error: interrupted; {str(e) or INTERRUPTED[args.command]}")
     except (ValueError, FileNotFoundError) as e:  # RunError and files.DataError are ValueErrors
         sys.exit(f"error: {e}")
     except OSError as e:  # read-only folder, a path under a file, a full disk

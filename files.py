@@ -10,6 +10,7 @@ to "model.py imports nothing from the project").
 """
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -53,19 +54,27 @@ def atomic_write(path, write):
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if error := write_error(e, tmp, path):
-            raise error from None
-        raise
+        failed = write_error(e, path, tmp)
+        if failed is None:
+            raise
+        raise failed from None
 
 
-def write_error(e: BaseException, tmp, path) -> OSError | None:
-    """A failed write as an OSError that names the file being written, not its temporary: safetensors
-    reports a full disk as SafetensorError("... No space left on device (os error 28)"), and a plain
-    write's OSError often names no file at all."""
-    if isinstance(e, OSError) and e.errno and e.filename in (None, tmp):
-        return OSError(e.errno, e.strerror, str(path))
-    code = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
-    return OSError(int(code[1]), os.strerror(int(code[1])), str(path)) if code else None
+def write_error(e: BaseException, path, tmp=None) -> OSError | None:
+    """The OSError, naming path, of a write that failed: a full disk, a read-only file system. A plain
+    write raises OSError without a file name; safetensors raises its own SafetensorError with the
+    system's words in the message ('No space left on device (os error 28)'). None: not a write error."""
+    if isinstance(e, OSError):
+        # Only the system's own errors (an errno) without a file of their own (a copy's source) are renamed;
+        # others (a download cut short, a URLError) are the caller's to word.
+        if e.errno is None or e.filename and str(e.filename) != str(tmp):
+            return e
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    if type(e).__name__ == "SafetensorError":  # by name: this module does not import safetensors
+        code = re.search(r"os error (\d+)", str(e))
+        number = int(code.group(1)) if code else errno.EIO
+        return OSError(number, os.strerror(number) if code else str(e), str(path))
+    return None
 
 
 def os_error_message(e: OSError) -> str:
@@ -252,13 +261,14 @@ def progress(iterable, total=None, desc=None, enabled=True):
     return iterable
 
 
-def progress_bar(total, desc, enabled=True):
-    """A byte counter for downloads: tqdm's, or one that does nothing."""
+def progress_bar(total, desc, enabled=True, unit="B"):
+    """A counter of bytes (downloads) or of another unit: tqdm's, or one that does nothing."""
     if enabled:
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+            return tqdm(total=total, desc=desc, unit=unit if unit == "B" else f" {unit}", unit_scale=True, leave=False,
+                        dynamic_ncols=True)
         except ImportError:
             pass
     return NoBar()

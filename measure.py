@@ -23,6 +23,7 @@ import classifier
 import files
 import metrics
 import model as M
+import naming
 import precision as P
 import runs
 import wordpiece
@@ -88,7 +89,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
     _, epochs = runs.read_log(run_dir)
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
-    row = {"run_dir": str(run_dir), "method": runs.method_label(info), "seed": info.get("seed"), "device": str(device),
+    row = {"run_dir": str(run_dir), "method": naming.method_label(info), "seed": info.get("seed"), "device": str(device),
            "computed_in": P.computed_in(net, choice), **m,
            "label_names": list(test.label_names),
            "params_total": info.get("params_total", total), "params_trainable": info.get("params_trainable", trainable),

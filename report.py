@@ -1,6 +1,6 @@
 """
 The comparison report: every run evaluated on the test split they share (measure.py), the seeds of
-one model grouped (runs.group_runs), every two models compared with paired statistics (metrics.py),
+one model grouped (naming.group_runs), every two models compared with paired statistics (metrics.py),
 and what was found written down, with what lies beyond the test split (beyond.py).
 
     report(run_dirs, out_dir)   results.md / .csv / .json, predictions-<run>.json, plots (plots.py);
@@ -26,6 +26,7 @@ import classifier
 import files
 import measure
 import metrics
+import naming
 import plots
 import precision as P
 import runs
@@ -38,10 +39,12 @@ from tables import cell, fmt_bytes, fmt_num, fmt_seconds, json_safe, markdown_ta
 
 
 def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64, latency_n=50, resamples=1000, seed=0,
-           draw=True, beyond=True, fast=True):
+           draw=True, beyond=True, fast=True, allow_unfinished=False):
     """
     Evaluate every run on the test split they share, write results.md / .csv / .json, one
     predictions-<name>.json per run and the plots into out_dir; return the rows (one per run).
+    An unfinished run is refused unless allow_unfinished; then its model reads "(unfinished, epoch
+    k of n)" in every table, grouped with no finished seed.
     """
     run_dirs, out_dir = [Path(d) for d in run_dirs], Path(out_dir)
     if not run_dirs:
@@ -55,18 +58,19 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
         if info["split_sha256"] != infos[0]["split_sha256"]:
             raise runs.RunError(f"{d} and {run_dirs[0]} were trained on different splits (split_sha256 "
                            f"{info['split_sha256'][:12]}… vs {infos[0]['split_sha256'][:12]}…); expected one test set for all")
+    notes = [runs.check_finished(d, allow_unfinished) for d in run_dirs]
     test, manifest_path, manifest = runs.load_test_split(run_dirs[0], infos[0])
     device = classifier.pick_device(device)
-    names = runs.run_names(run_dirs)
+    names = naming.run_names(run_dirs)
 
     # Evaluate everything first: a run that fails to load leaves no half-written report behind.
     rows, probs = [], {}
-    for d, info, name in zip(run_dirs, infos, names, strict=True):
-        print(f"evaluating {name} ({d}) on {len(test)} test texts")
+    for d, info, name, note in zip(run_dirs, infos, names, notes, strict=True):
+        print(f"evaluating {name} ({d}{', ' + note if note else ''}) on {len(test)} test texts")
         row, probs[name] = measure.evaluate_run(d, info, test, device=device, precision=precision, batch_size=batch_size,
                                         latency_n=latency_n, fast=fast)
         rows.append({"name": name, **row, "predictions": f"predictions-{name}.json"})
-    groups = runs.group_runs(infos, names)
+    groups = naming.group_runs(infos, names, notes)
     for g in groups:
         for r in rows:
             if r["name"] in g["names"]:
@@ -81,7 +85,7 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
                  "kind": splits.split_kind(manifest)}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
-    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast) if beyond else None
+    extras = beyond_the_split(run_dirs, infos, names, device, precision, fast, allow_unfinished) if beyond else None
     if not test.multilabel:
         preds = {name: p.argmax(1) for name, p in probs.items()}
         test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()

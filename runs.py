@@ -16,7 +16,7 @@ Read top to bottom:
   1. run.json: settings and results kept apart, and older flat files read as the same;
   2. the log, the summary and the checkpoint;
   3. the model files: saving what a run trained, loading a run for inference, the int8 export;
-  4. names: what a run is called in a report, which runs are seeds of one model;
+  4. finding the run folders under a folder (what a run is called, and its seeds: names.py);
   5. the data a run was trained on: its split manifest and test part.
 """
 
@@ -32,7 +32,6 @@ import torch
 from safetensors.torch import save_file
 
 import corpus
-import distill
 import files
 import lora
 import model as M
@@ -45,11 +44,6 @@ FORMAT = "nanobert-run-2"
 RUN_FILE, LOG_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
 CHECKPOINT_FILE, CARD_FILE = "checkpoint.safetensors", "README.md"
 MODEL_FILES = ("model.safetensors", "config.json", lora.WEIGHTS_NAME, lora.CONFIG_NAME, quantize.WEIGHTS_NAME)
-
-# Settings that say how a run was executed, not what model it makes: runs that agree on every
-# other setting are seeds (or re-runs) of one model, and a report shows their mean ± std.
-EXECUTION_SETTINGS = {"seed", "out", "split", "teacher", "base", "data_mirror", "preset", "progress", "resume",
-                      "overwrite", "threads", "device", "checkpoint_every", "log_every", "eval_batch_size", "fast"}
 
 # In run.json files of nanobert before format 2 everything was one flat dict; these were results.
 OLD_RESULT_KEYS = {"run_dir", "split_sha256", "data_sha256", "id2label", "params_total", "params_trainable",
@@ -113,7 +107,46 @@ def read_info(run_dir, required=()) -> RunInfo:
     missing = [f for f in required if f not in info]
     if missing:
         raise RunError(f"{path}: missing field {missing[0]!r}; expected run.json as written by train.py")
+    check_fields(info, path)
     return info
+
+
+def is_count(value, least):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def is_label_names(value):
+    """id2label as train.py writes it ({"0": name, "1": name}), or a list of names."""
+    if isinstance(value, dict):
+        value = [value.get(str(i)) for i in range(len(value))]
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+# The fields the readers use, and what each must be: a run.json edited by hand (or damaged) is refused
+# here, naming the field, not met with a traceback deep in the code that reads it.
+FIELD_CHECKS = {
+    "max_length": (lambda v: is_count(v, 2), "a whole number of at least 2"),
+    "epochs": (lambda v: is_count(v, 1), "a whole number above 0"),
+    "split": (lambda v: isinstance(v, str) and v != "", "the path of a split manifest"),
+    "split_sha256": (lambda v: isinstance(v, str), "a sha256 in hex"),
+    "method": (lambda v: isinstance(v, str), "teacher, distill or lora"),
+    "data": (lambda v: isinstance(v, str), "a dataset name or a data file"),
+    "id2label": (is_label_names, 'an object {"0": name, "1": name, ...} or a list of names'),
+    "thresholds": (lambda v: v is None or isinstance(v, dict), "an object of label -> threshold"),
+}
+
+
+def check_fields(info, path):
+    for key, (ok, expected) in FIELD_CHECKS.items():
+        if key in info and not ok(info[key]):
+            shown = repr(info[key])
+            raise RunError(f"{path}: field {key!r} is {shown[:60] + '…' if len(shown) > 60 else shown}; expected {expected}")
+
+
+def label_names_of(info) -> list | None:
+    """The class names of run.json's id2label (an object by class number, or a list), or None without one."""
+    names = info.get("id2label")
+    return [names[str(i)] for i in range(len(names))] if isinstance(names, dict) else names
 
 
 def write_info(run_dir, info: RunInfo):
@@ -123,6 +156,37 @@ def write_info(run_dir, info: RunInfo):
 def is_finished(run_dir) -> bool:
     """summary.json is written last, after the best model: a run without it is still training, or died."""
     return (Path(run_dir) / SUMMARY_FILE).is_file()
+
+
+def unfinished_note(run_dir, info=None) -> str | None:
+    """'unfinished, epoch k of n' for a run without summary.json (interrupted, or still training): k the
+    epochs its log has done, n the epochs asked for. None for a finished run."""
+    if is_finished(run_dir):
+        return None
+    _, epochs = read_log(run_dir)
+    done = max((e.get("epoch", 0) for e in epochs), default=0)
+    return f"unfinished, epoch {done} of {(info or read_info(run_dir)).get('epochs', '?')}"
+
+
+def check_model_files(run_dir):
+    if not is_lora_run(run_dir) and not (Path(run_dir) / "config.json").is_file():
+        raise RunError(f"{run_dir}: no trained model (neither config.json + model.safetensors nor "
+                       f"{lora.CONFIG_NAME}); expected a run that finished at least one epoch")
+
+
+def check_finished(run_dir, allow_unfinished=False, can_allow=True) -> str | None:
+    """The one check of every reader of a trained run (report, predict, behaviour, beyond, the API, the
+    app): an unfinished run is refused unless allow_unfinished, and then its note is returned for every
+    output to show. can_allow=False: there is no asking for it (an export). A run that saved no model
+    yet is refused as such."""
+    info = read_info(run_dir)  # a folder that is not a run, or a damaged run.json, is named first
+    check_model_files(run_dir)
+    note = unfinished_note(run_dir, info)
+    if note and not allow_unfinished:
+        raise RunError(f"{run_dir}: {note} (no summary.json: interrupted, or still training); expected a finished run: "
+                       "continue it with train.py and --resume" + (", or pass --allow-unfinished (Python: allow_unfinished=True)"
+                                                                    " to use the best epoch saved so far" if can_allow else ""))
+    return note
 
 
 def is_lora_run(run_dir) -> bool:
@@ -256,19 +320,19 @@ def load_run(run_dir, merge=True, verbose=False):
     """
     (model, tokenizer, RunInfo) for a run folder written by train.py: a full checkpoint (teacher,
     student), a LoRA adapter on its base model (merged for inference by default), or an int8 model
-    written by `eval.py export` (CPU only). The model is in eval mode.
+    written by `eval.py export` (CPU only). The model is in eval mode. It loads an unfinished run as
+    well (training reloads its own best epoch): the readers call check_finished first.
     """
     run_dir = Path(run_dir)
     info = read_info(run_dir)
     check_base(run_dir, info)
-    if not is_lora_run(run_dir) and not (run_dir / "config.json").is_file():
-        raise RunError(f"{run_dir}: no trained model (neither config.json + model.safetensors nor "
-                       f"{lora.CONFIG_NAME}); expected a run that finished at least one epoch")
+    check_model_files(run_dir)
     try:
         if is_lora_run(run_dir):
             # A LoRA run holds only the adapter: load its base model, then the adapter onto it.
             base = lora.read_adapter_config(run_dir)["base_model_name_or_path"]
-            net = pretrained.from_pretrained(base, id2label=info.get("id2label"), verbose=verbose)
+            names = label_names_of(info)
+            net = pretrained.from_pretrained(base, id2label=names and dict(enumerate(names)), verbose=verbose)
             net.config.problem_type = info.get("problem_type")  # the adapter's head answers the run's questions
             lora.load_adapter(net, run_dir, base)
             if merge:
@@ -280,6 +344,11 @@ def load_run(run_dir, merge=True, verbose=False):
         tokenizer = wordpiece.load_tokenizer(run_dir)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise RunError(f"{run_dir}: cannot load the trained model ({e})") from None
+    # A token id past the embedding table would fail in the middle of a batch, not here.
+    tokens = max(tokenizer.get_vocab().values()) + 1
+    if tokens > net.config.vocab_size:
+        raise RunError(f"{run_dir / 'vocab.txt'}: {tokens} tokens, but the model embeds {net.config.vocab_size} "
+                       f"(vocab_size in config.json); expected at most {net.config.vocab_size}")
     return net.eval(), tokenizer, info
 
 
@@ -328,127 +397,77 @@ def plain_model(net):
     return plain.eval()
 
 
-def export_int8(run_dir, out_dir=None) -> Path:
-    """
-    Write run_dir's model (a LoRA run: with the adapter folded in) as a dynamically quantised int8
-    model into out_dir (default <run_dir>-int8): a run folder of its own, in quantize.py's format,
-    that the report and the web app read like any other. Returns out_dir.
-    """
+def export_target(run_dir, out_dir=None) -> Path:
+    """Where an export of run_dir goes (default <run_dir>-int8), if it may: a folder that does not exist,
+    an empty one, or an earlier int8 export of this very run. Anything else is a RunError that says
+    what the folder holds: an export writes only into its own folder."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir.resolve().with_name(run_dir.resolve().name + "-int8")
+    if out_dir.resolve() == run_dir.resolve():
+        raise RunError(f"{out_dir}: the export must not overwrite its own source run; expected another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir}: a file; expected a folder for the int8 model")
+    held = sorted((p.name for p in out_dir.iterdir()), key=lambda n: (n.startswith("."), n)) if out_dir.is_dir() else []
+    if not held:
+        return out_dir
+    expected = f"expected a new folder, an empty one, or an earlier int8 export of {run_dir}"
+    if not (out_dir / RUN_FILE).is_file():
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise RunError(f"{out_dir}: not empty and not an int8 export (holds {shown}); {expected}")
+    other = read_info(out_dir)
+    if not other.get("quantized"):
+        raise RunError(f"{out_dir}: holds another run (run.json without 'quantized'); {expected}")
+    source = other.get("source_run")
+    if not source or Path(source).resolve() != run_dir.resolve():
+        raise RunError(f"{out_dir}: holds the int8 export of {source}; {expected}")
+    return out_dir
+
+
+def export_int8(run_dir, out_dir=None, write_card=None) -> Path:
+    """
+    Write run_dir's model (a LoRA run: with the adapter folded in) as a dynamically quantised int8
+    model into out_dir (export_target): a run folder of its own, in quantize.py's format, that the
+    report and the web app read like any other. Returns out_dir.
+
+    The export is built beside out_dir (staging_dir) and put in its place when complete, as
+    `train.py --overwrite` does: an earlier export stays whole until then, whatever stops this one
+    (a full disk, Ctrl-C). write_card(folder, info, summary), if given, writes the model card into
+    the staged folder (info names out_dir, where it will be).
+    """
+    run_dir = Path(run_dir)
     info = read_info(run_dir, required=("method",))
     if info.get("quantized"):
         raise RunError(f"{run_dir}: already an int8 model; expected a run with fp32 weights")
-    if out_dir.resolve() == run_dir.resolve():
-        raise RunError(f"{out_dir}: the export must not overwrite its own source run; expected another folder")
-    if (out_dir / RUN_FILE).is_file() and not read_info(out_dir).get("quantized"):
-        raise RunError(f"{out_dir}: holds another run (run.json without 'quantized'); expected a new folder or an "
-                       "earlier int8 export")
+    out_dir = export_target(run_dir, out_dir)
+    check_finished(run_dir, can_allow=False)
     net = plain_model(load_run(run_dir, merge=False)[0])
-    for stale in ("export.md", "export.json", SUMMARY_FILE):  # from an earlier export into the same folder
-        (out_dir / stale).unlink(missing_ok=True)
-    quantize.save_quantized(quantize.quantize(net), out_dir, tokenizer_dir=run_dir)
-    results = {**info.results, "quantized": quantize.METHOD, "source_run": str(run_dir), "run_dir": str(out_dir),
-               "command": " ".join(sys.argv), "params_total": M.count_parameters(net)[0]}
-    write_info(out_dir, RunInfo(info.settings, results))
-    summary = read_summary(run_dir)  # the training cost is the source run's
-    if summary is not None:
-        write_summary(out_dir, summary)
+    staging = staging_dir(out_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # what an export killed halfway left
+    try:
+        quantize.save_quantized(quantize.quantize(net), staging, tokenizer_dir=run_dir)
+        results = {**info.results, "quantized": quantize.METHOD, "source_run": str(run_dir), "run_dir": str(out_dir),
+                   "command": " ".join(sys.argv), "params_total": M.count_parameters(net)[0]}
+        record = RunInfo(info.settings, results, out_dir)
+        write_info(staging, record)
+        summary = read_summary(run_dir)  # the training cost is the source run's
+        if write_card is not None:
+            write_card(staging, record, summary)
+        if summary is not None:
+            write_summary(staging, summary)  # last, as training writes it: the export is complete
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            replace_run(staging, out_dir)
+        else:
+            if out_dir.is_dir():
+                out_dir.rmdir()
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out_dir
 
 
 # -----------------------------------------------------------------------------
-# 4. Names: how a run is called, and which runs are seeds of one model
-
-
-def teacher_depth(info):
-    """Layers of the teacher a student was cut from, or None when its run folder is not at hand."""
-    try:
-        return json.loads((Path(info["teacher"]) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-    except (KeyError, TypeError, OSError, ValueError):
-        return None
-
-
-def method_label(info):
-    """How a run is named in the report: teacher, odd, even, bottom, top, 'auto (1,2,12)',
-    'layers 1,2,12', lora, 'lora on odd'; ' int8' after an exported int8 model."""
-    info = as_info(info)
-    label = str(info.get("method"))
-    if info.get("method") == "distill":
-        label = student_label(info)
-    elif info.get("method") == "lora" and info.get("base"):
-        try:
-            label = "lora on " + method_label(read_info(info["base"]))
-        except RunError:  # the base moved away: name it by its folder
-            label = "lora on " + Path(info["base"]).name
-    return label + (" int8" if info.get("quantized") else "")
-
-
-def student_label(info):
-    layers = list(info.get("teacher_layers") or [])
-    spelled = str(info.get("layers", ""))
-    if spelled.startswith("auto"):
-        return f"auto ({','.join(map(str, layers))})"
-    depth = teacher_depth(info)
-    named = ("odd", "even", "bottom", "top")
-    if depth is None:  # the teacher moved away: trust the spelling
-        return spelled if spelled in named else "layers " + ",".join(map(str, layers))
-    # The run's own word first: with a 2-layer teacher, bottom is also odd.
-    for name in sorted(named, key=lambda n: n != spelled):
-        if distill.parse_layers(name, depth) == layers:
-            return name
-    return "layers " + ",".join(map(str, layers))
-
-
-def model_key(info):
-    """What makes a run's model: its settings less the EXECUTION_SETTINGS and less what does not
-    apply to it (a setting that is None, the model of a LoRA run on a trained base, importance_texts
-    unless the layers were chosen by importance), plus whether it is an int8 export and the precision
-    it was trained in (what `auto` chose: bf16 and fp32 runs are compared, not pooled). Runs of older
-    versions, without newer settings, group with new ones."""
-    info = as_info(info)
-    key = {k: v for k, v in info.settings.items() if k not in EXECUTION_SETTINGS and v is not None}
-    key.pop("bf16", None)
-    key["precision"] = info.get("precision_chosen") or ("bf16" if info.get("bf16") else "fp32")
-    if info.get("base"):
-        key.pop("model", None)  # the base run's folder: differs seed by seed
-    if not str(info.get("layers", "")).startswith("auto") or info.get("method") != "distill":
-        key.pop("importance_texts", None)
-    if info.get("quantized"):
-        key["quantized"] = info["quantized"]
-    return json.dumps(key, sort_keys=True, default=str)
-
-
-def group_runs(infos, names):
-    """[{'label', 'method', 'names'}]: runs that differ only in how they were executed (seeds of one
-    model, model_key), in the order given."""
-    groups = {}
-    for info, name in zip(infos, names, strict=True):
-        info = as_info(info)
-        key = model_key(info)
-        groups.setdefault(key, {"label": method_label(info), "method": info["method"], "names": [], "key": json.loads(key)})
-        groups[key]["names"].append(name)
-    groups = list(groups.values())
-    # Two arms of one method (say teachers at two learning rates, or in fp32 and bf16) get the settings
-    # that tell them apart.
-    base = [g["label"] for g in groups]
-    for g, label in zip(groups, base, strict=True):
-        same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
-        if len(same) > 1:
-            keys = sorted(k for k in set().union(*same) if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
-            g["label"] += " (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:3]) + ")"
-    return [{k: v for k, v in g.items() if k != "key"} for g in groups]
-
-
-def run_names(run_dirs):
-    """A short unique name per run folder: its name, with its parent's where two share one."""
-    run_dirs = [Path(d) for d in run_dirs]
-    names = [d.name for d in run_dirs]
-    if len(set(names)) < len(names):
-        names = [f"{d.parent.name}-{d.name}" for d in run_dirs]
-    if len(set(names)) < len(names):
-        names = [f"{n}-{i}" for i, n in enumerate(names)]
-    return ["".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in n) for n in names]
+# 4. Finding runs
 
 
 def find_runs(root):

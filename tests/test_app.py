@@ -187,6 +187,33 @@ def test_meaningful_label_names_are_shown_as_they_are(runs, tmp_path, monkeypatc
     assert verdict(classify(at, KIND))[0].startswith("### noHate\n")
 
 
+@pytest.mark.parametrize("id2label, shown", [(["noHate", "hate"], "hate"), (None, "toxic")])
+def test_a_run_json_whose_id2label_is_a_list_or_missing(runs, tmp_path, monkeypatch, id2label, shown):
+    shutil.copytree(runs / "teacher", tmp_path / "teacher")
+    info = json.loads((tmp_path / "teacher" / "run.json").read_text())
+    info["results"]["id2label"] = id2label
+    if id2label is None:
+        del info["results"]["id2label"]  # the model's own labels (0 and 1: toxic or not) are shown
+    (tmp_path / "teacher" / "run.json").write_text(json.dumps(info))
+    at = classify(page(tmp_path, monkeypatch), TOXIC)
+    assert not at.exception
+    assert verdict(at)[0].startswith(f"### {shown}\n") and verdict(at)[1] == "red"
+
+
+def test_unfinished_runs_are_served_only_when_asked_and_say_so(runs, tmp_path, monkeypatch):
+    run = tmp_path / "teacher"
+    shutil.copytree(runs / "teacher", run)
+    (run / "summary.json").unlink()  # as Ctrl-C leaves it after epoch 1 of 4
+    R.trim_log(run, step=R.read_log(run)[1][0]["step"], epoch=1)
+    at = page(tmp_path, monkeypatch)
+    assert not at.exception and not at.selectbox
+    assert "1 unfinished run(s) are not listed" in at.warning[0].value and "'Show unfinished runs'" in at.warning[0].value
+    at.toggle("unfinished").set_value(True).run()
+    assert at.selectbox("model").options == ["teacher — teacher (unfinished, epoch 1 of 4)"]
+    at = classify(at, TOXIC)
+    assert not at.exception and "model teacher — teacher (unfinished, epoch 1 of 4)" in verdict(at)[0]
+
+
 def test_a_run_that_cannot_load_is_said_and_the_others_still_work(runs, tmp_path, monkeypatch):
     shutil.copytree(runs / "teacher", tmp_path / "teacher")
     (tmp_path / "broken").mkdir()  # finished, but its model files are gone

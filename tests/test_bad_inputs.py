@@ -1,8 +1,8 @@
 """Every bad input and fault a user can run into, one table of cases run through the real entry
-points (train.main, eval.main, the web page, a real Ctrl-C): each gets a one-line error naming the
-flag, file or field and what was expected, or, where going on is right, a printed note. No
-traceback reaches the user, and a run (finished or interrupted) that a failed command targets is
-left byte for byte.
+points (train.main, eval.main, the Python API, the web page, a real Ctrl-C to a real process; a full
+disk as the system reports it): each gets a one-line error naming the flag, file or field and what was
+expected, or, where going on is right, a printed note. No traceback reaches the user, and a run
+(finished or interrupted) or an input file that a failed command targets is left byte for byte.
 
 docs/bad-inputs.md is rendered from this table and the messages the cases get; the last test
 checks that it is up to date. Regenerate it with
@@ -13,7 +13,9 @@ A case marked `xfail` is one whose message is not yet right: the table holds the
 give (the expected fragments), and the doc shows that as "not yet".
 """
 
+import builtins
 import contextlib
+import errno
 import io
 import json
 import os
@@ -206,6 +208,116 @@ def disk_full(c):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     c.monkeypatch.setattr(safetensors.torch, "serialize_file", full)
+def unfinished(c, name="teacher"):
+    """A copy of a run as Ctrl-C leaves it after epoch 1 of 3: its best model so far saved, no summary.json."""
+    run = c.run(name)
+    (run / "summary.json").unlink(missing_ok=True)  # idempotent: the doc asks a case for its command again
+    c.edit_json(run / "run.json", lambda raw: raw["settings"].update(epochs=3))
+    return run
+
+
+def own_export(c):
+    """The copy of teacher-int8 as the export of the copy of teacher (the shared one names the shared teacher)."""
+    c.edit_json(c.run("teacher-int8") / "run.json", lambda raw: raw["results"].update(source_run=str(c.run("teacher"))))
+
+
+def no_space():
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() raises it: no file name
+
+
+def full_disk(c):
+    """Every file written through files.atomic_write meets a full disk."""
+    import files
+
+    real = files.atomic_write
+
+    def full(path, write):
+        def fail(tmp):
+            raise no_space()
+
+        return real(path, fail)
+
+    c.monkeypatch.setattr(files, "atomic_write", full)
+
+
+def full_disk_for_safetensors(c):
+    """Saving safetensors meets a full disk: safetensors raises its own error, with the system's words in it."""
+    from safetensors import SafetensorError
+
+    import quantize
+
+    def save_file(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    own_export(c)
+    c.monkeypatch.setattr(quantize, "save_file", save_file)
+
+
+class FullFile:
+    """A file opened for writing whose disk fills up at the `full`-th write, halfway through it."""
+
+    def __init__(self, f, full):
+        self.f, self.full, self.writes = f, full, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == self.full:
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise no_space()
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def full_disk_for_labelling(c):
+    """predict --input: the disk fills up while the second window of rows is written (header, window 1, window 2)."""
+    import labelling
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return FullFile(f, 3) if "w" in mode else f
+
+    c.monkeypatch.setattr(labelling, "open", opener, raising=False)
+    many_rows(c)
+
+
+def many_rows(c, n=3000):
+    """in.csv: n short texts, a few windows of predict --input."""
+    return csv_rows(c, "in.csv", "id,text", [f"{i},you are {'good' if i % 2 else 'bad'} {i}" for i in range(n)])
+
+
+def interrupt(module, name):
+    """Ctrl-C in the middle of module.name (a KeyboardInterrupt where the work is: the place Ctrl-C lands)."""
+    def setup(c):
+        import importlib
+
+        target = importlib.import_module(module)
+        real = getattr(target, name)
+
+        def stopped(*args, **kwargs):
+            real(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        c.monkeypatch.setattr(target, name, stopped)
+    return setup
+
+
+def partial_rows_are_whole(c):
+    """What Ctrl-C left of predict --input: the first rows of the input, whole and in order, under the partial name."""
+    assert not (c.tmp / "out.csv").exists()
+    rows = (c.tmp / "out.partial.csv").read_text().splitlines()
+    assert rows[0] == "id,text,label,score,p_0,p_1" and len(rows) > 1 and (len(rows) - 1) % 1024 == 0, len(rows)
+    assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(len(rows) - 1)]
+    assert all(len(r.split(",")) == 6 for r in rows[1:])
+
+
+def nothing_left(*names):
+    def check(c):
+        for name in names:
+            assert not (c.tmp / name).exists(), f"{name} left behind"
+    return check
 
 
 # -----------------------------------------------------------------------------
@@ -216,8 +328,9 @@ def disk_full(c):
 class Case:
     id: str
     mistake: str  # what the user did, as they would say it
-    tool: str  # "train", "eval" (in-process main), "train-ctrl-c" (a real SIGINT to a real process), "app"
-    argv: Callable  # Ctx -> argv list (for "app": the runs folder)
+    tool: str  # "train", "eval" (in-process main), "train-ctrl-c" / "eval-ctrl-c" (a real SIGINT to a real
+    # process), "api" (Python: an expression of Classifier and run), "app"
+    argv: Callable  # Ctx -> argv list (for "app": the runs folder; for "api": [run folder, expression])
     expect: tuple  # fragments the (normalised) message must contain
     setup: Callable | None = None  # Ctx -> None: prepares files in tmp
     keep: Callable | None = None  # Ctx -> a finished run the command must leave byte for byte
@@ -227,6 +340,10 @@ class Case:
     busy: Callable | None = None  # Ctx -> argv of a train.py process that trains while the case runs
     env: dict | None = None  # train-ctrl-c: the process's environment; NANOBERT_CRASH_SIGNAL=INT: it gets its Ctrl-C itself
     doc_expected_only: bool = False  # depends on the machine (root): the doc shows the expected fragments
+    ready: Callable | None = None  # "eval-ctrl-c": Ctx -> bool, true once the work has started (then SIGINT)
+    after: Callable | None = None  # Ctx -> None: asserts what the failed command left (or did not leave)
+    then: str | None = None  # the doc: what happens while the command runs ("Ctrl-C while it labels")
+    kept_as: str | None = None  # the doc: what `keep` is, where not "the file" or "the finished run"
 
 
 def case(id, mistake, tool, argv, expect, **kw):
@@ -602,6 +719,125 @@ CASES = [
     case("behaviour-out-under-file", "`eval.py behaviour --out` inside a path where a file stands", "eval",
          lambda c: ["behaviour", c.run("teacher"), "--out", c.tmp / "afile" / "behaviour"],
          ("--out <tmp>/afile/behaviour", "<tmp>/afile"), setup=lambda c: c.write("afile", "mine\n")),
+    # --- eval.py export writes only into its own folder
+    case("export-out-not-empty", "`eval.py export --out` naming a folder of other files (a project's README.md, config.json)",
+         "eval", lambda c: ["export", c.run("odd"), "--out", c.tmp / "project", "--no-measure"],
+         "<tmp>/project: not empty and not an int8 export (holds README.md, config.json, summary.json); expected a new "
+         "folder, an empty one, or an earlier int8 export of <tmp>/runs/odd",
+         setup=lambda c: [c.write(f"project/{n}", "mine\n") for n in ("README.md", "config.json", "summary.json")],
+         keep=lambda c: c.tmp / "project", kept_as="the folder"),
+    case("export-onto-other-export", "`eval.py export` of one run into another run's int8 export", "eval",
+         lambda c: ["export", c.run("odd"), "--out", c.run("teacher-int8"), "--no-measure"],
+         "<tmp>/runs/teacher-int8: holds the int8 export of <tmp>/runs/teacher; expected a new folder, an empty one, "
+         "or an earlier int8 export of <tmp>/runs/odd", keep=lambda c: c.run("teacher-int8"), kept_as="the export"),
+    case("export-unfinished", "`eval.py export` of an interrupted run", "eval",
+         lambda c: ["export", unfinished(c), "--no-measure"],
+         "<tmp>/runs/teacher: unfinished, epoch 1 of 3 (no summary.json: interrupted, or still training); expected a "
+         "finished run: continue it with train.py and --resume", after=nothing_left("runs/teacher-int8")),
+    case("export-disk-full", "a full disk while a re-export saves its weights (safetensors' own error)", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.run("teacher-int8"), "--no-measure"],
+         "<tmp>/runs/.teacher-int8.new/model-int8.safetensors: no space left on device; nothing was exported; "
+         "<tmp>/runs/teacher-int8 was left as it was", setup=full_disk_for_safetensors, keep=lambda c: c.run("teacher-int8"), kept_as="the earlier export",
+         after=nothing_left("runs/.teacher-int8.new"), then="(with the disk full)"),
+    case("export-ctrl-c", "Ctrl-C while a re-export writes its files", "eval",
+         lambda c: ["export", c.run("teacher"), "--out", c.run("teacher-int8"), "--no-measure"],
+         "interrupted; nothing was exported; <tmp>/runs/teacher-int8 was left as it was",
+         setup=lambda c: (own_export(c), interrupt("quantize", "save_quantized")(c)), keep=lambda c: c.run("teacher-int8"),
+         kept_as="the earlier export",
+         after=nothing_left("runs/.teacher-int8.new"), then="(Ctrl-C while it writes)"),
+    # --- eval.py predict --input: read as training reads, never an input column lost
+    case("input-duplicate-header", "`predict --input` a CSV whose header names a column twice", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", csv_rows(c, "in.csv", "text,label,text", ["a,0,b"]),
+                    "--output", c.tmp / "out.csv"],
+         "--input <tmp>/in.csv: column(s) ['text'] appear more than once in the header; expected each column once",
+         keep=lambda c: c.tmp / "in.csv", after=nothing_left("out.csv", "out.partial.csv")),
+    case("input-extra-field", "`predict --input` a CSV row with an extra unquoted comma", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", csv_rows(c, "in.csv", "text,label", ["a b,0", "c, d,1"]),
+                    "--output", c.tmp / "out.csv"], "--input <tmp>/in.csv line 3: 3 fields, expected 2 (['text', 'label'])",
+         keep=lambda c: c.tmp / "in.csv", after=nothing_left("out.csv", "out.partial.csv")),
+    case("input-ctrl-c", "Ctrl-C while `predict --input` labels a file", "eval-ctrl-c",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", many_rows(c, 40_000), "--output", c.tmp / "out.csv",
+                    "--no-progress", "--device", "cpu"],
+         "interrupted; the <n> row(s) labelled so far are in <tmp>/out.partial.csv; <tmp>/out.csv was not written",
+         ready=lambda c: (c.tmp / "out.partial.csv").is_file() and (c.tmp / "out.partial.csv").stat().st_size > 1000,
+         keep=lambda c: c.tmp / "in.csv", after=partial_rows_are_whole),
+    case("input-disk-full", "a full disk while `predict --input` writes the labelled rows", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "in.csv", "--output", c.tmp / "out.csv",
+                    "--no-progress"],
+         "<tmp>/out.partial.csv: no space left on device; the <n> row(s) labelled so far are in <tmp>/out.partial.csv; "
+         "<tmp>/out.csv was not written", setup=full_disk_for_labelling, keep=lambda c: c.tmp / "in.csv",
+         after=partial_rows_are_whole, then="(with the disk full)"),
+    # --- eval.py: Ctrl-C and a full disk
+    case("report-disk-full", "a full disk while `eval.py report` writes its tables", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--no-plots", "--resamples", 10,
+                    "--test-split-only"],
+         "<tmp>/report/predictions-teacher.json: no space left on device", setup=full_disk, keep=lambda c: c.run("teacher"),
+         then="(with the disk full)"),
+    case("report-ctrl-c", "Ctrl-C while `eval.py report` evaluates the runs", "eval",
+         lambda c: ["report", c.run("teacher"), "--out", c.tmp / "report", "--no-plots", "--test-split-only"],
+         "interrupted; the report was not finished", setup=interrupt("measure", "evaluate_run"),
+         keep=lambda c: c.run("teacher"), after=nothing_left("report"), then="(Ctrl-C while it evaluates)"),
+    # --- an unfinished run is refused unless asked for, and then says so
+    case("predict-unfinished", "`predict` with a run interrupted after epoch 1 of 3", "eval",
+         lambda c: ["predict", "--run", unfinished(c), "you are good"],
+         "<tmp>/runs/teacher: unfinished, epoch 1 of 3 (no summary.json: interrupted, or still training); expected a "
+         "finished run: continue it with train.py and --resume, or pass --allow-unfinished", keep=lambda c: c.run("teacher"),
+         kept_as="the unfinished run"),
+    case("report-unfinished", "`eval.py report` on an interrupted run", "eval",
+         lambda c: [unfinished(c), "--out", c.tmp / "report"], "<tmp>/runs/teacher: unfinished, epoch 1 of 3",
+         keep=lambda c: c.run("teacher"), after=nothing_left("report"), kept_as="the unfinished run"),
+    case("api-unfinished", "`Classifier.from_run` on an interrupted run", "api",
+         lambda c: [unfinished(c), "Classifier.from_run(run)"],
+         ("RunError: <tmp>/runs/teacher: unfinished, epoch 1 of 3", "allow_unfinished=True"), keep=lambda c: c.run("teacher"),
+         kept_as="the unfinished run"),
+    # --- run.json and vocab.txt that are not what train.py wrote
+    case("run-json-max-length-null", "a run whose run.json says `\"max_length\": null`", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         "<tmp>/runs/teacher/run.json: field 'max_length' is None; expected a whole number of at least 2",
+         setup=lambda c: c.edit_json(c.run("teacher") / "run.json", lambda raw: raw["settings"].update(max_length=None))),
+    case("run-json-split-number", "a run whose run.json says `\"split\": 5`", "eval",
+         lambda c: [c.run("teacher"), "--out", c.tmp / "report"],
+         "<tmp>/runs/teacher/run.json: field 'split' is 5; expected the path of a split manifest",
+         setup=lambda c: c.edit_json(c.run("teacher") / "run.json", lambda raw: raw["settings"].update(split=5))),
+    case("run-vocab-too-long", "a run whose vocab.txt has more tokens than the model embeds", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         ("<tmp>/runs/teacher/vocab.txt:", "tokens, but the model embeds", "(vocab_size in config.json); expected at most"),
+         setup=lambda c: (c.run("teacher") / "vocab.txt").open("a").write("".join(f"extra{i}\n" for i in range(40)))),
+    # --- the Python API checks its texts
+    case("api-none", "`predict` from Python with None among the texts", "api",
+         lambda c: [c.run("teacher"), "Classifier.from_run(run).predict(['you are good', None])"],
+         "TypeError: texts[1]: None; expected a string"),
+    case("api-nan", "`predict` from Python with NaN among the texts (a pandas column with an empty cell)", "api",
+         lambda c: [c.run("teacher"), "Classifier.from_run(run).predict_proba(['you are good', nan])"],
+         "TypeError: texts[1]: NaN (a missing value, as pandas reads an empty cell: drop or fill it first); expected a string"),
+    case("api-bytes", "`predict` from Python with bytes, not text", "api",
+         lambda c: [c.run("teacher"), "Classifier.from_run(run).predict([b'you are good'])"],
+         "TypeError: texts[0]: bytes (decode it first, e.g. text.decode('utf-8')); expected a string"),
+    case("api-dict", "`predict` from Python given a dict", "api",
+         lambda c: [c.run("teacher"), "Classifier.from_run(run).predict({'you are good': 1})"],
+         "TypeError: texts: a dict (its keys are not the texts to classify); expected a string or a list or tuple of strings"),
+    # --- going on, and saying what was done
+    case("note-input-clash", "`predict --input` a file in the training format (it has a `label` column)", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input", c.tmp / "in.csv", "--output", c.tmp / "out.csv",
+                    "--no-progress"],
+         ("has column(s) ['label'] already: the predictions go in predicted_label, predicted_score, predicted_p_*",
+          "no input column is overwritten"), note=True, setup=lambda c: shutil.copy(c.toy, c.tmp / "in.csv"),
+         keep=lambda c: c.tmp / "in.csv"),
+    case("note-input-long-field", "`predict --input` a CSV with a field over 131,072 characters", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "--input",
+                    csv_rows(c, "in.csv", "text,id", ['"' + "good " * 40_000 + '",1', "bad,2"]), "--output", c.tmp / "out.csv",
+                    "--no-progress"], "labelled 2 of 2 rows into <tmp>/out.csv", note=True, keep=lambda c: c.tmp / "in.csv"),
+    case("note-predict-unfinished", "`predict --allow-unfinished` with a run interrupted after epoch 1 of 3", "eval",
+         lambda c: ["predict", "--run", unfinished(c), "--allow-unfinished", "you are good"],
+         "note: <tmp>/runs/teacher: unfinished, epoch 1 of 3; its labels are those of the best epoch saved so far",
+         note=True, keep=lambda c: c.run("teacher"), kept_as="the unfinished run"),
+    case("note-report-unfinished", "`eval.py report --allow-unfinished` with an interrupted run", "eval",
+         lambda c: [unfinished(c), "--allow-unfinished", "--out", c.tmp / "report", "--no-plots", "--test-split-only",
+                    "--resamples", 10], ("evaluating teacher (<tmp>/runs/teacher, unfinished, epoch 1 of 3)",),
+         note=True, keep=lambda c: c.run("teacher"), kept_as="the unfinished run"),
+    case("note-api-blank", "`predict` from Python with a blank text", "api",
+         lambda c: [c.run("teacher"), "Classifier.from_run(run).predict([' '])"],
+         "[{'text': ' ', 'label': None, 'score': None, 'probabilities': None}]", note=True),
     # --- the web page
     case("app-no-runs-folder", "the web page pointed at a runs folder that does not exist", "app", lambda c: c.tmp / "nowhere",
          ("No trained models found", "`<tmp>/nowhere` does not exist")),
@@ -611,6 +847,12 @@ CASES = [
     case("app-lora-base-changed", "the web page serving a LoRA run whose `--model` folder's weights changed since", "app",
          lambda c: c.tmp / "runs", ("Cannot load <tmp>/runs/lora-own", "its base <tmp>/model has changed since the adapter "
                                     "was trained on it"), setup=lora_on_changed_model),
+    case("app-unfinished", "the web page serving a runs folder whose only run was interrupted", "app",
+         lambda c: (unfinished(c), c.tmp / "runs")[1],
+         ("No trained models found", "1 unfinished run(s) are not listed (<tmp>/runs/teacher)", "'Show unfinished runs'")),
+    case("app-vocab-too-long", "the web page serving a run whose vocab.txt has more tokens than the model embeds", "app",
+         lambda c: c.tmp / "runs", ("Cannot load <tmp>/runs/teacher", "tokens, but the model embeds"),
+         setup=lambda c: (c.run("teacher") / "vocab.txt").open("a").write("".join(f"extra{i}\n" for i in range(40)))),
 ]
 
 
@@ -625,6 +867,7 @@ def normalise(text, ctx):
         text = text.replace(str(Path(path).resolve()), name).replace(str(path), name)
     text = re.sub(r"\bprocess \d+", "process <pid>", text)
     text = re.sub(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "since <time>", text)
+    text = re.sub(r"\bthe \d+ row\(s\) labelled so far", "the <n> row(s) labelled so far", text)  # where Ctrl-C landed
     return re.sub(r"\b[0-9a-f]{12}…", "<hash>…", text)
 
 
@@ -662,16 +905,25 @@ def run_in_process(case, ctx, argv):
 
 
 def run_ctrl_c(case, ctx, argv):
-    """A real process, a real SIGINT once training has started."""
+    """A real process, a real SIGINT once the work has started: training's first epoch, or case.ready; or,
+    with NANOBERT_CRASH_SIGNAL in case.env, at a known step of training, where it signals itself."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(case.env or {})}
+    script = "train.py" if case.tool == "train-ctrl-c" else "eval.py"
     # A process started in the background of a non-interactive shell (as CI may run us) inherits SIGINT
     # ignored, and Python then keeps it ignored: give the child the default, as a terminal would.
-    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env, text=True,
+    p = subprocess.Popen([sys.executable, str(ROOT / script), *argv], cwd=ROOT, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
-        if "NANOBERT_CRASH_SIGNAL" not in env:  # else it gets its Ctrl-C at a known step (train.train_epoch)
+        if "NANOBERT_CRASH_SIGNAL" in env:
+            pass  # it gets its Ctrl-C at a known step (train.train_epoch)
+        elif case.ready:
+            deadline = time.time() + 120
+            while not case.ready(ctx) and p.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            p.send_signal(signal.SIGINT)
+        else:
             for line in p.stdout:  # setup prints "teacher: N train / M validation texts ..." before the first batch
                 lines.append(line)
                 if line.startswith("teacher:"):
@@ -697,6 +949,19 @@ def start_busy(argv):
             return p
     p.wait()
     raise AssertionError("the busy process ended before it trained:\n" + "".join(seen))
+def run_api(case, ctx, argv):
+    """The Python API: the case's expression, with Classifier and run (the run folder) in scope."""
+    from classifier import Classifier
+
+    run, expression = argv
+    out, code, escaped = "", None, None
+    try:
+        out = repr(eval(expression, {"Classifier": Classifier, "run": run, "nan": float("nan")}))
+    except (TypeError, ValueError) as e:  # the API's errors: one line, the caller's to show
+        code = f"{type(e).__name__}: {e}"
+    except BaseException as e:  # noqa: BLE001 - this is the traceback a user would get
+        escaped = "".join(traceback.format_exception_only(type(e), e)).strip()
+    return Outcome(code, out, "", escaped)
 
 
 def run_app(case, ctx, runs_dir):
@@ -718,6 +983,8 @@ def run_case(case, ctx):
     if case.setup:
         case.setup(ctx)
     argv = [str(case.argv(ctx))] if case.tool == "app" else [str(a) for a in case.argv(ctx)]
+    if case.tool == "api":
+        argv = list(case.argv(ctx))
     keep = case.keep(ctx) if case.keep else None
     before = snapshot(keep) if keep else None
     out_dir = Path(argv[argv.index("--out") + 1]) if case.tool.startswith("train") and "--out" in argv else None
@@ -727,8 +994,10 @@ def run_case(case, ctx):
         if case.tool == "app":
             pytest.importorskip("streamlit")
             outcome = run_app(case, ctx, argv[0])
-        elif case.tool == "train-ctrl-c":
+        elif case.tool in ("train-ctrl-c", "eval-ctrl-c"):
             outcome = run_ctrl_c(case, ctx, argv)
+        elif case.tool == "api":
+            outcome = run_api(case, ctx, argv)
         else:
             outcome = run_in_process(case, ctx, argv)
     finally:
@@ -754,13 +1023,15 @@ def run_case(case, ctx):
         else:
             assert isinstance(outcome.code, str), f"expected an error message, got exit {outcome.code!r}{where}"
             message = outcome.code
-            assert message.startswith("error: ") or case.tool == "train-ctrl-c", message
+            assert message.startswith("error: ") or case.tool in ("train-ctrl-c", "api"), message
         assert "\n" not in message, f"more than one line: {message!r}"
         message = normalise(message, ctx)
         for fragment in case.expect:
             assert fragment in message, f"{fragment!r} not in {message!r}"
     if keep is not None:
         assert snapshot(keep) == before, f"{keep} changed: a failed command must leave it byte for byte"
+    if case.after:
+        case.after(ctx)
     if new_out:
         # A run that fails before its first checkpoint leaves no folder behind (Ctrl-C may come after one).
         left = out_dir.exists() and not (case.tool == "train-ctrl-c" and (out_dir / "checkpoint.safetensors").exists())
@@ -829,6 +1100,9 @@ def code(text):
 def command_of(case, ctx):
     if case.tool == "app":
         return f"NANOBERT_RUNS={case.argv(ctx)} streamlit run app.py"
+    if case.tool == "api":
+        run, expression = case.argv(ctx)
+        return "python: " + expression.replace("(run)", f"('{run}')")
     script = "train.py" if case.tool.startswith("train") else "eval.py"
 
     def quote(a):
@@ -840,7 +1114,8 @@ def command_of(case, ctx):
     args = " ".join(quote(a) for a in map(str, case.argv(ctx)))
     if case.stdin is not None:
         return f"{script} {args} < /dev/null" if not case.stdin else f"{script} {args}"
-    return f"{script} {args}" + ("  (then Ctrl-C)" if case.tool == "train-ctrl-c" else "")
+    then = "(then Ctrl-C)" if case.tool.endswith("ctrl-c") else case.then
+    return f"{script} {args}" + (f"  {then}" if then else "")
 
 
 def render(messages, commands, kept):
@@ -858,6 +1133,10 @@ def render(messages, commands, kept):
         "was expected, with no traceback; the web page shows the same kind of line in its error or warning box.",
         "A finished or interrupted run, or a file, that a failed command targets is left byte for byte. Where",
         "going on is right, the command goes on and prints a note. `<tmp>` stands for the",
+        "was expected, with no traceback; the web page shows the same kind of line in its error or warning box,",
+        "and the Python API raises one exception of one line (`python:` rows). A full disk and Ctrl-C get one",
+        "line too, saying what was kept. A finished run or a file that a failed command targets is left byte",
+        "for byte. Where going on is right, the command goes on and prints a note. `<tmp>` stands for the",
         "folder the test works in, `<repo>` for this repository, `<tiny-bert>` for the test model",
         "`tests/fixtures/tiny-bert`, `<hash>` for the start of a split's sha256, `<pid>` and `<time>` for",
         "the process and the time a lock names.",
@@ -905,6 +1184,7 @@ def test_doc_matches_the_cases(shared, tmp_path_factory, monkeypatch):
             commands[c.id] = normalise(command_of(c, ctx), ctx)
             if c.keep:
                 kept[c.id] = kept_label(c.keep(ctx))
+                kept[c.id] = c.kept_as or ("the file" if c.keep(ctx).suffix else "the finished run")
     text = render(messages, commands, kept)
     target = os.environ.get(WRITE_ENV)
     if target:

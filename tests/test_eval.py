@@ -412,3 +412,106 @@ def test_predict_notes_cut_and_unknown_only_texts(runs, capsys):
     E.main(["predict", "--run", str(runs["teacher"]), "🙂🔥🙂", "you are " * 80])
     err = capsys.readouterr().err
     assert "1 text(s) are unknown tokens only" in err and "1 text(s) longer than 64 tokens were cut" in err
+
+
+# -----------------------------------------------------------------------------
+# A run folder keeps its word: exports in their own folder, unfinished runs named, labels of any run.json
+
+
+def test_a_re_export_replaces_the_export_whole_and_only_when_done(runs, tmp_path, monkeypatch):
+    out = tmp_path / "teacher-int8"
+    E.main(["export", str(runs["teacher"]), "--out", str(out), "--no-measure"])
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert (out / "README.md").read_text().startswith("# teacher-int8: teacher int8")
+    assert f'Classifier.from_run("{out}")' in (out / "README.md").read_text()  # the card names where it is, not the staging
+    import card
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device", "README.md")
+
+    monkeypatch.setattr(card, "write_model_card", broken)  # the last file of the new export fails
+    assert "nothing was exported" in error_of(["export", runs["teacher"], "--out", out, "--no-measure"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # the old export, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher-int8"]  # and no staging left beside it
+    monkeypatch.undo()
+    E.main(["export", str(runs["teacher"]), "--out", str(out), "--no-measure"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(first) and (out / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher-int8"]
+
+
+def unfinished_copy(run, where):
+    """A copy of a run as Ctrl-C leaves it after epoch 1 of 3."""
+    shutil.copytree(run, where)
+    (where / "summary.json").unlink()
+    runs_module.trim_log(where, step=runs_module.read_log(where)[1][0]["step"], epoch=1)
+    info = json.loads((where / "run.json").read_text())
+    info["settings"]["epochs"] = 3
+    (where / "run.json").write_text(json.dumps(info))
+    return where
+
+
+def test_an_unfinished_run_says_so_in_every_output(runs, tmp_path, capsys):
+    run = unfinished_copy(runs["teacher"], tmp_path / "runs" / "teacher")
+    (tmp_path / "in.csv").write_text("text\nyou are terrible\n")
+    E.main(["predict", "--run", str(run), "--allow-unfinished", "--input", str(tmp_path / "in.csv"),
+            "--output", str(tmp_path / "out.csv"), "--no-progress"])
+    assert [r["note"] for r in csv.DictReader(open(tmp_path / "out.csv"))] == ["unfinished, epoch 1 of 3"]
+    E.main(["predict", "--run", str(run), "--allow-unfinished", "--json", "you are terrible"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["note"] == "unfinished, epoch 1 of 3"
+    assert "note: " + str(run) + ": unfinished, epoch 1 of 3" in captured.err
+    E.main(["behaviour", str(run), "--allow-unfinished", "--out", str(tmp_path / "b")])
+    assert f"{run} (unfinished, epoch 1 of 3): toxic" in capsys.readouterr().out
+    assert f"## {run} (unfinished, epoch 1 of 3)" in (tmp_path / "b" / "behaviour.md").read_text()
+    rows = report.report([run, runs["teacher"]], tmp_path / "report", device="cpu", resamples=10, draw=False, beyond=False,
+                         allow_unfinished=True)
+    assert [r["group"] for r in rows] == ["teacher (unfinished, epoch 1 of 3)", "teacher"]  # not pooled as seeds
+    assert "| teacher (unfinished, epoch 1 of 3) | 0 |" in (tmp_path / "report" / "results.md").read_text()
+    from classifier import Classifier
+
+    assert Classifier.from_run(run, allow_unfinished=True).unfinished == "unfinished, epoch 1 of 3"
+    for argv in (["behaviour", run], ["beyond", run, "--out", tmp_path / "beyond"]):
+        assert "unfinished, epoch 1 of 3" in error_of(argv)
+
+
+def test_a_lora_run_whose_id2label_is_a_list(runs, tmp_path, capsys):
+    run = tmp_path / "lora"
+    shutil.copytree(runs["lora"], run)
+    info = json.loads((run / "run.json").read_text())
+    info["results"]["id2label"] = ["ok", "toxic"]
+    (run / "run.json").write_text(json.dumps(info))
+    E.main(["predict", "--run", str(run), "you are terrible"])
+    E.main(["predict", "--run", str(runs["lora"]), "you are terrible"])
+    listed, named = capsys.readouterr().out.splitlines()
+    assert listed == named and listed.split("\t")[0] in ("ok", "toxic")  # the same answer, by the same names
+
+
+@pytest.mark.parametrize("argv, where, message", [
+    (["predict", "--run", "{teacher}", "you are terrible"], ("classifier", "predict_probs"),
+     "error: interrupted; only the texts printed above (if any) were labelled"),
+    (["behaviour", "{teacher}"], ("behaviour", "run_suite"), "error: interrupted; the behaviour suite was not finished"),
+    (["beyond", "{teacher}", "--out", "{tmp}/beyond"], ("behaviour", "run_suite"),
+     "error: interrupted; the scores beyond the test split were not finished"),
+])
+def test_ctrl_c_in_every_command_is_one_line(runs, tmp_path, monkeypatch, argv, where, message):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(where[0]), where[1], interrupted)
+    assert error_of([a.format(teacher=runs["teacher"], tmp=tmp_path) for a in argv]) == message
+
+
+@pytest.mark.parametrize("command", ["behaviour", "beyond"])
+def test_a_full_disk_in_every_command_is_one_line(runs, tmp_path, monkeypatch, command):
+    import files
+
+    real = files.atomic_write
+
+    def full(path, write):
+        return real(path, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    message = error_of([command, runs["teacher"], "--out", tmp_path / "out"])
+    assert message.startswith(f"error: {tmp_path / 'out'}/") and message.endswith(": no space left on device")

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import measure
+import naming
 import runs as runs_module
 
 
@@ -17,7 +18,7 @@ def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
     assert runs_module.is_lora_run(out) is False and (out / "summary.json").is_file()
     info = runs_module.read_info(out)
     assert info["quantized"] == "nanobert-dynamic-int8" and info["source_run"] == str(runs[name])
-    assert runs_module.method_label(info) == f"{name} int8"
+    assert naming.method_label(info) == f"{name} int8"
     net, _, _ = runs_module.load_run(out)
     assert type(net.classifier).__name__ == "Linear" and net.classifier.__module__.startswith("torch.ao.nn.quantized")
     # Close to the fp32 model on every test text; the speed and size measured beside it.

@@ -11,6 +11,7 @@ from conftest import TINY, common, run
 from safetensors.torch import load_file
 
 import methods
+import naming
 import pretrained
 import runs as R
 
@@ -83,7 +84,7 @@ def test_lora_on_a_student_trains_only_the_adapters(toy, teacher_run, capsys):
         if "lora_" not in k:
             assert torch.equal(v, base[k]), k
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)
-    assert R.method_label(info) == "lora on odd"
+    assert naming.method_label(info) == "lora on odd"
 
 
 def test_lora_base_errors(toy, teacher_run, tmp_path):

@@ -1,11 +1,10 @@
-"""Tests for runs.py: run.json's sections, the log, names and labels of runs, which runs are seeds of one
-model, and a LoRA run's pinned base."""
+"""Tests for runs.py: run.json's sections and fields, the log, unfinished runs, where an export may go,
+and a LoRA run's pinned base."""
 
 import hashlib
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import run
@@ -13,48 +12,6 @@ from safetensors.torch import load_file, save_file
 
 import classifier
 import runs as R
-
-
-def test_method_labels_and_groups(tmp_path):
-    (tmp_path / "t6").mkdir()
-    (tmp_path / "t6" / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
-    def student(layers, spec="list", teacher=str(tmp_path / "t6")):
-        return {"method": "distill", "teacher_layers": layers, "layers": spec, "teacher": teacher}
-
-    assert R.method_label(student([1, 3, 5])) == "odd" and R.method_label(student([2, 4, 6])) == "even"
-    assert R.method_label(student([1, 3], "1,3")) == "layers 1,3"  # not all odd layers of six
-    assert R.method_label(student([1, 3], "odd", teacher="/gone")) == "odd"  # teacher moved: its own words
-    assert R.method_label(student([1, 2, 12], "1,2,12", teacher="/gone")) == "layers 1,2,12"
-    assert R.method_label({"method": "lora"}) == "lora" and R.method_label({"method": "teacher"}) == "teacher"
-    assert R.method_label(student([1, 2, 3])) == "bottom" and R.method_label(student([4, 5, 6])) == "top"
-    assert R.method_label(student([4, 5, 6], "top", teacher="/gone")) == "top"
-    assert R.method_label(student([1, 2, 6], "auto")) == "auto (1,2,6)"
-    (tmp_path / "odd").mkdir()
-    (tmp_path / "odd" / "run.json").write_text(json.dumps(student([1, 3, 5], "odd")))
-    assert R.method_label({"method": "lora", "base": str(tmp_path / "odd")}) == "lora on odd"
-    assert R.method_label({"method": "lora", "base": "/gone/even"}) == "lora on even"  # base moved: its folder name
-    assert R.method_label({**student([1, 3, 5]), "quantized": "dynamic-int8"}) == "odd int8"
-    infos = [{"method": "teacher", "lr": 1e-4, "seed": 0, "run_dir": "a"}, {"method": "teacher", "lr": 3e-4, "seed": 0},
-            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "x", "seed": 0},
-            {"method": "distill", "teacher_layers": [2, 4, 6], "layers": "even", "teacher": "y", "seed": 1}]
-    groups = R.group_runs(infos, ["a", "b", "c", "d"])
-    assert [(g["label"], g["names"]) for g in groups] == [
-        ("teacher (lr=0.0001)", ["a"]), ("teacher (lr=0.0003)", ["b"]), ("even", ["c", "d"])]
-    assert R.run_names([Path("s0/odd"), Path("s1/odd"), Path("s0/lora")]) == ["s0-odd", "s1-odd", "s0-lora"]
-    # Seeds of one model group, whatever differs from seed to seed: timings, the teacher's measured
-    # ranking, the base or source folder; and a run of an older version without newer fields.
-    auto = {"method": "distill", "layers": "auto", "teacher_layers": [1, 3], "importance_texts": 1000}
-    lora_on = {"method": "lora", "lora_r": 8, "importance_texts": 1000}
-    infos = [{**auto, "seed": 0, "importance_seconds": 3.1, "layer_importance": [0.2, 0.1, 0.3], "teacher": "s0/t"},
-            {**auto, "seed": 1, "importance_seconds": 3.3, "layer_importance": [0.25, 0.1, 0.3], "teacher": "s1/t"},
-            {**lora_on, "seed": 0, "base": "s0/odd", "model": "s0/odd"}, {**lora_on, "seed": 1, "base": "s1/odd", "model": "s1/odd"},
-            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 0},
-            {"method": "distill", "layers": "odd", "teacher_layers": [1, 3], "seed": 1, "importance_texts": 1000, "base": None},
-            {"method": "teacher", "quantized": "q", "source_run": "s0/teacher", "seed": 0},
-            {"method": "teacher", "quantized": "q", "source_run": "s1/teacher", "seed": 1}]
-    groups = R.group_runs(infos, list("abcdefgh"))
-    assert [g["names"] for g in groups] == [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]
-    assert R.model_key({**auto, "importance_texts": 500}) != R.model_key(auto)  # it does matter for auto
 
 
 def test_run_json_keeps_settings_and_results_apart_and_reads_old_flat_files(tmp_path):
@@ -74,26 +31,6 @@ def test_run_json_keeps_settings_and_results_apart_and_reads_old_flat_files(tmp_
         R.read_info(tmp_path)
 
 
-def test_seeds_group_on_settings_only(tmp_path):
-    a = R.RunInfo({"method": "teacher", "lr": 1e-4, "seed": 0, "threads": 2, "out": "a"}, {"torch": "2.1", "params_total": 5})
-    b = R.RunInfo({"method": "teacher", "lr": 1e-4, "seed": 1, "threads": 1, "out": "b"}, {"torch": "2.2", "params_total": 5})
-    c = R.RunInfo({"method": "teacher", "lr": 3e-4, "seed": 0}, {})
-    assert R.model_key(a) == R.model_key(b) != R.model_key(c)
-    int8 = R.RunInfo(a.settings, {"quantized": "nanobert-dynamic-int8"})
-    assert R.model_key(int8) != R.model_key(a)
-    # The precision a run computed in (what `auto` chose) keeps bf16 and fp32 seeds apart; a run of an
-    # older version (a bf16 flag, no precision) groups with the new runs of its precision.
-    bf16 = R.RunInfo({**a.settings, "precision": "auto"}, {"precision_chosen": "bf16"})
-    fp32 = R.RunInfo({**a.settings, "precision": "auto"}, {"precision_chosen": "fp32"})
-    old_fp32, old_bf16 = R.RunInfo({**a.settings, "bf16": False}, {}), R.RunInfo({**a.settings, "bf16": True}, {})
-    asked = R.RunInfo({**a.settings, "precision": "fp32"}, {"precision_chosen": "fp32"})
-    assert R.model_key(bf16) == R.model_key(old_bf16) != R.model_key(fp32)
-    assert R.model_key(old_fp32) == R.model_key(a) == R.model_key(asked) == R.model_key(fp32) != R.model_key(bf16)
-    groups = R.group_runs([old_fp32, bf16, asked, old_bf16], list("wxyz"))
-    assert [(g["label"], g["names"]) for g in groups] == [("teacher (precision=fp32)", ["w", "y"]),
-                                                         ("teacher (precision=bf16)", ["x", "z"])]
-
-
 def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):
     for step in (1, 2, 3, 4):
         R.log(tmp_path, "step", {"step": step, "epoch": 1 + (step > 2), "loss": 1.0 / step})
@@ -109,6 +46,94 @@ def test_the_log_has_kinds_and_a_resume_trims_it(tmp_path):
     steps, epochs = R.read_log(tmp_path)
     assert steps[-1]["step"] == 9 and epochs[-1]["epoch"] == 2
 
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("settings", "max_length", None, "field 'max_length' is None; expected a whole number of at least 2"),
+    ("settings", "max_length", True, "field 'max_length' is True; expected a whole number of at least 2"),
+    ("settings", "split", 5, "field 'split' is 5; expected the path of a split manifest"),
+    ("settings", "epochs", "3", "field 'epochs' is '3'; expected a whole number above 0"),
+    ("results", "id2label", {"0": "ok", "2": "toxic"}, "field 'id2label' is {'0': 'ok', '2': 'toxic'}; expected an object"),
+    ("results", "id2label", [], "field 'id2label' is []; expected an object"),
+])
+def test_run_json_fields_the_readers_use_are_checked(tmp_path, section, key, value, expected):
+    good = {"settings": {"method": "teacher", "max_length": 64, "split": "split.json", "epochs": 3},
+            "results": {"id2label": {"0": "ok", "1": "toxic"}, "split_sha256": "ab"}}
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    assert R.label_names_of(R.read_info(tmp_path)) == ["ok", "toxic"]
+    good[section][key] = value
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    with pytest.raises(R.RunError) as e:
+        R.read_info(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'run.json'}: {expected}")
+
+
+def test_id2label_may_be_a_list_or_missing(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {}, "results": {"id2label": ["ok", "toxic"]}}))
+    assert R.label_names_of(R.read_info(tmp_path)) == ["ok", "toxic"]
+    (tmp_path / "run.json").write_text(json.dumps({"settings": {}, "results": {}}))
+    assert R.label_names_of(R.read_info(tmp_path)) is None
+
+
+def interrupted_run(folder, epochs_done, epochs=3):
+    """A run folder as Ctrl-C leaves it: settings, a model, the log of the epochs done, no summary.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    R.write_info(folder, R.RunInfo({"method": "teacher", "epochs": epochs}, {}))
+    (folder / "config.json").write_text("{}")
+    for epoch in range(1, epochs_done + 1):
+        R.log(folder, "epoch", {"epoch": epoch, "step": 10 * epoch, "val_macro_f1": 0.5})
+    return folder
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for_and_then_named(tmp_path):
+    run = interrupted_run(tmp_path / "run", 1)
+    assert R.unfinished_note(run) == "unfinished, epoch 1 of 3"
+    with pytest.raises(R.RunError) as e:
+        R.check_finished(run)
+    assert str(e.value) == (f"{run}: unfinished, epoch 1 of 3 (no summary.json: interrupted, or still training); expected a "
+                            "finished run: continue it with train.py and --resume, or pass --allow-unfinished (Python: "
+                            "allow_unfinished=True) to use the best epoch saved so far")
+    with pytest.raises(R.RunError, match=r"and --resume$"):
+        R.check_finished(run, can_allow=False)
+    assert R.check_finished(run, allow_unfinished=True) == "unfinished, epoch 1 of 3"
+    R.write_summary(run, {"wall_seconds": 1})
+    assert R.unfinished_note(run) is None and R.check_finished(run) is None
+    (tmp_path / "empty").mkdir()
+    R.write_info(tmp_path / "empty", R.RunInfo({"method": "teacher", "epochs": 3}, {}))
+    with pytest.raises(R.RunError, match="no trained model"):  # nothing saved yet: said as such
+        R.check_finished(tmp_path / "empty", allow_unfinished=True)
+
+
+def an_export(folder, source):
+    folder.mkdir(parents=True)
+    R.write_info(folder, R.RunInfo({"method": "teacher"}, {"quantized": "nanobert-dynamic-int8", "source_run": str(source)}))
+    return folder
+
+
+def test_an_export_goes_only_where_nothing_else_is(tmp_path, monkeypatch):
+    run, other = tmp_path / "runs" / "odd", tmp_path / "runs" / "even"
+    assert R.export_target(run) == (tmp_path / "runs" / "odd-int8").resolve()  # the default: beside the run
+    assert R.export_target(run, tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    assert R.export_target(run, tmp_path / "empty") == tmp_path / "empty"
+    assert R.export_target(run, an_export(tmp_path / "again", run)) == tmp_path / "again"
+    monkeypatch.chdir(tmp_path)  # an earlier export that names its source relative to where it ran
+    assert R.export_target(run, an_export(tmp_path / "relative", "runs/odd")) == tmp_path / "relative"
+    expected = f"expected a new folder, an empty one, or an earlier int8 export of {run}"
+    for folder, says in [(an_export(tmp_path / "other", other), f"holds the int8 export of {other}"),
+                         (interrupted_run(tmp_path / "a-run", 1), "holds another run (run.json without 'quantized')")]:
+        with pytest.raises(R.RunError) as e:
+            R.export_target(run, folder)
+        assert str(e.value) == f"{folder}: {says}; {expected}"
+    (tmp_path / "project").mkdir()
+    for name in ("README.md", "app.py", "config.json", "summary.json", "z.txt", ".git"):
+        (tmp_path / "project" / name).write_text("mine")
+    with pytest.raises(R.RunError) as e:
+        R.export_target(run, tmp_path / "project")
+    assert str(e.value) == (f"{tmp_path / 'project'}: not empty and not an int8 export (holds README.md, app.py, config.json, "
+                            f"summary.json and 2 more); {expected}")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(R.RunError, match="a file; expected a folder for the int8 model"):
+        R.export_target(run, tmp_path / "afile")
 
 
 # -----------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def test_fast_is_on_unless_a_flag_or_a_preset_says_off(tmp_path, capsys):
 def test_a_run_inherits_the_data_of_the_run_it_builds_on(tmp_path):
     parent = tmp_path / "teacher"
     R.write_info(parent, R.RunInfo({**dataclasses.asdict(settings.Settings()), "data": "toy.csv", "max_length": 32,
-                                    "lr": 0.5}, {}))
+                                    "lr": 0.5, "split": str(tmp_path / "split.json")}, {}))
     parse = settings.build_parser().parse_args
     s = settings.resolve(parse(["distill", "--teacher", str(parent), "--out", "x", "--max-length", "16"]), "distill")
     assert s.data == "toy.csv" and s.max_length == 16 and s.lr == 5e-5  # the data is inherited, a flag wins, lr is not

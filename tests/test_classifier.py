@@ -1,0 +1,73 @@
+"""Tests for classifier.py's checks of its input: strings only, each wrong item named by its index, a
+dict or a set refused whole, and blank texts given no prediction, as the command line gives none."""
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pretrained
+import runs
+import wordpiece
+from classifier import Classifier, check_texts
+
+TINY = str(Path(__file__).resolve().parent / "fixtures" / "tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier(pretrained.from_pretrained(TINY, verbose=False), wordpiece.load_tokenizer(TINY), runs.RunInfo({}, {}))
+
+
+def test_strings_in_any_sequence_are_texts():
+    assert check_texts("one text") == ["one text"]
+    assert check_texts(("a", "b")) == ["a", "b"] and check_texts(iter(["a"])) == ["a"]
+    assert check_texts(np.array(["a", "b"])) == ["a", "b"]  # numpy's str_ is a str
+    assert check_texts([]) == []
+
+
+@pytest.mark.parametrize("texts, message", [
+    (["a", None], "texts[1]: None; expected a string"),
+    (["a", "b", math.nan], "texts[2]: NaN (a missing value, as pandas reads an empty cell: drop or fill it first); expected a string"),
+    ([b"abc"], "texts[0]: bytes (decode it first, e.g. text.decode('utf-8')); expected a string"),
+    (["a", 3], "texts[1]: int 3; expected a string"),
+    ({"a": 1}, "texts: a dict (its keys are not the texts to classify); expected a string or a list or tuple of strings"),
+    ({"a", "b"}, "texts: a set (it has no order to give the results in); expected a string or a list or tuple of strings"),
+    (b"abc", "texts: bytes (decode it first, e.g. text.decode('utf-8')); expected a string or a list or tuple of strings"),
+    (None, "texts: None; expected a string or a list or tuple of strings"),
+    (5, "texts: int 5; expected a string or a list or tuple of strings"),
+])
+def test_what_is_not_a_text_is_named_in_one_line(clf, texts, message):
+    for call in (check_texts, clf.predict, clf.predict_proba):
+        with pytest.raises(TypeError) as e:
+            call(texts)
+        assert str(e.value) == message
+
+
+def test_a_pandas_column_with_an_empty_cell():
+    pd = pytest.importorskip("pandas")
+    column = pd.read_csv(io.StringIO("text\nyou are good\n\nok\n"), skip_blank_lines=False)["text"]
+    with pytest.raises(TypeError, match=r"texts\[1\]: NaN"):
+        check_texts(column)
+
+
+def test_blank_texts_get_no_prediction(clf):
+    texts = ["you are good", "", "  \n", "\u200f", "you are bad"]
+    probs = clf.predict_proba(texts)
+    assert probs.shape == (5, 2) and np.isnan(probs[1:4]).all() and not np.isnan(probs[[0, 4]]).any()
+    assert np.allclose(probs[[0, 4]], clf.predict_proba(["you are good", "you are bad"]))  # the others as alone
+    got = clf.predict(texts)
+    assert [r["label"] for r in got[1:4]] == [None] * 3 and all(r["score"] is None and r["probabilities"] is None for r in got[1:4])
+    assert got[0]["label"] in clf.labels and got[1]["text"] == ""
+    assert clf.predict_proba([" "]).shape == (1, 2)
+
+
+def test_a_model_of_an_unfinished_run_says_so_in_every_result(clf):
+    clf.unfinished = "unfinished, epoch 1 of 3"
+    try:
+        assert [r["note"] for r in clf.predict(["a", " "])] == ["unfinished, epoch 1 of 3"] * 2
+    finally:
+        clf.unfinished = None
+    assert "note" not in clf.predict(["a"])[0]
