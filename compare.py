@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 import card
+import export
 import files
 import report
 import runs
@@ -54,7 +55,7 @@ def run_all(args, train):
         plan.append((name, "lora", {}))
         for source in ("teacher", best, name):
             print(f"== {source}-int8 ==")
-            exports.append(runs.export_int8(runs_dir / source, runs_dir / f"{source}-int8"))
+            exports.append(export.export_int8(runs_dir / source, runs_dir / f"{source}-int8"))
             card.write_model_card(exports[-1])
     report.report([runs_dir / name for name, _, _ in plan] + exports, runs_dir / "report")
     for name, s in summaries.items():

@@ -26,6 +26,7 @@ import behaviour
 import beyond
 import card
 import classifier
+import export
 import files
 import labelling
 import measure
@@ -99,16 +100,16 @@ def write_card(folder, info, summary):
 
 
 def cmd_export(args):
-    """The int8 export (runs.export_int8): built beside --out, swapped in when complete, then measured."""
+    """The int8 export (export.export_int8): built beside --out, swapped in when complete, then measured."""
     check_positive(args, "latency_sentences")
     if args.out:
         files.check_writable(args.out, "--out")
     set_threads(args.threads)
     runs.read_info(args.run)  # a folder that is not a run is named first
-    out = runs.export_target(args.run, args.out)
+    out = export.export_target(args.run, args.out)
     before = "was left as it was" if out.exists() else "was not written"
     try:
-        runs.export_int8(args.run, out, write_card=write_card)
+        export.export_int8(args.run, out, write_card=write_card)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"nothing was exported; {out} {before}") from None
     except OSError as e:  # a full disk (safetensors' own error included: files.write_error)

@@ -16,6 +16,7 @@ st = pytest.importorskip("streamlit")  # the page is an optional extra: pip inst
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import classifier  # noqa: E402
+import export  # noqa: E402
 import runs as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,7 +282,7 @@ def test_an_int8_export_is_served_like_any_run(runs, tmp_path, monkeypatch):
     folder = tmp_path / "runs"
     shutil.copytree(runs / "teacher", folder / "teacher")
     shutil.copy(runs / "split.json", folder / "split.json")
-    R.export_int8(folder / "teacher", folder / "teacher-int8")
+    export.export_int8(folder / "teacher", folder / "teacher-int8")
     at = page(folder, monkeypatch)
     assert at.selectbox("model").options == ["teacher — teacher", "teacher-int8 — teacher, int8"]
     at.selectbox("model").set_value(str(folder / "teacher-int8")).run()

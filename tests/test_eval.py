@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import corpus
 import eval as E
+import export
 import metrics
 import report
 import runs as runs_module
@@ -277,7 +278,7 @@ def test_the_same_run_twice_is_refused(runs, tmp_path):
 
 
 def test_int8_runs_join_the_report_and_the_efficiency_plot(runs, tmp_path):
-    runs_module.export_int8(runs["teacher"], tmp_path / "teacher-int8")
+    export.export_int8(runs["teacher"], tmp_path / "teacher-int8")
     rows = report.report([runs["teacher"], tmp_path / "teacher-int8"], tmp_path / "report", device="cpu", resamples=20, latency_n=5)
     assert [r["method"] for r in rows] == ["teacher", "teacher int8"]
     assert rows[1]["size_bytes"] < rows[0]["size_bytes"] and rows[1]["train_seconds"] == rows[0]["train_seconds"]

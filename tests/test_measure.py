@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+import export
 import measure
 import naming
 import runs as runs_module
@@ -13,7 +14,7 @@ import runs as runs_module
 @pytest.mark.parametrize("name", ["odd", "lora"])
 def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
     out = tmp_path / f"{name}-int8"
-    runs_module.export_int8(runs[name], out)
+    export.export_int8(runs[name], out)
     result = measure.measure_export(runs[name], out, latency_n=5)
     assert runs_module.is_lora_run(out) is False and (out / "summary.json").is_file()
     info = runs_module.read_info(out)
@@ -29,6 +30,6 @@ def test_export_int8_is_a_run_close_to_fp32(runs, name, tmp_path):
     assert result["fp32"]["sentences_per_s"] > 0 and result["int8"]["latency_p50_ms"] > 0
     assert "| int8 |" in (out / "export.md").read_text() and json.loads((out / "export.json").read_text())["n"] == 16
     with pytest.raises(runs_module.RunError, match="already an int8 model"):
-        runs_module.export_int8(out, tmp_path / "again")
+        export.export_int8(out, tmp_path / "again")
     with pytest.raises(runs_module.RunError, match="must not overwrite its own source run"):
-        runs_module.export_int8(runs[name], runs[name])
+        export.export_int8(runs[name], runs[name])

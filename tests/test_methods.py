@@ -10,6 +10,7 @@ import torch
 from conftest import TINY, common, run
 from safetensors.torch import load_file
 
+import export
 import methods
 import naming
 import pretrained
@@ -100,7 +101,7 @@ def test_lora_base_errors(toy, teacher_run, tmp_path):
 
 def test_an_int8_export_or_a_bad_importance_count_is_refused(toy, teacher_run, tmp_path):
 
-    R.export_int8(teacher_run, tmp_path / "teacher-int8")
+    export.export_int8(teacher_run, tmp_path / "teacher-int8")
     for argv in (["distill", "--teacher", tmp_path / "teacher-int8"], ["lora", "--base", tmp_path / "teacher-int8"]):
         with pytest.raises(SystemExit) as e:
             run(*argv, "--out", tmp_path / "x", "--no-progress")

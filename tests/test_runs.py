@@ -11,6 +11,7 @@ from conftest import run
 from safetensors.torch import load_file, save_file
 
 import classifier
+import export
 import runs as R
 
 
@@ -111,29 +112,29 @@ def an_export(folder, source):
 
 def test_an_export_goes_only_where_nothing_else_is(tmp_path, monkeypatch):
     run, other = tmp_path / "runs" / "odd", tmp_path / "runs" / "even"
-    assert R.export_target(run) == (tmp_path / "runs" / "odd-int8").resolve()  # the default: beside the run
-    assert R.export_target(run, tmp_path / "new") == tmp_path / "new"
+    assert export.export_target(run) == (tmp_path / "runs" / "odd-int8").resolve()  # the default: beside the run
+    assert export.export_target(run, tmp_path / "new") == tmp_path / "new"
     (tmp_path / "empty").mkdir()
-    assert R.export_target(run, tmp_path / "empty") == tmp_path / "empty"
-    assert R.export_target(run, an_export(tmp_path / "again", run)) == tmp_path / "again"
+    assert export.export_target(run, tmp_path / "empty") == tmp_path / "empty"
+    assert export.export_target(run, an_export(tmp_path / "again", run)) == tmp_path / "again"
     monkeypatch.chdir(tmp_path)  # an earlier export that names its source relative to where it ran
-    assert R.export_target(run, an_export(tmp_path / "relative", "runs/odd")) == tmp_path / "relative"
+    assert export.export_target(run, an_export(tmp_path / "relative", "runs/odd")) == tmp_path / "relative"
     expected = f"expected a new folder, an empty one, or an earlier int8 export of {run}"
     for folder, says in [(an_export(tmp_path / "other", other), f"holds the int8 export of {other}"),
                          (interrupted_run(tmp_path / "a-run", 1), "holds another run (run.json without 'quantized')")]:
         with pytest.raises(R.RunError) as e:
-            R.export_target(run, folder)
+            export.export_target(run, folder)
         assert str(e.value) == f"{folder}: {says}; {expected}"
     (tmp_path / "project").mkdir()
     for name in ("README.md", "app.py", "config.json", "summary.json", "z.txt", ".git"):
         (tmp_path / "project" / name).write_text("mine")
     with pytest.raises(R.RunError) as e:
-        R.export_target(run, tmp_path / "project")
+        export.export_target(run, tmp_path / "project")
     assert str(e.value) == (f"{tmp_path / 'project'}: not empty and not an int8 export (holds README.md, app.py, config.json, "
                             f"summary.json and 2 more); {expected}")
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(R.RunError, match="a file; expected a folder for the int8 model"):
-        R.export_target(run, tmp_path / "afile")
+        export.export_target(run, tmp_path / "afile")
 
 
 # -----------------------------------------------------------------------------
