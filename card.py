@@ -31,7 +31,7 @@ LIMITATIONS = {
 def test_scores(net, tokenizer, info, test, batch_size=64):
     """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split;
     multi-label: those of each label at its threshold, under "labels"."""
-    loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size)
+    loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size, by_length=True)
     probs = classifier.predict_probs(net, loader).numpy()
     keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
     if test.multilabel:

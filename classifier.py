@@ -8,10 +8,10 @@ Using a trained model from Python: a run folder in, labels and probabilities out
         print(result["label"], round(result["score"], 3))
 
 Like `pipeline("text-classification")` it returns one dict per text, and like Detoxify's
-`predict` every label's probability comes with it. Texts are tokenized once and batched by
-length; the model runs on the device asked for (int8 models on the CPU, where their kernels are).
-The texts are checked first (check_texts): strings only, and a blank one gets no prediction, as
-on the command line.
+`predict` every label's probability comes with it. Texts are tokenized once and sorted by length
+into batches (little padding), of a size measured for the machine (choose_batch_size); the model
+runs on the device asked for (int8 models on the CPU, where their kernels are). The texts are
+checked first (check_texts): strings only, and a blank one gets no prediction, as on the command line.
 """
 
 import math
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import batching
+import machine
 import precision as P
 import runs
 
@@ -99,13 +100,30 @@ def predict_probs(net, loader):
     return probs
 
 
+def choose_batch_size(net, computed_in="fp32") -> int:
+    """
+    The batch size to label with on this machine: on the CPU, the fastest per text of one of
+    the model's encoder layers as it will run (machine.best_batch_size: measured once per machine,
+    model shape and arithmetic, then read from the cache folder); 64 elsewhere. computed_in:
+    "fp32" or "bf16", what the layer takes (precision.computed_in; an int8 model takes fp32).
+    """
+    device = device_of(net)
+    if device.type != "cpu":
+        return 64
+    c = net.config
+    shape = {"ffn": c.intermediate_size, "heads": c.num_attention_heads, "int8": P.is_quantized(net),
+             "fast": any(type(m).__module__ == "fast" for m in net.modules())}
+    return machine.best_batch_size(net.bert.encoder.layer[0], c.hidden_size, P.DTYPES[computed_in], shape)["batch_size"]
+
+
 class Classifier:
     """A trained run, ready to label texts."""
 
-    def __init__(self, net, tokenizer, info, *, batch_size=64):
+    def __init__(self, net, tokenizer, info, *, batch_size=None, computed_in="fp32"):
+        """batch_size None: chosen for the machine (choose_batch_size)."""
         self.net, self.tokenizer, self.info = net.eval(), tokenizer, info
         self.max_length = int(info.get("max_length", 128))
-        self.batch_size = batch_size
+        self.batch_size = batch_size or choose_batch_size(self.net, computed_in)
         self.labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
         self.multilabel = net.config.multilabel
         # Multi-label: the yes/no threshold of each label, chosen on validation when the run was trained.
@@ -114,17 +132,18 @@ class Classifier:
         self.unfinished = None  # from_run: "unfinished, epoch k of n" for a model of an unfinished run
 
     @classmethod
-    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=64, fast=True, allow_unfinished=False):
+    def from_run(cls, run_dir, *, device="auto", precision="auto", batch_size=None, fast=True, allow_unfinished=False):
         """The model of a run folder written by train.py (a LoRA run merged into its base), computing
-        in `precision` (auto: bf16 where the hardware runs it natively, else fp32; precision.py), on
-        the fast path or (fast False) as model.py writes it.
+        in `precision` (auto: bf16 where it measures faster here, else fp32; precision.py), on the
+        fast path or (fast False) as model.py writes it; batch_size None: chosen for the machine.
         An unfinished run (interrupted, or still training) is a RunError unless allow_unfinished;
         then self.unfinished says so ("unfinished, epoch 1 of 3") and so does every result of predict."""
         net, tokenizer, info = runs.load_run(run_dir)  # a damaged run is named as such first
         note = runs.check_finished(run_dir, allow_unfinished)
         device = torch.device("cpu") if info.get("quantized") else pick_device(device)  # int8 kernels are CPU kernels
-        P.prepare(net.to(device), P.choose(precision, device, fast=fast), inference=True)
-        clf = cls(net, tokenizer, info, batch_size=batch_size)
+        choice = P.choose(precision, device, fast=fast, config=net.config)
+        P.prepare(net.to(device), choice, inference=True)
+        clf = cls(net, tokenizer, info, batch_size=batch_size, computed_in=P.computed_in(net, choice))
         clf.unfinished = note
         return clf
 
@@ -135,7 +154,8 @@ class Classifier:
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
-            loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size)
+            loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size,
+                                     by_length=True)
             probs[keep] = predict_probs(self.net, loader).numpy()
         return probs
 

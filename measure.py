@@ -70,7 +70,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
     net, tokenizer, _ = runs.load_run(run_dir)
     if info.get("quantized"):
         device = torch.device("cpu")  # int8 kernels are CPU kernels
-    choice = P.choose(precision, device, fast=fast)
+    choice = P.choose(precision, device, fast=fast, config=net.config)
     P.prepare(net, choice, inference=True)
     num_classes = net.config.num_labels
     if num_classes != len(test.label_names):
@@ -78,7 +78,8 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
                        "expected the same")
     net.to(device)
     max_length = info.get("max_length", 128)
-    probs, seconds = timed_predict(net, batching.Loader(test.texts, test.labels, tokenizer, max_length, batch_size))
+    probs, seconds = timed_predict(net, batching.Loader(test.texts, test.labels, tokenizer, max_length, batch_size,
+                                                        by_length=True))
     lat = latencies_ms(net, tokenizer, test.texts[:latency_n], max_length)
     probs = probs.numpy()
     if test.multilabel:  # each label at its threshold on the texts that annotate it; the mean over labels

@@ -2,7 +2,7 @@
 Which number format the model computes in: fp32, or bfloat16 with fp32 master weights; and
 whether it runs the fast path (fast.py) or model.py as written.
 
-    choice = precision.choose("auto", device)   # Choice("bf16", "this CPU multiplies bf16 natively (AMX)")
+    choice = precision.choose("auto", device, config=net.config)   # measured: Choice("bf16", "auto: ... 6.1x ...")
     precision.prepare(net, choice)              # training: the model computes in bf16, its parameters stay fp32
     precision.prepare(teacher, choice, inference=True)   # a fixed model: frozen, its bf16 weights cast once
     precision.choose("auto", device, fast=False)         # Choice("fp32", ..., fast=False): model.py as written
@@ -22,9 +22,14 @@ bf16 keeps 8 bits of mantissa (about 3 significant digits): hidden states and lo
 from fp32 by ~1e-2 (tests/test_precision.py bounds it); the head (pooler, classifier) computes
 in fp32, so logits and probabilities are fp32 tensors.
 
-`auto` picks bf16 where the hardware multiplies bf16 natively: a CPU with AVX-512 BF16 or AMX
-(Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later), or a CUDA GPU that supports
-it (Ampere and later). Elsewhere bf16 is emulated and slower than fp32, and `auto` picks fp32.
+`auto` on a CPU decides by measurement, not by a CPU flag: a CPU flag says that bf16 is native,
+not that it is faster. With AMX (Intel Sapphire Rapids and later) bf16's matrix products run
+several times fp32's; with AVX-512 BF16 alone (Cooper Lake, AMD Zen 4) they can run slower than
+fp32's, and the whole step with them. So `auto` times the model's own matrix products in both
+(machine.matmul_ratio, well under a second), keeps the answer in the cache folder per machine
+(CPU, flags, torch, threads), and picks bf16 only where it wins by MARGIN. On a CUDA GPU
+it picks bf16 where the GPU supports it natively (Ampere and later). `auto` never picks int8:
+int8 is an export (quantize.py) whose quality the report measures.
 
 bf16 is a fast-path thing: fast.py swaps in the modules that compute in it. With fast off
 (`--fast off`), the plain model of model.py runs, in fp32: `auto` picks fp32, and bf16 is refused.
@@ -33,13 +38,13 @@ bf16 is a fast-path thing: fast.py swaps in the modules that compute in it. With
 import ctypes
 import ctypes.util
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 import fast
+import machine
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -50,6 +55,7 @@ class Choice:
     precision: str  # "fp32" or "bf16": what the model computes in
     reason: str  # one sentence: why, for the log and run.json
     fast: bool = True  # the fast path (fast.py), or False: model.py as written, in fp32
+    probe: dict | None = field(default=None, compare=False)  # auto on a CPU: what was measured (machine.matmul_ratio)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -57,17 +63,9 @@ class Choice:
 
 
 def cpu_bf16_features(cpuinfo="/proc/cpuinfo") -> list[str] | None:
-    """The CPU's native bf16 features among amx_bf16 and avx512_bf16 (Linux's names), or None
-    when they cannot be read (not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    """The CPU's native bf16 features among amx_bf16 and avx512_bf16, or None when they cannot be read."""
+    flags = machine.cpu_flags(cpuinfo)
+    return None if flags is None else [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 def native_bf16(device) -> tuple[bool, str]:
@@ -88,23 +86,53 @@ def native_bf16(device) -> tuple[bool, str]:
     return False, f"this CPU has no native bf16 (no AVX-512 BF16 or AMX; torch sees {torch.backends.cpu.get_cpu_capability()})"
 
 
-def choose(requested: str = "auto", device="cpu", fast: bool = True) -> Choice:
-    """The precision to compute in, and why. `bf16` is honoured even where it is emulated; with
-    fast off only fp32 is (the plain model computes in fp32)."""
+# -----------------------------------------------------------------------------
+# auto on a CPU: measured
+#
+# bf16 only where the model's matrix products run at least MARGIN times faster in it
+# (machine.matmul_ratio). They are 60-85% of a step (bench.py --profile), so 1.25x in them is
+# 1.1-1.2x in the step; the rest (LayerNorm, softmax, the embeddings, the casts of the weights)
+# gains little in bf16. Below that the gain is within what a shared CPU makes the probe err by,
+# and bf16 would cost precision (logits ~1e-2 from fp32) for nothing.
+
+MARGIN = 1.25
+DEFAULT_SHAPES = (384, 1536)  # hidden size and FFN width of the default model (all-MiniLM-L6-v2)
+
+
+def check(requested: str, fast: bool = True):
+    """A ValueError, before anything is loaded, for a precision that cannot be: an unknown name, or
+    bf16 with fast off (the plain model computes in fp32)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
+    if not fast and requested == "bf16":
+        raise ValueError("--precision bf16 needs --fast on (bf16 is the fast path's); expected --precision fp32 "
+                         "or auto with --fast off")
+
+
+def choose(requested: str = "auto", device="cpu", fast: bool = True, config=None) -> Choice:
+    """The precision to compute in, and why. `bf16` is honoured even where it is emulated; with
+    fast off only fp32 is (the plain model computes in fp32). auto on a CPU measures (machine.matmul_ratio)
+    at the shapes of `config` (a BertConfig: hidden_size, intermediate_size; None: the default
+    model's)."""
+    check(requested, fast)
     if not fast:
-        if requested == "bf16":
-            raise ValueError("--precision bf16 needs --fast on (bf16 is the fast path's); expected --precision fp32 "
-                             "or auto with --fast off")
         return Choice("fp32", "fp32 as asked; --fast off" if requested == "fp32" else
                       "auto: --fast off runs the plain model, which computes in fp32", fast=False)
-    native, why = native_bf16(device)
     if requested == "fp32":
         return Choice("fp32", "fp32 as asked")
+    native, why = native_bf16(device)
     if requested == "bf16":
         return Choice("bf16", "bf16 as asked" + ("" if native else f"; {why}: it is emulated, slower than fp32"))
-    return Choice("bf16" if native else "fp32", f"auto: {why}")
+    if torch.device(device).type != "cpu":
+        return Choice("bf16" if native else "fp32", f"auto: {why}")
+    shapes = (config.hidden_size, config.intermediate_size) if config is not None else DEFAULT_SHAPES
+    probe = machine.matmul_ratio(*shapes)
+    wins = probe["ratio"] >= MARGIN
+    where = f"cached in {probe['cache']}" if probe["cached"] else \
+        f"measured, kept in {probe['cache']}" if probe["cache"] else "measured, not cached (cache folder not writable)"
+    reason = (f"auto: bf16's matrix products ran {probe['ratio']:.2f}x fp32's here at H={shapes[0]}, FFN={shapes[1]} "
+              f"({'at least' if wins else 'under'} the {MARGIN}x bf16 needs; {where})")
+    return Choice("bf16" if wins else "fp32", reason, probe=probe)
 
 
 def is_quantized(net: nn.Module) -> bool:

@@ -103,8 +103,8 @@ class ModelSettings:
 
     model: str = setting(pretrained.DEFAULT_MODEL, "pretrained model: name, folder, or a name under $NANOBERT_MODELS")
     dropout: float | None = setting(None, "override every dropout probability of the model", unset="the model's own")
-    precision: str = setting("auto", "auto, fp32 or bf16: what the model computes in (auto: bf16 where the hardware runs "
-                                     "it natively, fp32 elsewhere); bf16 keeps fp32 master weights",
+    precision: str = setting("auto", "auto, fp32 or bf16: what the model computes in (auto: bf16 where a short probe "
+                                     "measures it faster here, fp32 elsewhere); bf16 keeps fp32 master weights",
                              aliases={"--bf16": "bf16"})
     fast: bool = setting(True, "off: compute with the plain model as model.py and lora.py write it, without the fast "
                                "path; for reading and checking", on_off=True)
@@ -259,7 +259,7 @@ def check(s: Settings):
     if not isinstance(s.fast, bool):  # a preset's `fast = "off"`; the flag itself only takes on or off
         raise TrainError(f"--fast {s.fast!r}: expected on or off (in a preset: true or false)")
     try:
-        precision.choose(s.precision, fast=s.fast)  # bf16 with --fast off: refused before anything is loaded
+        precision.check(s.precision, fast=s.fast)  # bf16 with --fast off: refused before anything is loaded
     except ValueError as e:
         raise TrainError(str(e)) from None
     if s.resume and s.overwrite:

@@ -125,21 +125,20 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     net.to(device)
     # bf16 or fp32 (precision.py): the parameters stay fp32 master weights either way, so the
     # optimizer, the checkpoints and the saved model are the same; only the arithmetic changes.
-    # A resumed run computes in what it started in: the recorded choice, not a new `auto` one where it resumes.
-    asked = before.results.get("precision_chosen", s.precision) if before else s.precision
-    choice = precision.choose(asked, device, fast=s.fast)
+    # auto measures (precision.py); a resumed run keeps what it started in.
+    choice = recorded_precision(work, s) if s.resume else precision.choose(s.precision, device, fast=s.fast, config=net.config)
     precision.keep_freed_memory()
     precision.prepare(net, choice)
     if teacher is not None:
         precision.prepare(teacher.to(device), choice, inference=True)
-    results.update(precision_chosen=choice.precision, precision_reason=choice.reason)
+    results.update(precision_chosen=choice.precision, precision_reason=choice.reason, precision_probe=choice.probe)
     if rank == 0:
         print(f"{s.method}: computing in {choice.precision} ({choice.reason})")
     tokenizer = wordpiece.load_tokenizer(tokenizer_dir)
     train_part, val_part = parts["train"], parts["validation"]
     loader = batching.Loader(train_part.texts, train_part.labels, tokenizer, s.max_length, s.batch_size,
                              shuffle=True, seed=s.seed, num_replicas=world, rank=rank)
-    val_loader = batching.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size)
+    val_loader = batching.Loader(val_part.texts, val_part.labels, tokenizer, s.max_length, s.eval_batch_size, by_length=True)
     weight = None
     if s.class_weights:  # inverse class frequency; multi-label: each label's negatives per positive
         weight = batching.pos_weights(train_part.labels) if dataset.multilabel else \
@@ -166,6 +165,15 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
         print(f"{s.method}: {len(train_part)} train / {len(val_part)} validation texts, {len(loader)} batches per "
               f"epoch, padding {loader.padding_fraction():.1%}, trainable {trainable:,} of {total:,}")
     return t
+
+
+def recorded_precision(work: Path, s: Settings) -> precision.Choice:
+    """The precision a resumed run started in (run.json): its checkpoint's arithmetic goes on the
+    same, whatever auto would measure today."""
+    info = runs.read_info(work)
+    chosen = info.get("precision_chosen") or ("bf16" if s.precision == "bf16" else "fp32")
+    return precision.Choice(chosen, f"{chosen}, as the run started in ({info.get('precision_reason') or s.precision})",
+                            fast=s.fast, probe=info.get("precision_probe"))
 
 
 def resume(t: Training):

@@ -3,6 +3,7 @@ runs that the tests of train.py, the report and the modules around them share; a
 files, fixtures and helpers that the tests of the data modules (wordpiece, readers, corpus, splits,
 batching) share."""
 
+import atexit
 import csv
 import hashlib
 import json
@@ -11,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -21,6 +23,10 @@ import torch
 # the machine is busy. OMP_NUM_THREADS reaches the train.py processes the tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# The cache folder is the one place outside its folders where nanobert writes (downloads, the
+# precision probe's answer): the tests, and the train.py processes they start, get their own.
+os.environ["NANOBERT_CACHE"] = tempfile.mkdtemp(prefix="nanobert-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NANOBERT_CACHE"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")

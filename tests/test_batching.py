@@ -48,6 +48,19 @@ def test_bucketing_reduces_padding():
     assert batching.padding_fraction(lengths, random) > 0.4
 
 
+def test_inference_batches_by_length():
+    lengths = varied_lengths()
+    sampler = batching.BucketBatchSampler(lengths, 32, shuffle=False, by_length=True)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(1000)) and len(batches) == len(sampler) == 32
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)  # longest first
+    assert batching.padding_fraction(lengths, batches) < 0.05 < batching.padding_fraction(lengths, list(
+        batching.BucketBatchSampler(lengths, 32, shuffle=False)))
+    # Training shuffles as before: by_length is for the unshuffled (inference) order only.
+    assert list(batching.BucketBatchSampler(lengths, 32, seed=1, by_length=True)) == list(batching.BucketBatchSampler(lengths, 32, seed=1))
+
+
 def test_sampler_resumes_mid_epoch():
     lengths = varied_lengths()
     sampler = batching.BucketBatchSampler(lengths, 16, seed=5)

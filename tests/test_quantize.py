@@ -146,3 +146,26 @@ def test_real_weights_minilm_int8_keeps_the_sentence_vectors():
     a, b = forward(net, batch), forward(q, batch)
     cos = torch.nn.functional.cosine_similarity(a.hidden_states[-1][:, 0], b.hidden_states[-1][:, 0], dim=-1)
     assert cos.min() > 0.97, cos
+
+
+@pytest.mark.parametrize("seconds, expected", [({"x86": 1.0, "fbgemm": 0.9, "onednn": 0.6}, "onednn"),
+                                               ({"x86": 1.0, "onednn": 0.97}, "x86")])  # within the margin: the default
+def test_the_fastest_int8_engine_is_measured_and_kept(monkeypatch, tmp_path, seconds, expected):
+    monkeypatch.setenv("NANOBERT_CACHE", str(tmp_path))
+    monkeypatch.setattr(Q, "_engine", None)
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"
+    monkeypatch.setattr(Q, "time_engines", lambda *a, **k: seconds)
+    try:
+        assert Q.use_fastest_engine(384, 1536) == expected == torch.backends.quantized.engine
+        monkeypatch.setattr(Q, "time_engines", lambda *a, **k: pytest.fail("measured twice in a process"))
+        assert Q.use_fastest_engine(32, 64) == expected  # later models: the same engine (weights packed for it)
+        monkeypatch.setattr(Q, "_engine", None)
+        assert Q.use_fastest_engine(384, 1536) == expected  # a new process: read from the cache folder
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def test_the_real_engines_are_timed():
+    seconds = Q.time_engines(32, 64, tokens=16, repeats=1)
+    assert "x86" in seconds and all(s > 0 for s in seconds.values())

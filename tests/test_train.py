@@ -17,6 +17,7 @@ import torch
 from conftest import ROOT, TINY, cli, common, epochs, run
 from safetensors.torch import load_file
 
+import machine
 import precision
 import runs as R
 import train
@@ -133,6 +134,34 @@ def test_precision_is_recorded_and_both_learn(toy, tmp_path, flags, chosen):
     assert e[-1]["train_loss"] < e[0]["train_loss"]
     # The weights on disk are fp32 either way (bf16 trains fp32 master weights).
     assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "r" / "model.safetensors").values())
+
+
+def test_auto_records_its_probe_and_a_resumed_run_keeps_its_precision(toy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOBERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(machine, "probe_matmuls", lambda *a, **k: {"fp32": 3e-3, "bf16": 1e-3})  # bf16 3x faster
+    real, calls = train.compute_loss, []
+
+    def poisoned(*a, **kw):
+        loss, parts = real(*a, **kw)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 5 else (loss, parts)
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    args = ["teacher", "--model", TINY, *common(toy, tmp_path / "r", "--epochs", 2, "--checkpoint-every", 2)]
+    with pytest.raises(SystemExit):
+        run(*args)
+    info = R.read_info(tmp_path / "r")
+    assert info["precision_chosen"] == "bf16" and "3.00x" in info["precision_reason"]
+    assert info["precision_probe"]["ratio"] == 3.0 and info["precision_probe"]["cache"].startswith(str(tmp_path / "cache"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "computing in" in x)
+    assert "computing in bf16 (auto: " in line and "3.00x" in line and info["precision_probe"]["cache"] in line
+    # Resumed where the probe would now say fp32: the run goes on in the bf16 it started in, unmeasured.
+    monkeypatch.setattr(train, "compute_loss", real)
+    monkeypatch.setattr(machine, "probe_matmuls", lambda *a, **k: pytest.fail("a resumed run measured again"))
+    monkeypatch.setenv("NANOBERT_CACHE", str(tmp_path / "another-cache"))
+    run(*args, "--resume")
+    assert "computing in bf16 (bf16, as the run started in (auto: bf16's" in capsys.readouterr().out
+    assert R.read_info(tmp_path / "r")["precision_chosen"] == "bf16"
 
 
 def test_two_label_teacher_student_and_lora(toy2, tmp_path):
