@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import NEUTRAL, ROOT, TINY, common, run, write_toy_two_label_csv
+from conftest import NEUTRAL, ROOT
 
 import classifier
 import explain
@@ -23,13 +23,8 @@ TEXTS = ["you are bad and the day was good", "the people there love it, great", 
 
 
 @pytest.fixture(scope="module")
-def two_label(tmp_path_factory):
-    """A two-question (toxic, hate) teacher: "idiot" is toxic, "vermin" toxic and hate."""
-    root = tmp_path_factory.mktemp("two")
-    toy2 = write_toy_two_label_csv(root / "toy2.csv")
-    run("teacher", "--model", TINY, *common(str(toy2), root / "two", "--label-column", "toxic,hate", "--epochs", 8,
-                                            "--lr", 3e-3, "--threads", 1))
-    return root / "two"
+def two_label(two_label_run):
+    return two_label_run
 
 
 @pytest.fixture(scope="module")
