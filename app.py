@@ -189,7 +189,7 @@ def show_explanation(run, text):
         st.caption(f"{names[label]}: logit {r['logit']:+.2f}, {r['change']:+.2f} from a text of [PAD]s; the words add up to "
                    f"{r['attributed']:+.2f}")
         st.html(shaded(text, r["words"]))
-    st.caption(LEGEND.format(steps=result["method"]["steps"]))
+    st.caption(LEGEND.format(steps=result["steps"]))
     if result["note"]:
         st.caption(f"Note: {result['note']}.")
 

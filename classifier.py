@@ -153,18 +153,21 @@ class Classifier:
                 self._explainer = E.explaining_model(self.net, self.info)
         return self._explainer
 
-    def explain(self, texts, *, steps=E.STEPS, baseline="pad", rule="trapezoid") -> list[dict]:
+    def explain(self, texts, *, steps=E.STEPS, baseline="pad", rule="trapezoid", tolerance=E.TOLERANCE,
+                max_steps=E.MAX_STEPS) -> list[dict]:
         """predict's dict per text, and which words made it (explain.py, integrated gradients):
         "attributions", per label {"logit", "baseline_logit", "change" (the logit's change from the
         baseline of [PAD]s), "attributed" (the scores' sum), "error" (their difference), "words"
-        [{"text", "start", "end", "score"}], "pieces"}; "method"; "note": None, or that an int8 run
-        was explained through its fp32 source; "cut": the text was longer than max_length."""
+        [{"text", "start", "end", "score"}], "pieces"}; "steps" the integral took (doubled from `steps`
+        until the error is within tolerance); "method"; "note": None, or that an int8 run was
+        explained through its fp32 source; "cut": the text was longer than max_length."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             return []
         net, note = self.explaining_model()
         found = E.explain(net, self.tokenizer, texts, max_length=self.max_length, labels=self.labels, steps=steps,
-                          baseline=baseline, rule=rule)
-        method = {"name": "integrated gradients", "steps": steps, "rule": rule, "baseline": baseline}
-        return [{**result, "attributions": e["labels"], "method": method, "note": note, "cut": e["cut"]}
+                          baseline=baseline, rule=rule, tolerance=tolerance, max_steps=max_steps)
+        method = {"name": "integrated gradients", "steps": steps, "rule": rule, "baseline": baseline, "tolerance": tolerance,
+                  "max_steps": max_steps}
+        return [{**result, "attributions": e["labels"], "steps": e["steps"], "method": method, "note": note, "cut": e["cut"]}
                 for result, e in zip(self.predict(texts), found, strict=True)]

@@ -256,7 +256,10 @@ def cmd_explain(args):
                 print(f"    {w['text']:<{width}}  {w['score']:+.3f}  {bar(w['score'], largest)}")
         if result["cut"]:
             print(f"  (cut to {clf.max_length} tokens: the words after were not read)")
-    print(f"integrated gradients, {args.steps} steps from a {args.baseline} baseline (docs/explain.md)", file=sys.stderr)
+        if result["steps"] != args.steps:
+            print(f"  ({result['steps']} steps: {args.steps} did not add up to the change within 1%)")
+    print(f"integrated gradients from a {args.baseline} baseline, {args.steps} steps or more until the words add up "
+          f"(docs/explain.md)", file=sys.stderr)
 
 
 def cmd_serve(args):
@@ -326,7 +329,8 @@ def build_parser():
     p = sub.add_parser("explain", help="which words made a run's label: integrated gradients per word (docs/explain.md)")
     p.add_argument("--run", required=True, help="run folder written by train.py (an int8 run: through its fp32 source)")
     p.add_argument("--json", action="store_true", help="one JSON object per text: every label, word and word piece")
-    p.add_argument("--steps", type=int, default=explain.STEPS, help=f"points of the integral (default {explain.STEPS})")
+    p.add_argument("--steps", type=int, default=explain.STEPS, help=f"points of the integral, doubled where the words do not add up to the change within 1%% "
+                   f"(default {explain.STEPS})")
     p.add_argument("--baseline", default="pad", choices=explain.BASELINES, help="what the text is compared with: "
                    "every word a [PAD] (default) or zero embeddings")
     device_flags(p)

@@ -48,7 +48,6 @@ import explain
 
 MAX_BODY = 1 << 20  # 1 MiB: a few thousand comments
 MAX_TEXTS = 256  # texts per request
-MAX_STEPS = 1024
 DRAIN_LIMIT = 64 << 20  # a body over max_body up to this size is read and dropped, so the client gets its 413
 STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 411: "LENGTH_REQUIRED",
           413: "PAYLOAD_TOO_LARGE", 500: "INTERNAL", 503: "UNAVAILABLE"}
@@ -112,8 +111,8 @@ def check_classify(body, max_texts=MAX_TEXTS):
         raise ApiError(400, f"texts: {len(texts)} texts; expected 1 to {max_texts} per request", "texts")
     texts = [check_text(t, f"texts[{i}]", "a text with something to classify") for i, t in enumerate(texts)]
     steps = body.get("steps", explain.STEPS)
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-        raise ApiError(400, f"steps: {steps!r}; expected a whole number from 1 to {MAX_STEPS}", "steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= explain.MAX_STEPS:
+        raise ApiError(400, f"steps: {steps!r}; expected a whole number from 1 to {explain.MAX_STEPS}", "steps")
     return texts, check_bool(body, "explain"), steps
 
 
@@ -272,7 +271,9 @@ class Service:
             for result, e in zip(out["results"], found, strict=True):
                 result["attributions"] = {label: {k: r[k] for k in ("logit", "baseline_logit", "change", "error", "words")}
                                           for label, r in e["labels"].items()}
-            out["explanation"] = {"method": "integrated gradients", "steps": steps, "baseline": "pad"} | ({"note": note} if note else {})
+                result["steps"] = e["steps"]  # the integral's, doubled from the request's where the scores did not add up
+            out["explanation"] = {"method": "integrated gradients", "steps": steps, "max_steps": explain.MAX_STEPS,
+                                  "baseline": "pad"} | ({"note": note} if note else {})
         return out
 
     def analyze(self, body):

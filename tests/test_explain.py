@@ -92,11 +92,24 @@ def test_the_error_shrinks_as_the_steps_grow(runs, rule):
     net, tokenizer = plain(runs["teacher"])
     errors = []
     for steps in (1, 4, 16, 64):
-        results = explain.explain(net, tokenizer, TEXTS[:3], steps=steps, rule=rule)
+        results = explain.explain(net, tokenizer, TEXTS[:3], steps=steps, rule=rule, tolerance=None)
         errors.append(sum(abs(r["error"]) for res in results for r in res["labels"].values()))
     assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] / 20, errors
-    one = explain.explain(net, tokenizer, TEXTS[:3], steps=1, rule=rule)
+    one = explain.explain(net, tokenizer, TEXTS[:3], steps=1, rule=rule, tolerance=None)
     assert not all(explain.completeness_ok(r) for res in one for r in res["labels"].values())  # the check can fail
+
+
+@pytest.mark.parametrize("rule", explain.RULES)
+def test_too_few_steps_are_doubled_until_the_scores_add_up(runs, rule):
+    net, tokenizer = plain(runs["teacher"])
+    for text, result in zip(TEXTS[:3], explain.explain(net, tokenizer, TEXTS[:3], steps=1, rule=rule), strict=True):
+        assert result["steps"] > 1 and all(explain.completeness_ok(r) for r in result["labels"].values())
+        # Doubling keeps the points computed and adds the midpoints: the same sum as that many steps at once.
+        [again] = explain.explain(net, tokenizer, [text], steps=result["steps"], rule=rule, tolerance=None)
+        for label, r in result["labels"].items():
+            assert [p["score"] for p in r["pieces"]] == pytest.approx([p["score"] for p in again["labels"][label]["pieces"]], abs=1e-5)
+    [capped] = explain.explain(net, tokenizer, TEXTS[:1], steps=1, max_steps=2, rule=rule)
+    assert capped["steps"] == 2  # max_steps: no further, and the answer's error says how far off it is
 
 
 def test_a_zero_baseline_is_complete_too(runs):
@@ -219,7 +232,9 @@ def test_classifier_explain_answers_with_the_prediction(runs, two_label):
         for result, predicted in zip(results, clf.predict(TEXTS[:2]), strict=True):
             assert {k: result[k] for k in predicted} == predicted
             assert list(result["attributions"]) == clf.labels and result["method"] == {
-                "name": "integrated gradients", "steps": 32, "rule": "trapezoid", "baseline": "pad"}
+                "name": "integrated gradients", "steps": 32, "rule": "trapezoid", "baseline": "pad", "tolerance": 0.01,
+                "max_steps": 1024}
+            assert result["steps"] >= 32
             assert result["note"] is None
             for r in result["attributions"].values():
                 assert explain.completeness_ok(r) and {"text", "start", "end", "score"} == set(r["words"][0])

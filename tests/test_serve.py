@@ -102,9 +102,10 @@ def test_classify_answers_what_classifier_predict_does(server, teacher):
 def test_classify_with_explain_gives_the_attributions_of_classifier_explain(server, teacher):
     port, _ = server
     status, answer, _ = call(port, "POST", "/v1/classify", {"texts": TEXTS[:2], "explain": True, "steps": 32})
-    assert status == 200 and answer["explanation"] == {"method": "integrated gradients", "steps": 32, "baseline": "pad"}
+    assert status == 200 and answer["explanation"] == {"method": "integrated gradients", "steps": 32, "max_steps": 1024,
+                                                       "baseline": "pad"}
     for got, want in zip(answer["results"], teacher.explain(TEXTS[:2], steps=32), strict=True):
-        assert set(got["attributions"]) == {"ok", "toxic"}
+        assert set(got["attributions"]) == {"ok", "toxic"} and got["steps"] == want["steps"]
         for label, r in got["attributions"].items():
             assert r["change"] == pytest.approx(want["attributions"][label]["change"], abs=1e-5)
             assert [(w["text"], w["start"], w["end"]) for w in r["words"]] == \
