@@ -11,9 +11,11 @@ models), found and loaded through runs.py and classifier.py, and kept in memory 
 (`python eval.py export RUN`) is served like any other run, on the CPU. A LoRA run loads its base
 model by name: offline, set NANOBERT_MODELS as for training.
 A link can carry a text to classify: http://localhost:8501/?text=I%20hate%20you!&compare=1
+(and &explain=1: the words shaded by how much each made the answer, explain.py).
 """
 
 import argparse
+import html
 import io
 import os
 import re
@@ -157,6 +159,54 @@ def each_label(model, probs):
 
 
 # -----------------------------------------------------------------------------
+# Which words made the answer: integrated gradients (explain.py), shown as shading
+
+UP, DOWN = "220, 38, 38", "37, 99, 235"  # red: towards the label; blue: away from it
+LEGEND = ("Red: the word pushes towards the label; blue: away from it; the deeper the shade, the larger its share "
+          "(integrated gradients from a text of [PAD]s, {steps} steps; docs/explain.md).")
+
+
+@st.cache_data(show_spinner="Finding the words that decided it…", max_entries=64)
+def explain_text(run_dir, stamp, text):
+    """Classifier.explain of one text, computed once per run and text (a few hundred forward and backward passes)."""
+    return load_model(run_dir, stamp).explain([text])[0]
+
+
+def shaded(text, words):
+    """The text as HTML, each word on a background whose colour is the sign of its score and whose depth
+    is its size against the largest in the text (the score itself in its tooltip)."""
+    largest = max((abs(w["score"]) for w in words), default=0.0) or 1.0
+    parts, at = [], 0
+    for w in words:
+        alpha = 0.8 * abs(w["score"]) / largest
+        parts.append(html.escape(text[at:w["start"]]))
+        parts.append(f'<span title="{w["score"]:+.3f}" style="background: rgba({UP if w["score"] > 0 else DOWN}, {alpha:.2f}); '
+                     f'border-radius: 3px; padding: 1px 2px">{html.escape(w["text"])}</span>')
+        at = w["end"]
+    parts.append(html.escape(text[at:]))
+    return f'<div style="white-space: pre-wrap; line-height: 1.9; font-size: 1.05rem">{"".join(parts)}</div>'
+
+
+def show_explanation(run, text):
+    """Under the answer: the comment once per label the answer is about (every question of a two-question
+    model; the class chosen otherwise), its words shaded by their contribution to that label's logit."""
+    model = get_model(run)
+    if model is None:
+        return
+    result = explain_text(run.dir, os.stat(Path(run.dir) / "summary.json").st_mtime_ns, text)
+    st.markdown("**Which words decided it**")
+    names = dict(zip(model.labels, label_names(model) if not model.multilabel else model.labels, strict=True))
+    for label in model.labels if model.multilabel else [result["label"]]:
+        r = result["attributions"][label]
+        st.caption(f"{names[label]}: logit {r['logit']:+.2f}, {r['change']:+.2f} from a text of [PAD]s; the words add up to "
+                   f"{r['attributed']:+.2f}")
+        st.html(shaded(text, r["words"]))
+    st.caption(LEGEND.format(steps=result["steps"]))
+    if result["note"]:
+        st.caption(f"Note: {result['note']}.")
+
+
+# -----------------------------------------------------------------------------
 # Batch mode: a CSV in, the same CSV with prediction columns out
 
 
@@ -288,6 +338,7 @@ params = st.query_params
 st.session_state.setdefault("text", params.get("text", ""))
 st.session_state.setdefault("query", params.get("text"))  # the text last sent to classify; None: none yet
 st.session_state.setdefault("compare", params.get("compare", "") in ("1", "true"))
+st.session_state.setdefault("explain", params.get("explain", "") in ("1", "true"))
 
 with st.sidebar:
     st.header("Models")
@@ -332,6 +383,7 @@ with one:
     left, right = st.columns([1, 3])
     left.button("Classify", type="primary", key="classify", on_click=submit)
     compare = right.toggle("Compare all models", key="compare")
+    explain_words = right.toggle("Show which words decided it", key="explain")
 
     query = st.session_state.query
     if query is None:
@@ -342,6 +394,8 @@ with one:
         if query != text:
             st.caption(f"Result for the text last classified: “{query[:80]}{'…' if len(query) > 80 else ''}”")
         show_verdict(chosen, query)
+        if explain_words:
+            show_explanation(chosen, query)
         if compare:
             show_comparison(available, query)
 

@@ -15,17 +15,20 @@ checked first (check_texts): strings only, and a blank one gets no prediction, a
 """
 
 import math
+import threading
 from collections.abc import Mapping, Set
 
 import numpy as np
 import torch
 
 import batching
+import explain as E
 import machine
 import precision as P
 import runs
 
 NO_LABEL = "none"  # the verdict of a multi-label model that says no to every label
+EXPLAINER_LOCK = threading.Lock()  # one plain copy per Classifier, made by the first thread that asks
 
 
 def is_blank(text) -> bool:
@@ -218,3 +221,30 @@ class Classifier:
             out.append(f"{unknown} text(s) are unknown tokens only (emoji or a script the vocabulary lacks): "
                        "their labels say little")
         return out
+
+    def explaining_model(self):
+        """(plain fp32 model, note): what explain() takes gradients of, made once (explain.explaining_model:
+        a copy of this model as model.py computes it, or for an int8 run its fp32 source run)."""
+        with EXPLAINER_LOCK:
+            if "_explainer" not in self.__dict__:
+                self._explainer = E.explaining_model(self.net, self.info)
+        return self._explainer
+
+    def explain(self, texts, *, steps=E.STEPS, baseline="pad", rule="trapezoid", tolerance=E.TOLERANCE,
+                max_steps=E.MAX_STEPS) -> list[dict]:
+        """predict's dict per text, and which words made it (explain.py, integrated gradients):
+        "attributions", per label {"logit", "baseline_logit", "change" (the logit's change from the
+        baseline of [PAD]s), "attributed" (the scores' sum), "error" (their difference), "words"
+        [{"text", "start", "end", "score"}], "pieces"}; "steps" the integral took (doubled from `steps`
+        until the error is within tolerance); "method"; "note": None, or that an int8 run was
+        explained through its fp32 source; "cut": the text was longer than max_length."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return []
+        net, note = self.explaining_model()
+        found = E.explain(net, self.tokenizer, texts, max_length=self.max_length, labels=self.labels, steps=steps,
+                          baseline=baseline, rule=rule, tolerance=tolerance, max_steps=max_steps)
+        method = {"name": "integrated gradients", "steps": steps, "rule": rule, "baseline": baseline, "tolerance": tolerance,
+                  "max_steps": max_steps}
+        return [{**result, "attributions": e["labels"], "steps": e["steps"], "method": method, "note": note, "cut": e["cut"]}
+                for result, e in zip(self.predict(texts), found, strict=True)]

@@ -7,11 +7,14 @@ The command line for trained runs: the comparison report, labelling texts or fil
     python eval.py predict --run runs/quick/lora --input comments.csv --text-column body --output labelled.csv
     python eval.py export runs/quick/odd                                                # -> runs/quick/odd-int8/
     python eval.py behaviour runs/quick/teacher runs/quick/odd                          # the functional test suite
+    python eval.py explain --run runs/quick/teacher "you are an idiot"                  # which words made the label
+    python eval.py serve --run runs/quick/teacher --port 8000                           # a local HTTP service
 
 The work is done elsewhere: report.py (the comparison report), measure.py (a run on its test split,
 the int8 export measured), beyond.py (the behaviour suite and each dataset's test split), card.py
-(the model card), classifier.py (predicting), labelling.py (labelling a file), runs.py (the run
-folder, the int8 export), behaviour.py (the functional test suite). This file only reads flags.
+(the model card), classifier.py (predicting), labelling.py (labelling a file), explain.py (word
+attributions), serve.py (the HTTP service), runs.py (the run folder), export.py (the int8 export),
+behaviour.py (the functional test suite). This file only reads flags.
 A run that has not finished is refused unless --allow-unfinished (runs.check_finished).
 """
 
@@ -26,6 +29,7 @@ import behaviour
 import beyond
 import card
 import classifier
+import explain
 import export
 import files
 import labelling
@@ -33,6 +37,7 @@ import measure
 import precision
 import report
 import runs
+import serve
 import tables
 
 # -----------------------------------------------------------------------------
@@ -166,13 +171,64 @@ def cmd_behaviour(args):
 
 
 # -----------------------------------------------------------------------------
+# explain: which words made the label (explain.py); serve: a local HTTP service (serve.py)
+
+
+def bar(score, largest, width=20):
+    return "█" * round(width * abs(score) / largest) if largest > 0 else ""
+
+
+def cmd_explain(args):
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: expected a number of at least 1")
+    clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision, fast=args.fast)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    blank = sum(classifier.is_blank(t) for t in texts)
+    texts = [t for t in texts if not classifier.is_blank(t)]
+    if not texts:
+        raise runs.RunError("empty text to explain; expected at least one non-blank text (argument or stdin line)")
+    if blank:
+        print(f"note: skipped {blank} blank text(s)", file=sys.stderr)
+    results = clf.explain(texts, steps=args.steps, baseline=args.baseline)
+    if results[0]["note"]:
+        print(f"note: {results[0]['note']}", file=sys.stderr)
+    for result in results:
+        if args.json:
+            print(json.dumps(tables.json_safe(result), ensure_ascii=False))
+            continue
+        scores = " ".join(f"{k}={v:.3f}{'*' if result.get('decisions', {}).get(k) else ''}" for k, v in result["probabilities"].items())
+        print(f"{result['label']} {result['score']:.3f}\t{scores}\t{result['text']}")
+        # One class per text: why that class. Two questions: each label's answer.
+        shown = clf.labels if clf.multilabel else [result["label"]]
+        for label in shown:
+            r = result["attributions"][label]
+            print(f"  {label}: logit {r['logit']:+.3f}, {r['change']:+.3f} from the baseline's {r['baseline_logit']:+.3f}; "
+                  f"the words add up to {r['attributed']:+.3f}")
+            largest = max((abs(w["score"]) for w in r["words"]), default=0.0)
+            width = max((len(w["text"]) for w in r["words"]), default=0)
+            for w in r["words"]:
+                print(f"    {w['text']:<{width}}  {w['score']:+.3f}  {bar(w['score'], largest)}")
+        if result["cut"]:
+            print(f"  (cut to {clf.max_length} tokens: the words after were not read)")
+        if result["steps"] != args.steps:
+            print(f"  ({result['steps']} steps: {args.steps} did not add up to the change within 1%)")
+    print(f"integrated gradients from a {args.baseline} baseline, {args.steps} steps or more until the words add up "
+          f"(docs/explain.md)", file=sys.stderr)
+
+
+def cmd_serve(args):
+    serve.main(args)
+
+
+# -----------------------------------------------------------------------------
 # The command line
 
-COMMANDS = ("report", "predict", "export", "behaviour", "beyond")
+COMMANDS = ("report", "predict", "export", "behaviour", "beyond", "explain", "serve")
 # What Ctrl-C leaves, said in one line (a command that knows more says it: predict --input, export).
 INTERRUPTED = {"report": "the report was not finished", "predict": "only the texts printed above (if any) were labelled",
                "export": "nothing was exported", "behaviour": "the behaviour suite was not finished",
-               "beyond": "the scores beyond the test split were not finished"}
+               "beyond": "the scores beyond the test split were not finished",
+               "explain": "nothing more was explained", "serve": "the service stopped"}
 
 
 def on_off(value):
@@ -237,6 +293,17 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="run folders written by train.py")
     p.add_argument("--out", help="folder for beyond.md and beyond.json (default: beyond/ beside the first run)")
     device_flags(p)
+    p = sub.add_parser("explain", help="which words made a run's label: integrated gradients per word (docs/explain.md)")
+    p.add_argument("--run", required=True, help="run folder written by train.py (an int8 run: through its fp32 source)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text: every label, word and word piece")
+    p.add_argument("--steps", type=int, default=explain.STEPS, help=f"points of the integral, doubled where the words do not add up to the change within 1%% "
+                   f"(default {explain.STEPS})")
+    p.add_argument("--baseline", default="pad", choices=explain.BASELINES, help="what the text is compared with: "
+                   "every word a [PAD] (default) or zero embeddings")
+    device_flags(p)
+    p.add_argument("texts", nargs="*", help="texts to explain; none: read stdin")
+    serve.add_flags(sub.add_parser("serve", help="a local HTTP service: POST /v1/classify, GET /health (docs/serve.md)"))
+    device_flags(sub.choices["serve"])
     return parser
 
 
@@ -248,7 +315,7 @@ def main(argv=None):
     precision.keep_freed_memory()  # each batch's activations are reused, not handed back and faulted in again
     try:
         {"predict": cmd_predict, "report": cmd_report, "export": cmd_export, "behaviour": cmd_behaviour,
-         "beyond": cmd_beyond}[args.command](args)
+         "beyond": cmd_beyond, "explain": cmd_explain, "serve": cmd_serve}[args.command](args)
     except KeyboardInterrupt as e:  # Ctrl-C: one line that says what was left
         sys.exit(f"error: interrupted; {str(e) or INTERRUPTED[args.command]}")
     except (ValueError, FileNotFoundError) as e:  # RunError and files.DataError are ValueErrors

@@ -212,3 +212,14 @@ def teacher_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "teacher"
     run("teacher", "--model", TINY, *common(toy, out, "--epochs", 4, "--lr", 3e-3))
     return out
+
+
+@pytest.fixture(scope="session")
+def two_label_run(tmp_path_factory):
+    """A two-question (toxic, hate) teacher that has learnt the toy data: "idiot" is toxic, "vermin"
+    toxic and hate (8 epochs: the tiny model needs them for "idiot")."""
+    root = tmp_path_factory.mktemp("two")
+    toy2 = write_toy_two_label_csv(root / "toy2.csv")
+    run("teacher", "--model", TINY, *common(str(toy2), root / "two", "--label-column", "toxic,hate", "--epochs", 8,
+                                            "--lr", 3e-3, "--threads", 1))
+    return root / "two"

@@ -307,3 +307,66 @@ def test_a_two_question_model_shows_both_scores_and_decisions(tmp_path, monkeypa
     assert text.startswith("### hate\n") and colour == "red" and "toxic " in text and "(yes, threshold" in text
     text, colour = verdict(classify(at, "what a good day"))
     assert text.startswith("### none\n") and colour == "green" and text.count("(no, threshold") == 2
+
+
+def shading(at):
+    """[(word, score shown in its tooltip, depth of its shade, red or blue)] of each shaded comment on the page."""
+    import re
+
+    out = []
+    for element in at.get("html"):
+        spans = re.findall(r'<span title="([+-][0-9.]+)" style="background: rgba\((\d+), \d+, \d+, ([0-9.]+)\);[^"]*">([^<]*)</span>',
+                           element.value)
+        out.append([(word, float(score), float(alpha), "red" if r == "220" else "blue") for score, r, alpha, word in spans])
+    return out
+
+
+def test_explain_shades_the_words_by_their_contribution(runs, monkeypatch):
+    at = page(runs, monkeypatch)
+    assert not at.toggle("explain").value
+    at = classify(at, TOXIC)
+    assert not at.get("html")  # off by default
+    at.toggle("explain").set_value(True).run()
+    assert not at.exception
+    [words] = shading(at)
+    clf = classifier.Classifier.from_run(runs / "teacher", device="cpu")
+    want = clf.explain([TOXIC])[0]["attributions"][clf.labels[1]]  # class 1, shown as "toxic"
+    assert [w[0] for w in words] == [w["text"] for w in want["words"]] == TOXIC.split()
+    assert [w[1] for w in words] == pytest.approx([round(w["score"], 3) for w in want["words"]], abs=1e-3)
+    deepest = max(words, key=lambda w: w[2])
+    assert deepest[0] in ("bad", "terrible") and deepest[3] == "red" and deepest[2] == pytest.approx(0.8)
+    assert all((w[3] == "red") == (w[1] > 0) for w in words if w[1] != 0)
+    assert any(c.value.startswith("toxic: logit ") for c in at.caption)
+    assert any(c.value.startswith("Red: the word pushes towards the label; blue: away from it") for c in at.caption)
+    assert "Which words decided it" in [m.value.strip("*") for m in at.markdown]
+    at.toggle("explain").set_value(False).run()
+    assert not at.get("html")
+
+
+def test_a_link_can_ask_for_the_explanation(runs, monkeypatch):
+    monkeypatch.setenv("NANOBERT_RUNS", str(runs))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(text="<b>you</b> are *bad*", explain="1")  # HTML and markdown in a comment stay text
+    at.run()
+    assert not at.exception and at.toggle("explain").value
+    [words] = shading(at)
+    assert [w[0] for w in words] == ["&lt;", "b", "&gt;", "you", "&lt;", "/", "b", "&gt;", "are", "*", "bad", "*"]
+    assert "<b>" not in at.get("html")[0].value
+
+
+def test_a_two_question_model_is_explained_per_question_and_int8_through_its_source(runs, two_label_run, tmp_path, monkeypatch):
+    folder = tmp_path / "runs"
+    shutil.copytree(two_label_run, folder / "two")
+    shutil.copytree(runs / "teacher", folder / "teacher")
+    export.export_int8(folder / "teacher", folder / "teacher-int8")
+    at = page(folder, monkeypatch)
+    at.toggle("explain").set_value(True)
+    at.selectbox("model").set_value(str(folder / "two")).run()
+    at = classify(at, "you are the vermin here")
+    assert not at.exception
+    toxic, hate = shading(at)
+    assert max(hate, key=lambda w: w[2])[0] == "vermin" and max(toxic, key=lambda w: w[2])[0] == "vermin"
+    assert [c.value.split(":")[0] for c in at.caption if ": logit " in c.value] == ["toxic", "hate"]
+    at.selectbox("model").set_value(str(folder / "teacher-int8")).run()
+    assert not at.exception and len(shading(at)) == 1
+    assert any(c.value == f"Note: an int8 run: explained through its fp32 source run {folder / 'teacher'}." for c in at.caption)
