@@ -40,6 +40,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -180,7 +181,7 @@ class Batcher:
     def __init__(self, clf, max_batch=64, max_wait=0.005):
         self.clf, self.max_batch, self.max_wait = clf, max_batch, max_wait
         self.requests = queue.Queue()  # (texts, Future) per request; None: stop
-        self.batches = []  # the number of texts of each forward call made, for the tests and the benchmark
+        self.batches = deque(maxlen=100_000)  # the number of texts of each recent predict call, for the tests
         self.worker = threading.Thread(target=self.work, name="batcher", daemon=True)
         self.worker.start()
 

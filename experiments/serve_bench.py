@@ -9,8 +9,13 @@ It starts `eval.py serve --port 0` as a process of its own (as a user would), wa
 and drives it from this process with one thread and one kept-alive connection per client. The clients
 run on the same CPU as the server: what they spend is taken from it, as with any loopback benchmark.
 The `predict --input` figure is its labelling time: the run of the same command on one text (loading,
-start-up) is subtracted. Each measurement is made `--repeat` times, alternating service and predict, so
-that both see the same load; the best of each is reported, and the ratio of the bests.
+start-up) is subtracted. Each round measures predict, then the service right after it, and the ratio
+of the two is taken within the round (on a shared machine the load changes between rounds); the
+median ratio over `--repeat` rounds is the summary. The steady state of Classifier.predict on the same
+texts, in a process that has labelled them once already (no file to read or write, nothing to start),
+is measured too: the service's ceiling. Because wall-clock figures on a shared machine move with the
+others' load, texts per CPU-second are counted as well (the server process's CPU time from /proc,
+predict's from its rusage, start-up taken off): what the labelling costs, whatever else runs.
 """
 
 import argparse
@@ -18,6 +23,7 @@ import csv
 import http.client
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +51,17 @@ def start_server(run, threads):
     if not ready.startswith("ready"):
         raise SystemExit(f"error: the server did not load the model: {ready}{proc.stderr.read()}")
     return proc, port
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a running process has used (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def drive(port, texts, clients, per_request, seconds):
@@ -91,21 +108,43 @@ def percentile(sorted_values, q):
 
 
 def time_predict(run, texts, threads):
-    """Seconds `eval.py predict --input` takes to label `texts`, start-up (the same command on one text) taken
-    off, and that start-up. predict has no --threads flag: OMP_NUM_THREADS sets torch's threads."""
+    """(seconds, start-up seconds, CPU seconds) `eval.py predict --input` takes to label `texts`, the start-up
+    (the same command on one text) taken off. predict has no --threads flag: OMP_NUM_THREADS sets torch's."""
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     base = [sys.executable, str(ROOT / "eval.py"), "predict", "--run", run]
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "texts.csv", Path(tmp) / "labelled.csv"
         with open(source, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([["text"], *[[t] for t in texts]])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), children_cpu()
         subprocess.run(base + [texts[0]], cwd=ROOT, check=True, capture_output=True, env=env)
-        startup = time.perf_counter() - t
-        t = time.perf_counter()
+        startup, startup_cpu = time.perf_counter() - t, children_cpu() - c
+        t, c = time.perf_counter(), children_cpu()
         subprocess.run(base + ["--input", str(source), "--output", str(out), "--no-progress"], cwd=ROOT, check=True,
                        capture_output=True, env=env)
-        return time.perf_counter() - t - startup, startup
+        return time.perf_counter() - t - startup, startup, children_cpu() - c - startup_cpu
+
+
+WARM = """
+import sys, time, classifier
+clf = classifier.Classifier.from_run(sys.argv[1])
+texts = [line.rstrip("\\n") for line in open(sys.argv[2], encoding="utf-8")]
+clf.predict(texts)  # the first pass: every batch shape's kernels made once
+start = time.perf_counter()
+clf.predict(texts)
+print(len(texts) / (time.perf_counter() - start))
+"""
+
+
+def time_warm_predict(run, texts, threads):
+    """texts/s of Classifier.predict on `texts` in a process that has labelled them once already."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "texts.txt"
+        source.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+        done = subprocess.run([sys.executable, "-c", WARM, run, str(source)], cwd=ROOT, check=True, capture_output=True,
+                              text=True, env=env)
+        return float(done.stdout.split()[-1])
 
 
 def main():
@@ -124,34 +163,48 @@ def main():
     clients = [int(c) for c in args.clients.split(",")]
     sizes = [int(k) for k in args.per_request.split(",")]
     proc, port = start_server(args.run, args.threads)
-    rows, predict_rates = {}, []
+    rounds = []
     try:
         drive(port, texts, 4, 1, 3)  # warm-up: the first batches of each length pay one-off costs
         for _ in range(args.repeat):
-            seconds, startup = time_predict(args.run, texts, args.threads)
-            predict_rates.append(len(texts) / seconds)
+            seconds, startup, cpu = time_predict(args.run, texts, args.threads)
+            predict, predict_cpu, rows = len(texts) / seconds, len(texts) / cpu, []
+            warm = time_warm_predict(args.run, texts, args.threads)
             for k in sizes:
                 for c in clients:
+                    before = cpu_seconds(proc.pid)
                     n_requests, n_texts, wall, lat = drive(port, texts, c, k, args.seconds)
-                    row = {"clients": c, "texts_per_request": k, "requests_per_s": n_requests / wall, "texts_per_s": n_texts / wall,
-                           "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * percentile(lat, 0.99), "requests": n_requests}
-                    best = rows.get((c, k))
-                    if best is None or row["texts_per_s"] > best["texts_per_s"]:
-                        rows[(c, k)] = row
+                    per_cpu = n_texts / (cpu_seconds(proc.pid) - before)
+                    rows.append({"clients": c, "texts_per_request": k, "requests_per_s": n_requests / wall,
+                                 "texts_per_s": n_texts / wall, "p50_ms": 1000 * statistics.median(lat),
+                                 "p99_ms": 1000 * percentile(lat, 0.99), "requests": n_requests,
+                                 "of_predict": n_texts / wall / predict, "of_warm": n_texts / wall / warm,
+                                 "texts_per_cpu_s": per_cpu, "cpu_of_predict": per_cpu / predict_cpu})
+            rounds.append({"predict_texts_per_s": predict, "predict_texts_per_cpu_s": predict_cpu, "warm_texts_per_s": warm,
+                           "startup_s": startup, "rows": rows})
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    predict = max(predict_rates)
-    print(f"eval.py predict --input: {predict:.1f} texts/s (best of {args.repeat}: "
-          f"{', '.join(f'{r:.1f}' for r in predict_rates)}; start-up {startup:.1f} s taken off)")
-    print("| clients | texts/request | requests/s | texts/s | p50 (ms) | p99 (ms) | of predict --input |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for (c, k), r in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        print(f"| {c} | {k} | {r['requests_per_s']:.1f} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['texts_per_s'] / predict:.0%} |")
+    for i, r in enumerate(rounds, start=1):
+        print(f"round {i}: eval.py predict --input {r['predict_texts_per_s']:.1f} texts/s ({len(texts)} texts, "
+              f"start-up {r['startup_s']:.1f} s taken off; {r['predict_texts_per_cpu_s']:.1f} texts per CPU-second); "
+              f"Classifier.predict warm {r['warm_texts_per_s']:.1f} texts/s; then the service:")
+        print("| clients | texts/request | requests/s | texts/s | p50 (ms) | p99 (ms) | of predict --input | of warm predict "
+              "| texts per CPU-s | per CPU-s, of predict --input |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for row in r["rows"]:
+            print(f"| {row['clients']} | {row['texts_per_request']} | {row['requests_per_s']:.1f} | {row['texts_per_s']:.1f} | "
+                  f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['of_predict']:.0%} | {row['of_warm']:.0%} | "
+                  f"{row['texts_per_cpu_s']:.1f} | {row['cpu_of_predict']:.0%} |")
+    print("median over the rounds of the service's texts/s against that round's predict --input, and warm predict:")
+    for j, row in enumerate(rounds[0]["rows"]):
+        ratios, warm = [r["rows"][j]["of_predict"] for r in rounds], [r["rows"][j]["of_warm"] for r in rounds]
+        cpu = [r["rows"][j]["cpu_of_predict"] for r in rounds]
+        print(f"  {row['clients']} client(s), {row['texts_per_request']} text(s) a request: {statistics.median(ratios):.0%} "
+              f"({', '.join(f'{x:.0%}' for x in ratios)}); of warm: {statistics.median(warm):.0%} "
+              f"({', '.join(f'{x:.0%}' for x in warm)}); per CPU-second: {statistics.median(cpu):.0%} ({', '.join(f'{x:.0%}' for x in cpu)})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"predict_texts_per_s": predict_rates, "rows": list(rows.values())}, indent=1))
-
+        Path(args.json).write_text(json.dumps(rounds, indent=1))
 
 if __name__ == "__main__":
     main()

@@ -210,7 +210,7 @@ def test_a_burst_of_concurrent_clients_each_gets_its_own_right_answer(server, te
     for (status, answer, _), want in zip(answers, expected, strict=True):
         assert status == 200
         same_as_predict(answer["results"], want, teacher.labels)
-    batches = service.batcher.batches[before:]
+    batches = list(service.batcher.batches)[before:]
     assert sum(batches) == sum(map(len, requests)) and max(batches) > 3  # texts of several clients shared a forward pass
     assert len(batches) < len(requests)
 
