@@ -24,7 +24,10 @@ class BucketBatchSampler:
     meet and the order of batches still change every epoch. shuffle=False: batches in dataset order;
     with by_length, sorted by length instead, longest first: for inference, where the least padding
     is all that matters (the index of each row puts the predictions back in order). Labelling 5,000
-    tweets in dataset order, 45% of the token positions are padding; sorted, 2%.
+    tweets in dataset order, 45% of the token positions are padding; sorted, 2%. There max_tokens
+    (if given) also bounds a batch's token positions, rows x its longest: the batches of long texts
+    take fewer rows, so a batch's memory is that of max_tokens tokens whatever the lengths (the
+    products keep their rows: 64 texts of 64 tokens are as many rows as 128 of 32).
 
     With num_replicas > 1 (distributed training) batch_size is the global batch: every rank computes
     the same global batches and takes its share of each, rows rank, rank + num_replicas, ... So one
@@ -36,7 +39,7 @@ class BucketBatchSampler:
     """
 
     def __init__(self, lengths, batch_size, *, shuffle=True, seed=0, bucket_batches=50, drop_last=False,
-                 num_replicas=1, rank=0, by_length=False):
+                 num_replicas=1, rank=0, by_length=False, max_tokens=None):
         if batch_size < 1 or bucket_batches < 1:
             raise ValueError(f"batch_size={batch_size}, bucket_batches={bucket_batches}: expected both >= 1")
         if not 0 <= rank < num_replicas:
@@ -46,6 +49,7 @@ class BucketBatchSampler:
         self.bucket_batches, self.drop_last = bucket_batches, drop_last
         self.num_replicas, self.rank = num_replicas, rank
         self.by_length = by_length and not shuffle
+        self.max_tokens = max_tokens if self.by_length else None
         self.epoch, self.batches_done = 0, 0
 
     def set_epoch(self, epoch):
@@ -64,7 +68,12 @@ class BucketBatchSampler:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         elif self.by_length:
             order = np.argsort(-self.lengths, kind="stable")  # longest first: the peak memory is met at once
-            batches = [order[i : i + size] for i in range(0, n, size)]
+            batches, start = [], 0
+            while start < n:
+                longest = max(1, int(self.lengths[order[start]]))  # the batch's first row is its longest
+                rows = size if self.max_tokens is None else max(1, min(size, self.max_tokens // longest))
+                batches.append(order[start : start + rows])
+                start += rows
         else:
             batches = [np.arange(i, min(i + size, n)) for i in range(0, n, size)]
         if self.drop_last:
@@ -72,6 +81,8 @@ class BucketBatchSampler:
         return [b for b in batches if len(b) >= self.num_replicas]
 
     def __len__(self):
+        if self.max_tokens is not None:
+            return len(self.global_batches())
         n, size = len(self.lengths), self.batch_size
         full, rest = divmod(n, size)
         return full + (0 < rest and not self.drop_last and rest >= self.num_replicas)
@@ -133,7 +144,7 @@ class Loader:
     """
 
     def __init__(self, texts, labels, tokenizer, max_length, batch_size, *, shuffle=False, seed=0,
-                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0, by_length=False):
+                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0, by_length=False, max_tokens=None):
         ids = token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
         self.ids, self.lengths = pad(ids, tokenizer)
         # One tensor either way: a list of ints is (N,), a list of [toxic, hate] pairs is (N, 2).
@@ -142,7 +153,7 @@ class Loader:
             raise ValueError(f"{len(ids)} texts but {len(self.labels)} labels; expected one label per text")
         self.sampler = BucketBatchSampler(self.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                           bucket_batches=bucket_batches, num_replicas=num_replicas, rank=rank,
-                                          by_length=by_length)
+                                          by_length=by_length, max_tokens=max_tokens)
 
     def __len__(self):
         return len(self.sampler)

@@ -145,7 +145,7 @@ class Classifier:
         note = runs.check_finished(run_dir, allow_unfinished)
         device = torch.device("cpu") if info.get("quantized") else pick_device(device)  # int8 kernels are CPU kernels
         choice = P.choose(precision, device, fast=fast, config=net.config)
-        P.prepare(net.to(device), choice, inference=True)
+        P.prepare(net.to(device), choice, inference=True, keep_masters=False)  # it only labels: no fp32 copy kept
         clf = cls(net, tokenizer, info, batch_size=batch_size, computed_in=P.computed_in(net, choice))
         clf.unfinished = note
         return clf
@@ -157,8 +157,10 @@ class Classifier:
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
+            # Sorted by length; a batch of long texts takes fewer of them (batch_size was measured at texts
+            # of machine.TYPICAL_TOKENS tokens), so its memory stays that of a typical batch.
             loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size,
-                                     by_length=True)
+                                     by_length=True, max_tokens=self.batch_size * machine.TYPICAL_TOKENS)
             probs[keep] = predict_probs(self.net, loader).numpy()
         return probs
 

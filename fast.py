@@ -333,9 +333,37 @@ def prepare(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     return net
 
 
+def store_in_compute_dtype(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """
+    For a prepared model that will only label texts: the weights and biases of the encoder's
+    linear layers stored in `dtype` itself, so that no fp32 master is kept beside the copy the
+    arithmetic uses (compute_copy takes a weight already in its dtype as it is). The values are
+    those the arithmetic used before (the same cast, done once), so the outputs are the same;
+    the memory of those weights is halved instead of 1.5 times (in bf16: 87 MiB of the 6-layer
+    all-MiniLM-L6-v2's fp32 weights kept, 43 MiB of them given back). The embeddings and the head
+    stay fp32. Not for a model that is trained or saved; unprepare casts them back to fp32 (the
+    rounded values). Returns net.
+    """
+    if dtype == torch.float32:
+        return net
+    for m in net.modules():
+        if isinstance(m, (SelfAttention, SelfOutput, Intermediate, Output)):
+            for layer in m.modules():
+                if type(layer) is nn.Linear or (isinstance(layer, lora.LoRALinear) and layer.merged):
+                    for p in (layer.weight, layer.bias):
+                        if p is not None and not p.requires_grad:
+                            p.data = p.data.to(dtype)
+            m.__dict__.pop("_compute_copies", None)
+    return net
+
+
 def unprepare(net: nn.Module) -> nn.Module:
     """net as model.py writes it again: every fast module back to its plain class, the kept copies
-    of frozen weights dropped. Returns net."""
+    of frozen weights dropped, weights stored in another dtype (store_in_compute_dtype) fp32
+    again. Returns net."""
+    for p in net.parameters():
+        if p.dtype != torch.float32 and p.is_floating_point():
+            p.data = p.data.float()
     for m in net.modules():
         if type(m) in PLAIN:
             m.__class__ = PLAIN[type(m)]

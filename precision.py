@@ -146,7 +146,7 @@ def computed_in(net: nn.Module, choice: Choice) -> str:
     return "fp32" if is_quantized(net) or not choice.fast else choice.precision
 
 
-def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Module:
+def prepare(net: nn.Module, choice: Choice, inference: bool = False, keep_masters: bool = True) -> nn.Module:
     """
     Make every BERT inside `net` compute in choice.dtype on the fast path (fast.prepare: its
     modules swapped for faster ones over the same parameters, which are not changed), or, with
@@ -154,7 +154,10 @@ def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Modul
     that is not trained (evaluation, a distillation teacher): it is put in eval mode and frozen
     (requires_grad False), so that its bf16 weights are cast once and kept, instead of at every
     call. (A trained weight is cast at every forward: the fused AdamW changes it in place without
-    a trace that a cache could check.) An int8 model is left plain, in fp32. Returns net.
+    a trace that a cache could check.) keep_masters=False, with inference, is for a model that
+    only labels texts (classifier.py): its encoder's weights are then stored in bf16 alone, with
+    no fp32 master beside them (fast.store_in_compute_dtype). An int8 model is left plain, in
+    fp32. Returns net.
     """
     if choice.fast and not is_quantized(net):
         fast.prepare(net, DTYPES[computed_in(net, choice)])
@@ -162,6 +165,8 @@ def prepare(net: nn.Module, choice: Choice, inference: bool = False) -> nn.Modul
         fast.unprepare(net)
     if inference:
         net.eval().requires_grad_(False)
+        if not keep_masters and choice.fast and not is_quantized(net):
+            fast.store_in_compute_dtype(net, DTYPES[computed_in(net, choice)])
     return net
 
 

@@ -61,6 +61,18 @@ def test_inference_batches_by_length():
     assert list(batching.BucketBatchSampler(lengths, 32, seed=1, by_length=True)) == list(batching.BucketBatchSampler(lengths, 32, seed=1))
 
 
+def test_inference_batches_hold_at_most_max_tokens():
+    lengths = [64] * 10 + [20] * 30 + [3] * 50
+    sampler = batching.BucketBatchSampler(lengths, 32, shuffle=False, by_length=True, max_tokens=256)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(90)) and len(sampler) == len(batches)
+    assert [len(b) for b in batches] == [4, 4, 4, 12, 12, 12, 32, 10]  # 256 // its longest (64, 20), at most 32
+    assert all(len(b) * max(lengths[i] for i in b) <= 256 for b in batches)
+    assert [len(b) for b in batching.BucketBatchSampler([300, 2], 8, shuffle=False, by_length=True, max_tokens=256)] == [1, 1]
+    # Training ignores it.
+    assert list(batching.BucketBatchSampler(lengths, 32, seed=1, max_tokens=256)) == list(batching.BucketBatchSampler(lengths, 32, seed=1))
+
+
 def test_sampler_resumes_mid_epoch():
     lengths = varied_lengths()
     sampler = batching.BucketBatchSampler(lengths, 16, seed=5)

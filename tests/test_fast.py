@@ -109,6 +109,37 @@ def test_prepared_for_inference_computes_what_the_plain_model_computes(kind, dty
     assert (got.logits - want.logits).abs().max() <= tol and torch.equal(again.logits, got.logits)
 
 
+@pytest.mark.parametrize("kind", ["teacher", "student", "lora-merged"])
+def test_a_labelling_model_stores_its_bf16_weights_once_and_computes_the_same(kind):
+    # keep_masters=False (Classifier.from_run): the encoder's linear weights live in bf16 alone,
+    # the outputs are bit for bit those of the model that keeps its fp32 masters beside a copy.
+    kept = precision.prepare(MODELS[kind](), BF16, inference=True)
+    alone = precision.prepare(MODELS[kind](), BF16, inference=True, keep_masters=False)
+    with torch.inference_mode():
+        want, got = kept(*BATCH).logits, alone(*BATCH).logits
+        again = alone(*BATCH).logits
+
+    def stored(m):  # bytes of parameters and kept copies
+        copies = sum(t.numel() * t.element_size() for mod in m.modules()
+                     for _, t in mod.__dict__.get("_compute_copies", {}).values())
+        return copies + sum(p.numel() * p.element_size() for p in m.parameters())
+
+    assert torch.equal(got, want) and torch.equal(again, got)
+    linears = [n for n, p in alone.named_parameters() if ".encoder." in n and "LayerNorm" not in n]
+    assert linears and all(dict(alone.named_parameters())[n].dtype == torch.bfloat16 for n in linears)
+    assert all(p.dtype == torch.float32 for n, p in alone.named_parameters() if n not in linears)  # embeddings, head
+    assert stored(alone) < stored(kept) - sum(dict(alone.named_parameters())[n].numel() for n in linears) * 3
+    fast.unprepare(alone)  # back to the plain model: fp32 again (the rounded values), and it runs
+    assert all(p.dtype == torch.float32 for p in alone.parameters())
+    with torch.inference_mode():
+        assert (alone(*BATCH).logits - want).abs().max() <= 0.02
+
+
+def test_a_labelling_model_in_fp32_is_left_as_it_is():
+    m = precision.prepare(tiny(), precision.Choice("fp32", "test"), inference=True, keep_masters=False)
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+
+
 def test_bf16_padding_does_not_change_real_tokens():
     # The bf16 path masks padding like the fp32 one (within bf16 rounding).
     m = fast.prepare(tiny(), torch.bfloat16)
