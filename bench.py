@@ -13,6 +13,8 @@ training loop of train.py); the reference's bf16 is torch.autocast, as its users
     python bench.py --compile       # the model under torch.compile (both implementations)
     python bench.py --reference --malloc keep    # both keep freed memory for reuse (the allocator alike)
     python bench.py --profile 12:train:bf16      # where one nanobert step's time goes
+    python bench.py --label RUN --input tweets.csv --rounds 3   # labelling a CSV end to end, beside
+                                    # transformers and ONNX Runtime (fp32, dynamic int8) where installed
 
 Each case runs in a fresh process, so that its peak memory (max RSS) is its own. FLOPs are
 counted as 2 x (non-embedding parameters) x tokens for a forward pass plus attention's
@@ -23,23 +25,39 @@ machine may be shared: with --rounds R every case runs R times, the implementati
 and the table gives the median of the rounds and the speed-up as the median of the per-round
 ratios.
 
-The reference stack is not a dependency of nanobert: install transformers and peft by hand
-to compare; they are imported only for --reference.
+--label times what a user waits for to label a file: `eval.py predict --input` in a fresh
+process (start-up, reading, tokenising, the model, writing included), in the precision `auto`
+picks, in fp32 and with its int8 export; beside it, on the same saved run, the loop a user of
+the reference stack writes (tokenise 64 texts, forward, softmax; the loop only, no start-up or
+file I/O): transformers fp32 eager, and ONNX Runtime fp32 and dynamic int8 on the same model
+exported to ONNX. Their batches in file order, as such a loop is written, and sorted by length,
+as nanobert batches (--sorted-reference). Every figure is printed with the machine it was
+measured on (CPU, AMX / AVX-512 BF16 / VNNI, threads, torch).
+
+The reference stack is not a dependency of nanobert: install transformers and peft (and
+onnxruntime, onnx for --label) by hand to compare; they are imported only for --reference and
+--label.
 """
 
 import argparse
+import csv
 import importlib
+import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import lora
+import machine
 import model as M
 import precision
 import quantize
@@ -182,6 +200,7 @@ def profile_case(layers, mode, dtype, repeats, peak):
             step()
         seconds = (time.perf_counter() - t) / repeats
     events = prof.key_averages()
+    print(machine.describe())
     print(events.table(sort_by="self_cpu_time_total", row_limit=20))
     total = sum(e.self_cpu_time_total for e in events) / 1e6 / repeats  # the profiler's own seconds per step
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6 / repeats
@@ -191,6 +210,137 @@ def profile_case(layers, mode, dtype, repeats, peak):
     print(f"  the step: {work / seconds:.0f} GFLOP/s = {work / seconds / peak:.0%} of the {peak:.0f} GFLOP/s {dtype} peak; "
           f"the products alone: {work / matmul:.0f} GFLOP/s = {work / matmul / peak:.0%} of it (the step's ceiling "
           "if everything else took no time)")
+
+
+# -----------------------------------------------------------------------------
+# Labelling a file end to end (--label)
+
+LABEL_BATCH, LABEL_MAX_LENGTH = 64, 64  # the reference loops' batch and cut: what such a loop is written with
+
+
+def timed_child(argv, threads):
+    """(wall seconds, CPU seconds of the child) of a command run to its end."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    before, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode:
+        sys.exit(f"{' '.join(map(str, argv))} failed:\n{out.stderr[-2000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out.stdout
+
+
+def api_label(run_dir, texts, threads):
+    """nanobert's loop, as the reference's is timed: the Classifier API labelling `texts` once loaded
+    (tokenising, sorting by length, the model; no start-up, no file I/O): (wall s, CPU s)."""
+    torch.set_num_threads(threads)
+    classifier = importlib.import_module("classifier")
+    clf = classifier.Classifier.from_run(run_dir)
+    clf.predict_proba(texts[:8])  # warm-up
+    wall, cpu = time.perf_counter(), time.process_time()
+    clf.predict_proba(texts)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def reference_label(impl, run_dir, onnx_dir, texts, threads, sort):
+    """The reference loop over `texts` (impl: transformers, ort-fp32, ort-int8): (wall s, CPU s)."""
+    if impl == "nanobert-api":
+        return api_label(run_dir, texts, threads)
+    torch.set_num_threads(threads)
+    transformers = importlib.import_module("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(run_dir)
+    if impl == "transformers":
+        net = transformers.AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+
+        def forward(ids, mask):
+            with torch.inference_mode():
+                return torch.softmax(net(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits, -1)
+    else:
+        ort = importlib.import_module("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(Path(onnx_dir) / ("model-int8.onnx" if impl == "ort-int8" else "model.onnx")),
+                                       options, providers=["CPUExecutionProvider"])
+
+        def forward(ids, mask):
+            return torch.softmax(torch.from_numpy(session.run(None, {"input_ids": ids, "attention_mask": mask})[0]), -1)
+    order = list(range(len(texts)))
+    forward(*[torch.ones(2, 8, dtype=torch.long).numpy()] * 2)  # warm-up
+    wall, cpu = time.perf_counter(), time.process_time()
+    if sort:
+        lengths = [len(x) for x in tok(texts, truncation=True, max_length=LABEL_MAX_LENGTH)["input_ids"]]
+        order.sort(key=lambda i: -lengths[i])
+    probs = torch.empty(len(texts), 2)
+    for start in range(0, len(order), LABEL_BATCH):
+        rows = order[start:start + LABEL_BATCH]
+        enc = tok([texts[i] for i in rows], padding=True, truncation=True, max_length=LABEL_MAX_LENGTH, return_tensors="np")
+        probs[rows] = forward(enc["input_ids"].astype("int64"), enc["attention_mask"].astype("int64"))[:, :2].float()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def export_onnx(run_dir, out_dir):
+    """The run exported to ONNX through transformers (model.onnx) and dynamically quantised to int8 by
+    ONNX Runtime (model-int8.onnx): what a user who wants CPU throughput does."""
+    transformers = importlib.import_module("transformers")
+    quantization = importlib.import_module("onnxruntime.quantization")
+    net = transformers.AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    ids = torch.ones(2, 16, dtype=torch.long)
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "logits": {0: "batch"}}
+    torch.onnx.export(net, (ids, torch.ones_like(ids)), str(Path(out_dir) / "model.onnx"), input_names=["input_ids", "attention_mask"],
+                      output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    quantization.quantize_dynamic(str(Path(out_dir) / "model.onnx"), str(Path(out_dir) / "model-int8.onnx"),
+                                  weight_type=quantization.QuantType.QInt8)
+
+
+def label_bench(args):
+    """nanobert's `predict --input` (auto, fp32, int8 export) and the reference loops, in turn, `rounds` times."""
+    here = Path(__file__).resolve().parent
+    texts = [row[args.text_column] for row in csv.DictReader(open(args.input, newline="", encoding="utf-8"))]
+    threads = args.threads or torch.get_num_threads()
+    work = Path(tempfile.mkdtemp(prefix="nanobert-bench-"))
+    eval_py = [sys.executable, str(here / "eval.py")]
+    timed_child(eval_py + ["export", args.label, "--out", str(work / "int8"), "--no-measure"], threads)
+    nanobert = {f"nanobert {name}": eval_py + ["predict", "--run", run, "--input", args.input, "--text-column", args.text_column,
+                                               "--output", str(work / "out.csv"), "--no-progress"] + flags
+                for name, run, flags in (("auto", args.label, []), ("fp32", args.label, ["--precision", "fp32"]),
+                                         ("int8 export", str(work / "int8"), []))}
+    impls = ["nanobert-api"]
+    if importlib.util.find_spec("transformers"):
+        impls.append("transformers")
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            export_onnx(args.label, work)
+            impls += ["ort-fp32", "ort-int8"]
+    reference = {f"{impl} ({order})": [sys.executable, __file__, "--label-case", impl, "--label", args.label, "--input", args.input,
+                                       "--text-column", args.text_column, "--onnx-dir", str(work), "--threads", str(threads)]
+                 + ["--sorted-reference"] * (order == "sorted")
+                 for impl in impls for order in (["sorted"] if impl == "nanobert-api" else
+                                                 ["file order"] + ["sorted"] * args.sorted_reference)}
+    print(f"labelling {len(texts)} texts of {args.input} with {args.label}; {machine.describe({**machine.info(), 'threads': threads})}")
+    # One untimed run of each first: it measures the machine once (the precision probe, the batch size, the
+    # int8 engine: machine.py), as a user's first run does; the rounds see what every later run sees.
+    for argv in nanobert.values():
+        timed_child(argv, threads)
+    rounds = {name: [] for name in [*nanobert, *reference]}
+    for _ in range(args.rounds):
+        for name, argv in nanobert.items():
+            wall, cpu, _ = timed_child(argv, threads)
+            rounds[name].append({"seconds": wall, "cpu_seconds": cpu})
+        for name, argv in reference.items():
+            rounds[name].append(json.loads(timed_child(argv, threads)[2].strip().splitlines()[-1]))
+    results = {}
+    for name, runs in rounds.items():
+        per_s = statistics.median(len(texts) / r["seconds"] for r in runs)
+        ratio = statistics.median(r["seconds"] / a["seconds"] for r, a in zip(runs, rounds["nanobert auto"], strict=True))
+        results[name] = {"sentences_per_s": per_s, "sentences_per_cpu_s": statistics.median(len(texts) / r["cpu_seconds"] for r in runs),
+                         "auto_speedup": ratio, "rounds_seconds": [r["seconds"] for r in runs]}
+        print(f"{name:32} {per_s:7.0f} sentences/s  {results[name]['sentences_per_cpu_s']:7.0f} per CPU-second  "
+              f"nanobert auto: {ratio:.2f}x", flush=True)
+    print(f"(medians of {args.rounds} rounds; ratios: the median of each round's ratio, the cases run in turn. nanobert auto, "
+          "fp32, int8 export: `eval.py predict --input` in a fresh process, start-up and file I/O included; nanobert-api "
+          "(auto) and the others: the loop only)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": {**machine.info(), "threads": threads}, "texts": len(texts),
+                                               "input": args.input, "run": args.label, "rounds": args.rounds,
+                                               "results": results}, indent=2) + "\n")
 
 
 MALLOC = {"own": "nanobert keeps freed memory, the reference glibc's default", "default": "glibc's default for both",
@@ -217,7 +367,25 @@ def main():
     parser.add_argument("--profile", metavar="LAYERS:MODE:DTYPE", help="profile one nanobert case instead, e.g. "
                         "12:train:bf16: the top ops and the share of the matrix products")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    parser.add_argument("--label", metavar="RUN", help="label --input end to end with this run folder (a full model: "
+                        "a teacher or student, or a LoRA run's merged/), beside the reference stack where installed")
+    parser.add_argument("--input", help="--label: the .csv file to label")
+    parser.add_argument("--text-column", default="text", help="--label: the column holding the texts (default text)")
+    parser.add_argument("--threads", type=int, help="--label: CPU threads for every case (default: torch's choice)")
+    parser.add_argument("--sorted-reference", action="store_true", help="--label: also time the reference loops with "
+                        "their batches sorted by length, as nanobert's")
+    parser.add_argument("--label-case", help=argparse.SUPPRESS)  # internal: one reference loop in this process
+    parser.add_argument("--onnx-dir", help=argparse.SUPPRESS)  # internal, with --label-case
     args = parser.parse_args()
+    if args.label_case:
+        texts = [row[args.text_column] for row in csv.DictReader(open(args.input, newline="", encoding="utf-8"))]
+        wall, cpu = reference_label(args.label_case, args.label, args.onnx_dir, texts, args.threads, args.sorted_reference)
+        print(json.dumps({"seconds": wall, "cpu_seconds": cpu}))
+        return
+    if args.label:
+        if not args.input:
+            parser.error("--label needs --input FILE.csv, the texts to label")
+        return label_bench(args)
     if args.case:
         impl, layers, mode, dtype = args.case.split(":")
         r = run_case(impl, int(layers), mode, dtype == "bf16", args.repeats, args.compile, args.keep_memory)
@@ -242,7 +410,7 @@ def main():
     peaks = {"fp32": matmul_peak(), "bf16": None if args.no_bf16 else matmul_peak(torch.bfloat16)}
     print(f"matmul peak measured here at the model's shapes: fp32 {peaks['fp32']:.0f} GFLOP/s"
           + ("" if args.no_bf16 else f", bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.1f}x)")
-          + f"; {torch.get_num_threads()} threads, torch {torch.__version__}" + (", torch.compile" if args.compile else "")
+          + f"; {machine.describe()}" + (", torch.compile" if args.compile else "")
           + f"; malloc: {MALLOC[args.malloc]}")
     impls = ["nanobert"] + (["reference"] if args.reference else [])
     dtypes = ["fp32"] + ([] if args.no_bf16 else ["bf16"])
@@ -288,7 +456,7 @@ def main():
                 print(f"  {r['layers']:2d}-layer {r['mode']:18} {r['dtype']}: {r['speedup_over_reference']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_peak_gflops": peaks["fp32"], "bf16_matmul_peak_gflops": peaks["bf16"], "batch": [B, T],
+            json.dump({"machine": machine.info(), "matmul_peak_gflops": peaks["fp32"], "bf16_matmul_peak_gflops": peaks["bf16"], "batch": [B, T],
                        "threads": torch.get_num_threads(), "rounds": args.rounds, "malloc": MALLOC[args.malloc],
                        "results": results}, f, indent=2)
 

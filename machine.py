@@ -128,7 +128,23 @@ def probe_matmuls(hidden: int, ffn: int, tokens: int = PROBE_TOKENS, repeats: in
     (H -> FFN, GELU) and second (FFN -> H, the residual added). Each runs `repeats` times, fp32 and
     bf16 back to back, after a warm-up; the best time counts (on a shared CPU other work only
     ever adds time).
+
+    On one thread: the ratio is the matrix units' (AMX or AVX-512 against AVX-512 FMA), which is
+    what differs between CPUs, and one thread is what a busy machine can still lend whole. On a
+    2-core CPU loaded by other work, at 2 threads fp32's kernels (MKL) ran 2-4x slower than at
+    one and bf16's (oneDNN) did not, so the probe measured bf16 1.2-1.9x faster where, with oneDNN
+    held to AVX-512 BF16 (ONEDNN_MAX_CPU_ISA, the CPU without AMX), it is 0.5x; at one thread it
+    measured 0.5x every time.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _probe_matmuls(hidden, ffn, tokens, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probe_matmuls(hidden, ffn, tokens, repeats):
     g = torch.Generator().manual_seed(0)
     x, h = torch.randn(tokens, hidden, generator=g), torch.randn(tokens, ffn, generator=g)  # (N, H), (N, FFN)
     products = [(x, 3 * hidden, None, None), (x, ffn, F.gelu, None), (h, hidden, None, x)]  # (input, out, act, add)
@@ -156,7 +172,7 @@ def matmul_ratio(hidden: int, ffn: int) -> dict:
         s = probe_matmuls(hidden, ffn)
         return {"ratio": round(s["fp32"] / s["bf16"], 3), "fp32_ms": round(s["fp32"] * 1e3, 3),
                 "bf16_ms": round(s["bf16"] * 1e3, 3)}
-    return cached("matmul", {"shapes": [PROBE_TOKENS, hidden, ffn]}, measure)
+    return cached("matmul", {"shapes": [PROBE_TOKENS, hidden, ffn], "probe_threads": 1}, measure)
 
 
 # -----------------------------------------------------------------------------

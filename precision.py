@@ -90,10 +90,13 @@ def native_bf16(device) -> tuple[bool, str]:
 # auto on a CPU: measured
 #
 # bf16 only where the model's matrix products run at least MARGIN times faster in it
-# (machine.matmul_ratio). They are 60-85% of a step (bench.py --profile), so 1.25x in them is
-# 1.1-1.2x in the step; the rest (LayerNorm, softmax, the embeddings, the casts of the weights)
-# gains little in bf16. Below that the gain is within what a shared CPU makes the probe err by,
-# and bf16 would cost precision (logits ~1e-2 from fp32) for nothing.
+# (machine.matmul_ratio). Measured with the 6-layer model's shapes: 5.8-6.0x on a CPU with AMX;
+# 0.68-0.72x on the same CPU with oneDNN held to AVX-512 BF16 (ONEDNN_MAX_CPU_ISA: a CPU without
+# AMX; such a CPU measured 159 against 232 GFLOP/s, 0.69x). The margin matters only for a CPU near
+# 1x: there bf16 gains little in the products and less in a whole step (LayerNorm, softmax, GELU,
+# the embeddings and the casts of the trained weights gain less or lose), within what a busy
+# machine makes the probe err by, and it costs precision (logits ~1e-2 from fp32). 1.25x in the
+# products is still >= 1.1x in a step whose products are 60% of it.
 
 MARGIN = 1.25
 DEFAULT_SHAPES = (384, 1536)  # hidden size and FFN width of the default model (all-MiniLM-L6-v2)
