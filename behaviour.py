@@ -21,7 +21,8 @@ Rendering is deterministic: the target group and the person's name are swept (ev
 name), the other fillers are sampled with a seed derived from the template id, and INV/DIR cases
 drawn from other functionalities are sampled with a seed derived from the functionality name.
 
-This file imports templates.py from the project; it needs numpy and the standard library besides.
+This file imports templates.py and bootstrap.py (the intervals of the pass rates) from the project; it
+needs numpy and the standard library besides.
 """
 
 import itertools
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+import bootstrap
 import templates as T
 from templates import TemplateError
 
@@ -43,6 +45,10 @@ DIR_TOLERANCE = 0.05  # a DIR case fails only if the probability moves the wrong
 FAIL_BELOW = 0.5  # the summary lists the functionalities whose pass rate is below this
 MAX_EXAMPLES = 3  # failing texts kept per functionality and label
 DEFAULT_COMBOS = 2  # filler combinations per template, besides the swept group and name
+# What the brackets of a pass rate are (every table of pass rates says it):
+INTERVALS = ("95% cluster bootstrap intervals over the suite's templates (a case's template is its cluster, drawn "
+             "within the functionality that wrote it), and over seeds where a model has several; each interval alone, "
+             "not adjusted: no conclusion is worded from them")
 
 # -----------------------------------------------------------------------------
 # 1. The case
@@ -336,13 +342,16 @@ def score_case(c: Case, label: str, probs: dict, threshold: float) -> tuple[bool
     return moved >= -DIR_TOLERANCE, {"original": c.original, "expected": f"{c.direction} from {p0:.4f}", "got": round(p, 4)}
 
 
-def run_suite(cases, predict, thresholds=None) -> dict:
+def run_suite(cases, predict, thresholds=None, resamples=1000, seed=0) -> dict:
     """
     Score a model on the suite. predict(texts) -> {"toxic": probs, "hate": probs} (either or both).
     Returns {"labels", "thresholds", "n_cases", "functionalities": name -> {"kind", "description", "n",
-    "labels": label -> {"n", "passed", "pass_rate"}}, "failures": name -> [examples],
-    "summary": label -> {"mean_pass_rate", "min_pass_rate", "min_functionality", "below": [names]}}.
-    A label the model does not output, or a functionality that does not test it, has no entry.
+    "labels": label -> {"n", "passed", "pass_rate", "low", "high", "by_template"}}, "failures": name ->
+    [examples], "summary": label -> {"mean_pass_rate", "mean_low", "mean_high", "min_pass_rate",
+    "min_functionality", "below": [names]}}. low / high: the 95% interval of the cluster bootstrap over
+    templates (bootstrap.pass_rates; a case's template is its cluster); by_template: template id ->
+    [passed, cases], what the interval is computed from. A label the model does not output, or a
+    functionality that does not test it, has no entry.
     """
     cases = list(cases)
     if not cases:
@@ -365,9 +374,12 @@ def run_suite(cases, predict, thresholds=None) -> dict:
             if scored is None:
                 continue
             passed, details = scored
-            cell = table[c.functionality]["labels"].setdefault(label, {"n": 0, "passed": 0})
+            cell = table[c.functionality]["labels"].setdefault(label, {"n": 0, "passed": 0, "by_template": {}})
             cell["n"] += 1
             cell["passed"] += passed
+            counts = cell["by_template"].setdefault(c.template, [0, 0])
+            counts[0] += int(passed)
+            counts[1] += 1
             shown = failures.setdefault(c.functionality, [])
             if not passed and sum(x["label"] == label for x in shown) < MAX_EXAMPLES:
                 shown.append({"text": c.text, "label": label, **details})
@@ -380,9 +392,15 @@ def run_suite(cases, predict, thresholds=None) -> dict:
         rates = {name: row["labels"][label]["pass_rate"] for name, row in table.items() if label in row["labels"]}
         worst = min(rates, key=rates.get) if rates else None
         summary[label] = {"mean_pass_rate": sum(rates.values()) / len(rates) if rates else float("nan"),
+                          "mean_low": float("nan"), "mean_high": float("nan"),
                           "min_pass_rate": rates[worst] if rates else float("nan"), "min_functionality": worst,
                           "below": [name for name, r in rates.items() if r < FAIL_BELOW]}
-    return {"labels": labels, "thresholds": thresholds, "n_cases": len(cases), "functionalities": table,
+        if rates:  # the intervals: templates resampled (bootstrap.py)
+            intervals = bootstrap.pass_rates([{"functionalities": table}], label, resamples, seed)
+            for name in rates:
+                table[name]["labels"][label].update(low=intervals[name]["low"], high=intervals[name]["high"])
+            summary[label].update(mean_low=intervals["mean"]["low"], mean_high=intervals["mean"]["high"])
+    return {"labels": labels, "thresholds": thresholds, "n_cases": len(cases), "resamples": resamples, "functionalities": table,
             "failures": {k: v for k, v in failures.items() if v}, "summary": summary}
 
 
@@ -395,12 +413,15 @@ def format_markdown(result: dict) -> str:
         cells = []
         for label in labels:
             cell = row["labels"].get(label)
-            cells.append(f"{cell['pass_rate']:.2f}" if cell else "–")  # – : this functionality does not test the label
+            # – : this functionality does not test the label
+            cells.append(f"{cell['pass_rate']:.2f} [{cell['low']:.2f}, {cell['high']:.2f}]" if cell else "–")
         lines.append(f"| {name} | {row['kind']} | {row['n']} | " + " | ".join(cells) + " |")
     lines += ["", "| summary | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     s = result["summary"]
-    lines.append("| mean pass rate | " + " | ".join(f"{s[label]['mean_pass_rate']:.2f}" for label in labels) + " |")
+    lines.append("| mean pass rate | " + " | ".join(f"{s[label]['mean_pass_rate']:.2f} [{s[label]['mean_low']:.2f}, "
+                                                  f"{s[label]['mean_high']:.2f}]" for label in labels) + " |")
     lines.append("| lowest | " + " | ".join(f"{s[label]['min_pass_rate']:.2f} ({s[label]['min_functionality']})"
                                           for label in labels) + " |")
     lines.append(f"| below {FAIL_BELOW} | " + " | ".join(", ".join(s[label]["below"]) or "none" for label in labels) + " |")
+    lines += ["", f"In brackets, {result['resamples']:,} resamples: {INTERVALS}."]
     return "\n".join(lines) + "\n"

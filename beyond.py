@@ -5,13 +5,14 @@ answers toxic / hate on both datasets' test splits, and the other dataset is tex
 
     beyond(run_dirs, out_dir)                      beyond.md / beyond.json for any runs, any splits
     beyond_the_split(run_dirs, infos, names, ...)  the results, for the comparison report too
-    beyond_markdown(extras, groups)                their tables
+    beyond_markdown(extras, groups)                their tables, with the intervals of bootstrap.py
 
 Read top to bottom:
   1. what a model answers: its probabilities as the suite's two questions, and which columns of a
      model answer toxic and hate on a dataset;
   2. each dataset's test texts, the same for every run of one split seed;
-  3. scoring the runs, and the paired differences where two were scored on the same texts;
+  3. scoring the runs, and the paired differences where two were scored on the same texts or suite,
+     each table one family of simultaneous intervals (bootstrap.py);
   4. the tables, and the two files of `eval.py beyond`.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import behaviour
+import bootstrap
 import classifier
 import corpus
 import files
@@ -32,6 +34,7 @@ import splits
 from tables import cell, json_safe, markdown_table
 
 CROSS_DATASETS = ("davidson", "hate_speech18")
+LEVEL_WORDS = f"{bootstrap.LEVEL:.0%}"
 
 # -----------------------------------------------------------------------------
 # 1. What a model answers
@@ -58,7 +61,9 @@ def label_columns(clf):
         return {k: (clf.labels.index(k), clf.thresholds[k]) for k in behaviour.LABELS if k in clf.labels}
     if len(clf.labels) != 2:
         return {}
-    return {"hate": (1, 0.5), **({"toxic": (1, 0.5)} if "toxic" in clf.labels[1] else {})}
+    threshold = runs.decision_threshold(clf.info)  # chosen on validation; None (an older run): argmax, about 0.5
+    threshold = 0.5 if threshold is None else threshold
+    return {"hate": (1, threshold), **({"toxic": (1, threshold)} if "toxic" in clf.labels[1] else {})}
 
 
 # -----------------------------------------------------------------------------
@@ -66,23 +71,25 @@ def label_columns(clf):
 
 
 def dataset_test_texts(run_dir, info, name, cache):
-    """(texts, [toxic, hate] per text, -1 where not annotated) of dataset `name`'s test split: the run's
-    own test texts of that dataset when it trained on it, else the dataset's own grouped split (with the
-    run's split seed): texts it never saw. Both ways, a dataset's test texts are the same for every run
-    of one split seed (a joined split is each source's own split)."""
+    """(texts, [toxic, hate] per text, -1 where not annotated, group per text, what the groups are) of
+    dataset `name`'s test split: the run's own test texts of that dataset when it trained on it, else the
+    dataset's own grouped split (with the run's split seed): texts it never saw. Both ways, a dataset's
+    test texts are the same for every run of one split seed (a joined split is each source's own split);
+    the groups (authors, near-duplicates: the bootstrap's clusters) are the dataset's own."""
     mirror, normalize = info.get("data_mirror"), info.get("normalize", True)
     key = (name, mirror, json.dumps(normalize, default=str))
     if key not in cache:
         both = corpus.load_dataset(name, mirror=mirror, normalize=normalize, multilabel=True)
-        cache[key] = dict(zip(both.texts, both.labels, strict=True))
-    labels_of = cache[key]
+        cache[key] = (dict(zip(both.texts, both.labels, strict=True)),
+                      dict(zip(both.texts, both.groups or [None] * len(both), strict=True)), splits.cluster_words(both.grouping))
+    labels_of, groups_of, words = cache[key]
     if name in str(info["data"]).split("+"):
         test, _, _ = runs.load_test_split(run_dir, info)
         texts = [t for t, s in zip(test.texts, test.sources or [name] * len(test), strict=True) if s == name]
     else:
         alone = corpus.load_dataset(name, mirror=mirror, normalize=normalize)
         texts = splits.apply_split(alone, splits.make_split(alone, seed=info.get("split_seed", 0)))["test"].texts
-    return texts, [labels_of[t] for t in texts]
+    return texts, [labels_of[t] for t in texts], [groups_of[t] for t in texts], words
 
 
 # -----------------------------------------------------------------------------
@@ -102,10 +109,11 @@ def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True
         columns = label_columns(clf)
         if columns and set(trained_on) & set(CROSS_DATASETS) and not info.get("three_class"):
             for dataset in CROSS_DATASETS:
-                texts, labels = dataset_test_texts(d, info, dataset, cache)
+                texts, labels, text_groups, words = dataset_test_texts(d, info, dataset, cache)
                 probs = clf.predict_proba(texts)
                 texts_sha = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
-                entry["cross"][dataset] = {"seen": dataset in trained_on, "texts_sha256": texts_sha}
+                entry["cross"][dataset] = {"seen": dataset in trained_on, "texts_sha256": texts_sha, "clusters_of": words,
+                                           "clusters": bootstrap.cluster_ids(text_groups).tolist()}
                 for label, (column, threshold) in columns.items():
                     y = np.asarray([pair[behaviour.LABELS.index(label)] for pair in labels])
                     if len(set(y[y >= 0].tolist())) == 2:  # hate_speech18 marks toxic on hate only: no "no" to score
@@ -117,9 +125,15 @@ def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True
 
 
 def cross_comparisons(extras, groups, resamples=1000, seed=0):
-    """Paired bootstrap of macro-F1 between every two models on each dataset's test texts and label,
-    where both were scored on the very same texts; intervals as report.compare() reads them."""
-    out = []
+    """
+    Paired differences of macro-F1 between every two models on each dataset's test texts and label,
+    where both were scored on the very same texts: one family of simultaneous intervals over the whole
+    table (bootstrap.simultaneous), from the cluster bootstrap over each dataset's groups and over the
+    models' seeds, each with the sentence its interval allows.
+    """
+    rng = np.random.default_rng(seed)
+    draws = {g["label"]: bootstrap.draw_seeds(len(g["names"]), resamples, rng) for g in groups}  # shared by every row
+    weights, scores, rows, diffs = {}, {}, [], []
     for dataset in CROSS_DATASETS:
         for label in behaviour.LABELS:
             scored = [g for g in groups if all(label in extras[n]["cross"].get(dataset, {}) for n in g["names"])]
@@ -128,40 +142,86 @@ def cross_comparisons(extras, groups, resamples=1000, seed=0):
                     entries = [extras[n]["cross"][dataset] for n in a["names"] + b["names"]]
                     if len({e["texts_sha256"] for e in entries}) > 1:
                         continue  # not the same test texts: no pairing
-                    y = np.asarray(entries[0][label]["labels"])
+                    first = entries[0]
+                    y = np.asarray(first[label]["labels"])
                     keep = y >= 0
-                    weights = metrics.bootstrap_weights(int(keep.sum()), resamples, seed)
-                    preds = [[np.asarray(extras[n]["cross"][dataset][label]["decisions"])[keep] for n in g["names"]]
-                             for g in (a, b)]
-                    d = metrics.paired_bootstrap(y[keep], preds[0], preds[1], 2, weights)["macro_f1"]
-                    out.append({"dataset": dataset, "label": label, "a": a["label"], "b": b["label"], **d,
-                                "conclusion": metrics.conclusion(a["label"], b["label"], f"{label} macro-F1 on {dataset}", d)})
-    return out
+                    clusters = first.get("clusters") or bootstrap.cluster_ids(None, len(y))  # older results: texts alone
+                    if first["texts_sha256"] not in weights:  # one draw of a dataset's clusters for all its rows
+                        weights[first["texts_sha256"]] = bootstrap.cluster_weights(clusters, resamples, rng)
+                    for g in (a, b):  # each model scored once per dataset and label
+                        if (dataset, label, g["label"]) not in scores:
+                            decided = [np.asarray(extras[n]["cross"][dataset][label]["decisions"])[keep] for n in g["names"]]
+                            scores[dataset, label, g["label"]] = bootstrap.model_scores(
+                                y[keep], decided, 2, weights[first["texts_sha256"]][:, keep], draws[g["label"]])["macro_f1"]
+                    (pa, ba), (pb, bb) = scores[dataset, label, a["label"]], scores[dataset, label, b["label"]]
+                    diffs.append((pa - pb, ba - bb))
+                    rows.append({"dataset": dataset, "label": label, "a": a["label"], "b": b["label"], "n": int(keep.sum()),
+                                 "clusters": len(set(np.asarray(clusters)[keep].tolist())), "clusters_of": first.get("clusters_of")})
+    for row, d in zip(rows, bootstrap.simultaneous(diffs), strict=True):
+        row.update(d)
+        row["conclusion"] = metrics.conclusion(row["a"], row["b"], f"{row['label']} macro-F1 on {row['dataset']}", d)
+    return rows
+
+
+def behaviour_comparisons(extras, groups, resamples=1000, seed=0):
+    """Paired differences of the behaviour suite's mean pass rate between every two models, per question:
+    one family of simultaneous intervals, from the cluster bootstrap over the suite's templates (the same
+    draws for every model) and the models' seeds."""
+    rng = np.random.default_rng(seed)
+    draws = {g["label"]: bootstrap.draw_seeds(len(g["names"]), resamples, rng) for g in groups}
+    rows, diffs = [], []
+    for label in ("hate", "toxic"):
+        answered = [g for g in groups if all(label in extras[n]["behaviour"]["summary"] for n in g["names"])]
+        if len(answered) < 2:
+            continue
+        results = {g["label"]: [extras[n]["behaviour"] for n in g["names"]] for g in answered}
+        templates, strata = bootstrap.suite_templates([r for rs in results.values() for r in rs], label)
+        weights = bootstrap.cluster_weights(np.arange(len(templates)), resamples, rng, strata)
+        means = {g: bootstrap.pass_rate_scores(rs, label, templates, weights, draws[g])["mean"] for g, rs in results.items()}
+        for i, a in enumerate(answered):
+            for b in answered[i + 1:]:
+                (pa, ba), (pb, bb) = means[a["label"]], means[b["label"]]
+                diffs.append((pa - pb, ba - bb))
+                rows.append({"label": label, "a": a["label"], "b": b["label"]})
+    for row, d in zip(rows, bootstrap.simultaneous(diffs), strict=True):
+        row.update(d)
+        row["conclusion"] = metrics.conclusion(row["a"], row["b"], f"the behaviour suite's mean {row['label']} pass rate", d)
+    return rows
 
 
 # -----------------------------------------------------------------------------
 # 4. The tables, and beyond.md / beyond.json
 
 
-def beyond_markdown(extras, groups):
-    """Tables: the functional suite per model (mean pass rate over functionalities, the lowest one),
-    toxic and hate on each dataset's test split, the paired differences there, and the pass rate of
-    every functionality."""
+def interval(d, spec=".3f"):
+    return f"{d['value']:{spec}} [{d['low']:{spec}}, {d['high']:{spec}}]"
+
+
+def beyond_markdown(extras, groups, resamples=1000, seed=0):
+    """Tables: the functional suite per model (mean pass rate over functionalities with its interval, the
+    lowest one), toxic and hate on each dataset's test split, the paired differences there and on the
+    suite, and the pass rate of every functionality with its interval."""
+    several = any(len(g["names"]) > 1 for g in groups)
     lines = ["## Beyond the test split", "",
              "Behaviour: the functional suite of `suites/behaviour.toml` (templates written for nanobert, never "
              "trained on), mean pass rate over its functionalities for each question, and the lowest one. A model of "
-             "one class per text answers both questions with its one flag. On each dataset's test split: the run's "
-             "own test texts of a dataset it trained on, else that dataset's grouped test split (text it never saw, "
-             "marked *); macro-F1 of the yes/no decision on the texts that annotate the label.", ""]
+             f"one class per text answers both questions with its one flag. In brackets, {resamples:,} resamples: "
+             + behaviour.INTERVALS + ". On each dataset's test split: the run's own test texts of a dataset it "
+             "trained on, else that dataset's grouped test split (text it never saw, marked *); macro-F1 of the yes/no "
+             "decision on the texts that annotate the label" + (", mean ± std over seeds." if several else "."), ""]
     header = ["model", "behaviour hate: mean", "hate: lowest", "behaviour toxic: mean", "toxic: lowest"] + \
         [f"{d} {label}: macro-F1 (F1)" for d in CROSS_DATASETS for label in ("hate", "toxic")]
-    rows = []
+    rows, rates = [], {}
     for g in groups:
         entries = [extras[n] for n in g["names"]]
         line = [g["label"]]
         for label in ("hate", "toxic"):
             summaries = [e["behaviour"]["summary"].get(label, {}) for e in entries]
-            line += [cell(summaries, "mean_pass_rate", lambda v: f"{v:.3f}"),
+            if not all(summaries):
+                line += ["n/a", "n/a"]
+                continue
+            rates[g["label"], label] = bootstrap.pass_rates([e["behaviour"] for e in entries], label, resamples, seed)
+            line += [interval(rates[g["label"], label]["mean"]),
                      cell(summaries, "min_pass_rate", lambda v: f"{v:.3f}") + f" ({summaries[0].get('min_functionality')})"]
         for dataset in CROSS_DATASETS:
             for label in ("hate", "toxic"):
@@ -174,23 +234,33 @@ def beyond_markdown(extras, groups):
                             + ("" if seen else " *"))
         rows.append(line)
     lines.append(markdown_table(header, rows))
-    pairs = cross_comparisons(extras, groups)
+    pairs = cross_comparisons(extras, groups, resamples, seed)
     if pairs:
-        lines += ["", "Paired differences on the same test texts (bootstrap over the texts, 1,000 resamples):", ""]
-        lines.append(markdown_table(["dataset", "label", "A − B", "Δ macro-F1 [95% CI]"],
+        over = "; ".join(f"{p['clusters']:,} {p['clusters_of']} of {d}'s {p['n']:,} test texts" if p["clusters_of"] else
+                         f"{d}'s {p['n']:,} test texts, each its own cluster" for d, p in {p["dataset"]: p for p in pairs}.items())
+        lines += ["", f"Paired differences on the same test texts: {LEVEL_WORDS} cluster bootstrap over {over}"
+                  + (", and over seeds" if several else "") + f", {resamples:,} resamples (seed {seed}); simultaneous intervals (max-t) over "
+                  f"the {len(pairs)} differences of this table. *Better* only where an interval excludes 0, else *no "
+                  "difference detected*.", ""]
+        lines.append(markdown_table(["dataset", "label", "A − B", "Δ macro-F1 [simultaneous 95% CI]"],
                                     [[p["dataset"], p["label"], f"{p['a']} − {p['b']}",
                                       f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]"] for p in pairs]))
         lines += [""] + [f"- {p['conclusion']}." for p in pairs]
+    suite_pairs = behaviour_comparisons(extras, groups, resamples, seed)
+    if suite_pairs:
+        lines += ["", f"Paired differences of the behaviour suite's mean pass rate: {LEVEL_WORDS} cluster bootstrap over its "
+                  "templates (drawn within the functionality that wrote them; the same draws for every model)"
+                  + (", and over seeds" if several else "") + f", {resamples:,} resamples (seed {seed}); simultaneous intervals (max-t) over the "
+                  f"{len(suite_pairs)} differences of this table.", ""]
+        lines.append(markdown_table(["question", "A − B", "Δ mean pass rate [simultaneous 95% CI]"],
+                                    [[p["label"], f"{p['a']} − {p['b']}", f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]"]
+                                     for p in suite_pairs]))
+        lines += [""] + [f"- {p['conclusion']}." for p in suite_pairs]
     functionalities = list(next(iter(extras.values()))["behaviour"]["functionalities"])
-    table = []
-    for f in functionalities:
-        line = [f]
-        for g in groups:
-            cells = [extras[n]["behaviour"]["functionalities"][f]["labels"].get("hate") for n in g["names"]]
-            line.append(cell([c for c in cells if c], "pass_rate", lambda v: f"{v:.2f}") if any(cells) else "–")
-        table.append(line)
-    lines += ["", "Pass rate of each functionality, hate question (INV/DIR: consistency and direction):", "",
-              markdown_table(["functionality"] + [g["label"] for g in groups], table)]
+    table = [[f] + [interval(rates[g["label"], "hate"][f], ".2f") if f in rates.get((g["label"], "hate"), {}) else "–"
+                    for g in groups] for f in functionalities]
+    lines += ["", "Pass rate of each functionality, hate question (INV/DIR: consistency and direction), in brackets the "
+              "interval as above:", "", markdown_table(["functionality"] + [g["label"] for g in groups], table)]
     return "\n".join(lines)
 
 

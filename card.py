@@ -5,18 +5,26 @@ on its test split, how to use it, and what it is not for.
     test_scores(net, tokenizer, info, test)   the test scores train.py keeps in run.json, for the card
     write_model_card(run_dir)                 README.md in the run folder (model_card: its text)
 
-The test split is scored once, when a run finishes; nothing was chosen on it.
+The test split is scored once, when a run finishes; nothing was chosen on it. Its accuracy and macro-F1
+come with 95% intervals of the cluster bootstrap (bootstrap.py): the test texts resampled by author
+or near-duplicate group, so that texts that hang together are not counted as independent evidence.
 """
 
 from pathlib import Path
 
+import numpy as np
+
 import batching
+import bootstrap
 import classifier
 import files
 import metrics
 import naming
 import runs
+import splits
 from tables import fmt_num, fmt_seconds
+
+RESAMPLES = 1000  # of the bootstrap intervals of the test scores
 
 # Known faults of a dataset's labels, said on the card of every model trained on it.
 LIMITATIONS = {
@@ -34,13 +42,34 @@ def test_scores(net, tokenizer, info, test, batch_size=64):
     loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size, by_length=True)
     probs = classifier.predict_probs(net, loader).numpy()
     keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
+    # The intervals resample the test texts by cluster (an author, a near-duplicate group): bootstrap.py.
+    clusters = bootstrap.cluster_ids(test.groups, len(test))
+    words = splits.cluster_words(test.grouping) if test.groups is not None else None
     if test.multilabel:
         per_label = metrics.multilabel_metrics(test.labels, probs, test.label_names, info.get("thresholds"))["labels"]
-        return {"n": len(test), "labels": {k: {key: v[key] for key in keys if key in v} for k, v in per_label.items()}}
+        out = {"n": len(test), "labels": {k: {key: v[key] for key in keys if key in v} for k, v in per_label.items()}}
+        labels = np.asarray(test.labels)
+        for j, m in enumerate(out["labels"].values()):
+            keep = labels[:, j] >= 0
+            decided = (probs[keep, j] >= m["threshold"]).astype(np.int64)
+            m["intervals"] = bootstrap.score_intervals(labels[keep, j], decided, 2, clusters[keep], RESAMPLES)
+            m["bootstrap"] = {"clusters_of": words, "clusters": len(np.unique(clusters[keep])), "resamples": RESAMPLES}
+        return out
     num_classes = probs.shape[1]
-    m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes,
-                        probs[:, 1].tolist() if num_classes == 2 else None)
-    return {k: m[k] for k in keys if k in m}
+    preds = metrics.decisions(probs, runs.decision_threshold(info))  # two classes: at the threshold chosen on validation
+    m = metrics.metrics(test.labels, preds.tolist(), num_classes, probs[:, 1].tolist() if num_classes == 2 else None)
+    m["threshold"] = runs.decision_threshold(info)
+    out = {k: m[k] for k in keys if k in m}
+    out["intervals"] = bootstrap.score_intervals(test.labels, preds, num_classes, clusters, RESAMPLES)
+    out["bootstrap"] = {"clusters_of": words, "clusters": len(np.unique(clusters)), "resamples": RESAMPLES}
+    return out
+
+
+def test_cell(m):
+    """The test scores of a run as the card shows them: accuracy and macro-F1 with their intervals, where kept."""
+    intervals = m.get("intervals", {})
+    return ", ".join(f"{header} {fmt_num(m.get(k))}" + (f" [{fmt_num(intervals[k][0])}, {fmt_num(intervals[k][1])}]" if k in intervals else "")
+                     for header, k in metrics.SCORE_NAMES if k in m)
 
 
 def model_card(info, summary=None, name="model"):
@@ -75,12 +104,22 @@ def model_card(info, summary=None, name="model"):
     test = info.get("test")
     if test and "labels" in test:  # two questions: a row per label, at its threshold
         for label, m in test["labels"].items():
-            scores = ", ".join(f"{header} {fmt_num(m.get(k))}" for header, k in metrics.SCORE_NAMES if k in m)
-            lines.append(f"| test, {label} ({m['n']} texts) | {scores} at threshold {fmt_num(m.get('threshold'), '.3f')} |")
+            lines.append(f"| test, {label} ({m['n']} texts) | {test_cell(m)} at threshold {fmt_num(m.get('threshold'), '.3f')} |")
     elif test:
-        scores = ", ".join(f"{header} {fmt_num(test.get(k))}" for header, k in metrics.SCORE_NAMES if k in test)
-        lines.append(f"| test ({test['n']} texts) | {scores}" + (f" (precision/recall/F1 of *{labels[1]}*)" if len(labels) == 2 else "")
-                     + " |")
+        decided = "" if len(labels) != 2 else f" at threshold {fmt_num(test['threshold'], '.3f')} (chosen on validation)" \
+            if test.get("threshold") is not None else " at the most probable class"
+        lines.append(f"| test ({test['n']} texts) | {test_cell(test)}"
+                     + (f" (precision/recall/F1 of *{labels[1]}*){decided}" if len(labels) == 2 else "") + " |")
+    if test and "intervals" in test:  # runs made before intervals were kept have none
+        b = test["bootstrap"]
+        lines.append(f"| intervals | in brackets: {bootstrap.describe(test['n'], b['clusters'], b['clusters_of'], b['resamples'])}"
+                     "; one seed, so the training is held fixed |")
+    elif test and all("intervals" in m for m in test.get("labels", {"": {}}).values()):
+        b = next(iter(test["labels"].values()))["bootstrap"]
+        counts = ", ".join(f"{label}: {m['bootstrap']['clusters']:,} clusters of {m['n']:,} texts" for label, m in test["labels"].items())
+        over = f"grouped by {b['clusters_of']}" if b["clusters_of"] else "each text its own cluster (the data names no groups)"
+        lines.append(f"| intervals | in brackets: {bootstrap.LEVEL:.0%} cluster bootstrap over each label's test texts, {over} "
+                     f"({counts}), {b['resamples']:,} resamples; one seed, so the training is held fixed |")
     lines += ["", "## Use", "",
               "```python", "from classifier import Classifier", "",
               f'clf = Classifier.from_run("{info.dir or "RUN_DIR"}")', 'clf.predict(["some comment"])', "```", "",

@@ -84,9 +84,11 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
     probs = probs.numpy()
     if test.multilabel:  # each label at its threshold on the texts that annotate it; the mean over labels
         m = metrics.multilabel_metrics(test.labels, probs, test.label_names, info.get("thresholds"))
-    else:
-        m = metrics.metrics(test.labels, probs.argmax(1).tolist(), num_classes,
+    else:  # two classes at the run's threshold chosen on validation; older runs and more classes by argmax
+        threshold = runs.decision_threshold(info)
+        m = metrics.metrics(test.labels, metrics.decisions(probs, threshold).tolist(), num_classes,
                             probs[:, 1].tolist() if num_classes == 2 else None)
+        m["threshold"] = threshold
     _, epochs = runs.read_log(run_dir)
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
@@ -115,7 +117,8 @@ def measure_export(run_dir, int8_dir, *, batch_size=64, latency_n=50):
     # The size of a deployable fp32 model: a LoRA run's file holds only the adapter.
     net = runs.plain_model(runs.load_run(run_dir, merge=False)[0])
     fp32["size_bytes"] = sum(v.numel() * v.element_size() for v in net.state_dict().values())
-    result = {"fp32": fp32, "int8": int8, "agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
+    same = metrics.decisions(p32, fp32.get("threshold")) == metrics.decisions(p8, int8.get("threshold"))  # at each one's threshold
+    result = {"fp32": fp32, "int8": int8, "agreement": float(same.mean()),
               "max_abs_prob_diff": float(np.abs(p32 - p8).max()), "n": len(test)}
     lines = [[name, fmt_bytes(r["size_bytes"]), f"{r['sentences_per_s']:.0f}", f"{r['latency_p50_ms']:.1f}",
               fmt_num(r["accuracy"]), fmt_num(r["macro_f1"])] for name, r in (("fp32", fp32), ("int8", int8))]

@@ -3,10 +3,11 @@ Metrics and statistics, written out by hand with numpy (no sklearn): each is a f
 degenerate cases (a model that never predicts a class) are said, not hidden.
 
 Read top to bottom:
-  1. scores of one set of predictions: confusion matrix, precision/recall/F1, macro-F1, ROC-AUC;
-  2. statistics over runs and test examples: mean ± std over seeds, a paired bootstrap interval,
-     McNemar's exact test, Holm's adjustment for many comparisons, and a sentence per comparison
-     that claims no more than its interval allows;
+  1. scores of one set of predictions: confusion matrix, precision/recall/F1, macro-F1, ROC-AUC, and
+     the decisions they are made of (argmax, or a threshold on class 1);
+  2. statistics over runs and test examples: mean ± std over seeds, the scores of every bootstrap
+     resample at once (the resampling itself: bootstrap.py), McNemar's exact test, Holm's adjustment
+     for many comparisons, and a sentence per comparison that claims no more than its interval allows;
   3. multi-label: each label a yes/no question on the texts that annotate it; its scores, those of
      every label of a model, and its decision threshold.
 
@@ -67,6 +68,15 @@ def roc_auc(labels, scores):
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def decisions(probs, threshold=None):
+    """(N,) the class of each text from its probabilities (N, C): the most probable one, or with two classes
+    and a threshold (chosen on validation: best_threshold), class 1 where its probability reaches it."""
+    probs = np.asarray(probs)
+    if threshold is None or probs.shape[1] != 2:
+        return probs.argmax(1)
+    return (probs[:, 1] >= threshold).astype(np.int64)
+
+
 def metrics(labels, preds, num_classes, pos_scores=None):
     """
     Accuracy, macro-F1 (the mean F1 over the classes that occur in labels or preds), the F1 of every
@@ -90,7 +100,7 @@ def metrics(labels, preds, num_classes, pos_scores=None):
 
 
 # -----------------------------------------------------------------------------
-# 2. Statistics: seeds, paired bootstrap, McNemar, Holm
+# 2. Statistics: seeds, resampled scores, McNemar, Holm
 
 
 def mean_std(values):
@@ -99,15 +109,6 @@ def mean_std(values):
     if not v:
         return float("nan"), float("nan")
     return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
-
-def bootstrap_weights(n, resamples=1000, seed=0):
-    """(resamples, n) counts: how often each test example is drawn in each resample (n draws with replacement)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    # Counting with one bincount: draw j of resample b lands in cell b * n + draws[b, j].
-    flat = (draws + np.arange(resamples)[:, None] * n).ravel()
-    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 def weighted_scores(weights, labels, preds, num_classes):
@@ -124,26 +125,6 @@ def weighted_scores(weights, labels, preds, num_classes):
         both = weights @ (preds == c) + weights @ (labels == c)
         f1[c] = np.where(both > 0, 2 * tp / np.maximum(both, 1), np.nan)
     return {"accuracy": accuracy, "macro_f1": np.nanmean(f1, axis=0)}
-
-
-def paired_bootstrap(labels, preds_a, preds_b, num_classes, weights):
-    """
-    Difference A - B of accuracy and macro-F1, with its 95% percentile interval over resamples of the
-    test examples. preds_a, preds_b: lists of prediction arrays, one per seed; a model's score is the
-    mean over its seeds. Both models are scored on the same resamples: that is the pairing.
-    """
-    def score(preds_list, w):
-        per_seed = [weighted_scores(w, labels, p, num_classes) for p in preds_list]
-        return {k: np.mean([s[k] for s in per_seed], axis=0) for k in ("accuracy", "macro_f1")}
-
-    full = np.ones((1, len(labels)))
-    point_a, point_b = score(preds_a, full), score(preds_b, full)
-    boot_a, boot_b = score(preds_a, weights), score(preds_b, weights)
-    out = {}
-    for k in ("accuracy", "macro_f1"):
-        low, high = np.percentile(boot_a[k] - boot_b[k], [2.5, 97.5])
-        out[k] = {"diff": float(point_a[k][0] - point_b[k][0]), "low": float(low), "high": float(high)}
-    return out
 
 
 def mcnemar(b, c):
@@ -167,11 +148,16 @@ def disagreements(labels, preds_a, preds_b):
 
 
 def conclusion(name_a, name_b, metric, d):
-    """A sentence that claims no more than the interval allows."""
-    interval = f"{name_a} − {name_b} = {d['diff']:+.4f}, 95% CI [{d['low']:+.4f}, {d['high']:+.4f}]"
+    """
+    A sentence that claims no more than its interval allows, d: {"diff", "low", "high"} of A - B from an
+    adjusted (simultaneous) interval. "A is better than B" only when the interval excludes 0; otherwise
+    "no difference detected", which is not "as good as": a difference the interval cannot see may exist.
+    """
+    interval = f"{name_a} − {name_b} = {d['diff']:+.4f}, adjusted 95% CI [{d['low']:+.4f}, {d['high']:+.4f}]"
     if d["low"] <= 0 <= d["high"]:
-        return f"{name_a} and {name_b} do not differ significantly in {metric} (the interval contains 0: {interval})"
-    return f"{name_a if d['low'] > 0 else name_b} is better in {metric} ({interval})"
+        return f"no difference detected between {name_a} and {name_b} in {metric} (the interval contains 0: {interval})"
+    better, worse = (name_a, name_b) if d["low"] > 0 else (name_b, name_a)
+    return f"{better} is better than {worse} in {metric} ({interval})"
 
 
 def holm(p_values):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bootstrap
 import classifier
 import files
 import measure
@@ -83,13 +84,18 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                 "bootstrap_resamples": resamples, "bootstrap_seed": seed}
     test_info = {"manifest": str(manifest_path), "split_sha256": infos[0]["split_sha256"], "n": len(test),
                  "label_names": test.label_names, "test_indices": manifest["indices"]["test"], "labels": test.labels,
-                 "kind": splits.split_kind(manifest)}
+                 "kind": splits.split_kind(manifest),
+                 # The clusters the bootstrap resamples: authors, near-duplicate groups, a CSV's group column.
+                 "clusters": bootstrap.cluster_ids(test.groups, len(test)).tolist(),
+                 "clusters_of": splits.cluster_words(test.grouping) if test.groups is not None else None}
     # Beyond the test split: the functional suite, and hate on each dataset's test split.
     extras = beyond_the_split(run_dirs, infos, names, device, precision, fast, allow_unfinished) if beyond else None
     if not test.multilabel:
-        preds = {name: p.argmax(1) for name, p in probs.items()}
+        # Two classes: at each run's threshold chosen on validation (older runs, more classes: argmax).
+        preds = {r["name"]: metrics.decisions(probs[r["name"]], r.get("threshold")) for r in rows}
         test_info["class_counts"] = np.bincount(test.labels, minlength=len(test.label_names)).tolist()
-        comparisons = compare(groups, {r["name"]: r for r in rows}, preds, test.labels, len(test.label_names), resamples, seed)
+        comparisons = compare(groups, {r["name"]: r for r in rows}, preds, test.labels, len(test.label_names), resamples, seed,
+                              test_info["clusters"])
         write_report(out_dir, test_info, settings, groups, {r["name"]: r for r in rows}, comparisons, probs, run_dirs,
                      names, draw, extras)
         return rows
@@ -97,12 +103,13 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
     # each run's decisions at its threshold; a report per label, and one page that joins them.
     for j, label in enumerate(test.label_names):
         view, view_probs, view_preds, view_info = label_view(rows, probs, test_info, infos, j, label)
-        comparisons = compare(groups, {r["name"]: r for r in view}, view_preds, view_info["labels"], 2, resamples, seed)
+        comparisons = compare(groups, {r["name"]: r for r in view}, view_preds, view_info["labels"], 2, resamples, seed,
+                              view_info["clusters"])
         write_report(out_dir / label, view_info, settings, groups, {r["name"]: r for r in view}, comparisons, view_probs,
                      run_dirs, names, draw, None)
-    files.write_text(out_dir / "results.md", multilabel_markdown(test_info, groups, rows, extras))
+    files.write_text(out_dir / "results.md", multilabel_markdown(test_info, settings, groups, rows, extras))
     files.write_text(out_dir / "results.json", json.dumps(json_safe({"test": {k: v for k, v in test_info.items()
-                     if k not in ("labels", "test_indices")}, "settings": settings, "runs": rows, "beyond": extras}),
+                     if k not in ("labels", "test_indices", "clusters")}, "settings": settings, "runs": rows, "beyond": extras}),
                      indent=2) + "\n")
     print(f"wrote {out_dir / 'results.md'} and a report per label in " + ", ".join(str(out_dir / n) for n in test.label_names))
     return rows
@@ -122,7 +129,8 @@ def label_view(rows, probs, test_info, infos, j, label):
         view_preds[row["name"]] = (p >= threshold).astype(int)
     y = labels[keep].astype(int)
     info = {**test_info, "n": int(keep.sum()), "label_names": [f"not {label}", label], "labels": y.tolist(),
-            "test_indices": np.asarray(test_info["test_indices"])[keep].tolist(), "class_counts": np.bincount(y, minlength=2).tolist()}
+            "test_indices": np.asarray(test_info["test_indices"])[keep].tolist(), "class_counts": np.bincount(y, minlength=2).tolist(),
+            "clusters": np.asarray(test_info["clusters"])[keep].tolist()}
     return view, view_probs, view_preds, info
 
 
@@ -132,26 +140,29 @@ def label_view(rows, probs, test_info, infos, j, label):
 ORDER = {"distill": 0, "lora": 1, "teacher": 2}  # comparisons read student - LoRA, student - teacher, LoRA - teacher
 
 
-def compare(groups, by_name, preds, labels, num_classes, resamples, seed):
-    """Every pair of models: paired bootstrap differences and McNemar, students first, the teacher last.
-    preds: each run's decisions on the test texts."""
-    weights = metrics.bootstrap_weights(len(labels), resamples, seed)  # the same resamples for every pair
+def compare(groups, by_name, preds, labels, num_classes, resamples, seed, clusters=None):
+    """
+    Every pair of models, students first, the teacher last: the differences of macro-F1 and accuracy
+    with simultaneous intervals over the whole table, from the cluster bootstrap over test texts and
+    seeds (bootstrap.compare), each with the sentence it allows; and McNemar, run by run. preds: each
+    run's decisions on the test texts; clusters: each test text's (None: every text its own).
+    """
     ordered = sorted(groups, key=lambda g: ORDER.get(g["method"], 1))
+    pairs = [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    family = bootstrap.compare(labels, {g["label"]: [preds[n] for n in g["names"]] for g in ordered},
+                               [(a["label"], b["label"]) for a, b in pairs], num_classes, clusters, resamples=resamples, seed=seed)
     out = []
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1:]:
-            diffs = metrics.paired_bootstrap(labels, [preds[n] for n in a["names"]], [preds[n] for n in b["names"]],
-                                     num_classes, weights)
-            # McNemar compares two sets of predictions: pair the runs seed by seed.
-            seeds_b = {by_name[n]["seed"]: n for n in b["names"]}
-            pairs = [(n, seeds_b[by_name[n]["seed"]]) for n in a["names"] if by_name[n]["seed"] in seeds_b]
-            tests = []
-            for na, nb in pairs or list(zip(a["names"], b["names"], strict=False)):  # no common seed: in order
-                bb, cc = metrics.disagreements(labels, preds[na], preds[nb])
-                tests.append({"a": na, "b": nb, "only_a_right": bb, "only_b_right": cc, "p": metrics.mcnemar(bb, cc)})
-            out.append({"a": a["label"], "b": b["label"], **diffs, "mcnemar": tests,
-                        "conclusions": [metrics.conclusion(a["label"], b["label"], m, diffs[k])
-                                        for k, m in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"))]})
+    for (a, b), diffs in zip(pairs, family, strict=True):
+        # McNemar compares two sets of predictions: pair the runs seed by seed.
+        seeds_b = {by_name[n]["seed"]: n for n in b["names"]}
+        matched = [(n, seeds_b[by_name[n]["seed"]]) for n in a["names"] if by_name[n]["seed"] in seeds_b]
+        tests = []
+        for na, nb in matched or list(zip(a["names"], b["names"], strict=False)):  # no common seed: in order
+            bb, cc = metrics.disagreements(labels, preds[na], preds[nb])
+            tests.append({"a": na, "b": nb, "only_a_right": bb, "only_b_right": cc, "p": metrics.mcnemar(bb, cc)})
+        out.append({"a": a["label"], "b": b["label"], **diffs, "mcnemar": tests,
+                    "conclusions": [metrics.conclusion(a["label"], b["label"], m, diffs[k])
+                                    for k, m in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"))]})
     # Many pairs, many tests: some p < 0.05 would turn up by chance alone. Holm's adjustment over every
     # McNemar test of the report keeps the chance of any false alarm at 5%.
     tests = [t for c in out for t in c["mcnemar"]]
@@ -190,6 +201,22 @@ def models_table(groups, by_name, columns):
                            for g in groups])
 
 
+def decision_words(groups, by_name, positive):
+    """How the runs of a two-class report decide: at the threshold chosen on validation, or (a run made
+    before two-class runs had one) at the most probable class."""
+    names = [n for g in groups for n in g["names"]]
+    at = [f"{n} {by_name[n]['threshold']:.3f}" for n in names if by_name[n].get("threshold") is not None]
+    argmax = [n for n in names if by_name[n].get("threshold") is None]
+    words = []
+    if at:
+        words.append(f"A run calls a text *{positive}* where its probability reaches the run's threshold, chosen on "
+                     f"validation ({', '.join(at)})")
+    if argmax:
+        words.append(("a" if at else "A") + " run with no threshold in its run.json (made before two-class runs had one) "
+                     f"decides by the most probable class ({', '.join(argmax)})")
+    return "; ".join(words) + "."
+
+
 def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
     counts = ", ".join(f"{n}: {c}" for n, c in zip(test_info["label_names"], test_info["class_counts"], strict=True))
     several = any(len(g["names"]) > 1 for g in groups)
@@ -202,7 +229,7 @@ def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
     ]
     if len(test_info["label_names"]) == 2:
         lines.append(f"Precision, recall and F1 are those of class 1, *{test_info['label_names'][1]}*; "
-                     "macro-F1 averages the F1 of both classes.")
+                     "macro-F1 averages the F1 of both classes. " + decision_words(groups, by_name, test_info["label_names"][1]))
     lines += [
         f"Speed on {settings['device']} (torch threads: {settings['torch_threads']}): sentences/s = one pass over the "
         f"pre-tokenized test texts at batch {settings['throughput_batch_size']}; latency = one sentence, tokenizing "
@@ -221,16 +248,23 @@ def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
     ]
     if comparisons:
         one_seed = all(len(g["names"]) == 1 for g in groups)
+        n_tests = sum(len(c["mcnemar"]) for c in comparisons)
+        caption = bootstrap.describe(test_info["n"], test_info["n_clusters"], test_info["clusters_of"],
+                                     settings["bootstrap_resamples"], seeds=not one_seed, family=2 * len(comparisons),
+                                     seed=settings["bootstrap_seed"])
         lines += [
             "", "## Differences", "",
-            f"Paired bootstrap over the test examples ({settings['bootstrap_resamples']} resamples, seed "
-            f"{settings['bootstrap_seed']}): every model is scored on the same resamples; a model of several seeds by "
-            "the mean of its seeds. McNemar: exact two-sided test on the examples exactly one of the two gets right "
-            "(A right only / B right only), run by run, seed matched to seed; in brackets the p-value after Holm's "
-            "adjustment for all the tests of this table."
-            + (" With one seed per model the intervals cover the choice of test examples, not the randomness of "
+            f"Paired differences A − B: {caption}. Every model is scored on the "
+            "same resamples of the clusters (the pairing); a model of several seeds by the mean of its seeds, drawn "
+            "with replacement in each resample, so that an interval holds the seed-to-seed spread too. A conclusion "
+            "says *better* only where its interval excludes 0, else *no difference detected* (which is not *as good "
+            "as*). McNemar: exact two-sided test on the texts exactly one of the two gets right (A right only / B right "
+            f"only), run by run, seed matched to seed; in brackets the p-value after Holm's adjustment over the {n_tests} "
+            "tests of this table. McNemar counts the texts as independent (it knows no clusters): the conclusions "
+            "are the intervals'."
+            + (" With one seed per model the intervals cover the choice of test texts, not the randomness of "
                "training." if one_seed else ""), "",
-            markdown_table(["A − B", "Δ macro-F1 [95% CI]", "Δ accuracy [95% CI]", "McNemar"],
+            markdown_table(["A − B", "Δ macro-F1 [simultaneous 95% CI]", "Δ accuracy [simultaneous 95% CI]", "McNemar"],
                            [[f"{c['a']} − {c['b']}"]
                             + [f"{c[k]['diff']:+.4f} [{c[k]['low']:+.4f}, {c[k]['high']:+.4f}]" for k in ("macro_f1", "accuracy")]
                             + ["; ".join(f"{t['only_a_right']}/{t['only_b_right']}, p = {t['p']:.3g} (Holm {t['p_holm']:.3g})"
@@ -245,7 +279,7 @@ def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
 
 
 CSV_FIELDS = ["name", "group", "method", "seed", "run_dir", "n", "accuracy", "precision", "recall", "f1", "macro_f1",
-              "roc_auc", "confusion_matrix", "params_total", "params_trainable", "size_bytes", "train_seconds",
+              "roc_auc", "threshold", "confusion_matrix", "params_total", "params_trainable", "size_bytes", "train_seconds",
               "final_train_loss", "sentences_per_s", "latency_p50_ms", "latency_p95_ms", "predictions"]
 
 
@@ -267,14 +301,16 @@ def write_report(out_dir, test_info, settings, groups, by_name, comparisons, pro
         row = by_name[name]
         record = {"name": name, "run_dir": str(d), "method": row["method"], "seed": row["seed"],
                   "split_sha256": test_info["split_sha256"], "test_indices": test_info["test_indices"],
-                  "label_names": test_info["label_names"], "labels": test_info["labels"],
-                  "probabilities": probs[name].tolist()}
+                  "label_names": test_info["label_names"], "labels": test_info["labels"], "clusters": test_info["clusters"],
+                  "threshold": row.get("threshold"), "probabilities": probs[name].tolist()}
         files.write_text(out_dir / row["predictions"], json.dumps(record) + "\n")
     pngs = plots.write_plots(out_dir, groups, by_name, run_dirs, names) if draw else []
-    test_info = {k: v for k, v in test_info.items() if k not in ("test_indices", "labels")}
+    test_info = {**{k: v for k, v in test_info.items() if k not in ("test_indices", "labels", "clusters")},
+                 "n_clusters": len(set(test_info["clusters"]))}
     columns = table_columns(len(test_info["label_names"]))
     md = results_markdown(test_info, settings, groups, by_name, comparisons, pngs)
-    files.write_text(out_dir / "results.md", md + ("\n" + beyond_markdown(extras, groups) + "\n" if extras else ""))
+    files.write_text(out_dir / "results.md", md + ("\n" + beyond_markdown(extras, groups, settings["bootstrap_resamples"],
+                                                                         settings["bootstrap_seed"]) + "\n" if extras else ""))
     rows = [by_name[n] for n in names]
     files.write_text(out_dir / "results.csv", results_csv(rows))
     for g in groups:  # the numbers behind the mean ± std cells
@@ -288,7 +324,7 @@ def write_report(out_dir, test_info, settings, groups, by_name, comparisons, pro
           + (f" and {len(pngs)} plots" if pngs else ""))
 
 
-def multilabel_markdown(test_info, groups, rows, extras):
+def multilabel_markdown(test_info, settings, groups, rows, extras):
     """The page that joins a two-label report: each label's scores per model, and what lies beyond the test split."""
     by_name = {r["name"]: r for r in rows}
     header = ["model", "seeds"]
@@ -310,5 +346,5 @@ def multilabel_markdown(test_info, groups, rows, extras):
            + ", ".join(f"[{n}]({n}/results.md)" for n in test_info["label_names"]) + ".", "",
            markdown_table(header, lines)]
     if extras:
-        out += ["", beyond_markdown(extras, groups)]
+        out += ["", beyond_markdown(extras, groups, settings["bootstrap_resamples"], settings["bootstrap_seed"])]
     return "\n".join(out) + "\n"

@@ -148,6 +148,18 @@ def label_names_of(info) -> list | None:
     return [names[str(i)] for i in range(len(names))] if isinstance(names, dict) else names
 
 
+def decision_threshold(info) -> float | None:
+    """A two-class run's threshold on the probability of class 1, chosen on validation when it was
+    trained (run.json "thresholds", keyed by the name of class 1, as a two-question run keys each of
+    its labels), or None: more classes, two questions (a threshold per label), or a run made before
+    two-class runs had one; those decide by the most probable class."""
+    names = label_names_of(info)
+    if info.get("problem_type") == "multi_label_classification" or not names or len(names) != 2:
+        return None
+    value = (info.get("thresholds") or {}).get(names[1])
+    return None if value is None else float(value)
+
+
 def write_info(run_dir, info: RunInfo):
     files.write_json(Path(run_dir) / RUN_FILE, info.to_json())
 
@@ -419,11 +431,12 @@ def label_map_of(info):
     return json.loads(label_map) if isinstance(label_map, str) else label_map
 
 
-def load_run_data(info, mirror=None):
-    """The whole dataset a run was trained on, loaded with the run's own options."""
+def load_run_data(info, mirror=None, group_column=None):
+    """The whole dataset a run was trained on, loaded with the run's own options (and a CSV's group column)."""
     return corpus.load_dataset(info["data"], mirror=mirror or info.get("data_mirror"), three_class=info.get("three_class", False),
                                normalize=info.get("normalize", True), text_column=info.get("text_column", "text"),
-                               label_column=info.get("label_column", "label"), label_map=label_map_of(info))
+                               label_column=info.get("label_column", "label"), label_map=label_map_of(info),
+                               group_column=group_column)
 
 
 def find_manifest(run_dir, info):
@@ -444,8 +457,10 @@ def load_test_split(run_dir, info):
     if manifest["manifest_sha256"] != info["split_sha256"]:
         raise RunError(f"{path}: sha256 {manifest['manifest_sha256'][:12]}…, but {run_dir} was trained on split "
                        f"{info['split_sha256'][:12]}…; expected the run's own manifest")
-    # max_train / max_val only ever limited training and validation: the test part is always whole.
-    return splits.apply_split(load_run_data(info), manifest)["test"], path, manifest
+    # max_train / max_val only ever limited training and validation: the test part is always whole. A CSV
+    # split by a group column (its manifest's options say which) keeps its groups: the report's clusters.
+    group_column = (manifest.get("options") or {}).get("group_column")
+    return splits.apply_split(load_run_data(info, group_column=group_column), manifest)["test"], path, manifest
 
 
 def subset_for_quick_runs(part, limit, seed):

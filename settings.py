@@ -128,8 +128,9 @@ class TrainingSettings:
                                          "positives weighted by negatives per positive)", negatable=True)
     seed: int = setting(0, "seed for initialisation, dropout and batch order")
     eval_batch_size: int = setting(64, "validation batch size", may_change=True)
-    target_precision: float | None = setting(None, "multi-label: choose each label's threshold on validation as the "
-                                                   "lowest reaching this precision", unset="the best macro-F1")
+    target_precision: float | None = setting(None, "two classes or multi-label: choose the threshold of class 1 (of each "
+                                                   "label) on validation as the lowest reaching this precision",
+                                             unset="the best macro-F1")
 
 
 @dataclass

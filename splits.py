@@ -193,6 +193,18 @@ def split_kind(manifest):
                                         (part.split(":", 1) for part in grouping.split("+")))
 
 
+def cluster_words(grouping):
+    """A dataset's groups in words, plural, for the captions of intervals that resample them: "authors",
+    "near-duplicate groups", "groups of column 'thread'", each source's for a joined dataset; None: no groups."""
+    if not grouping:
+        return None
+    words = lambda kind: f"groups of column {kind[7:]!r}" if kind.startswith("column:") else \
+        {"author": "authors", "near-duplicate": "near-duplicate groups"}.get(kind, "groups")
+    if "+" not in grouping or grouping.startswith("column:"):
+        return words(grouping)
+    return " and ".join(f"{words(kind)} ({source})" for source, kind in (part.split(":", 1) for part in grouping.split("+")))
+
+
 def save_manifest(manifest, path):
     # One key per line, each list on a single line: diff-able and small.
     lines = [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in manifest.items()]

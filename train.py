@@ -302,9 +302,12 @@ def end_epoch(t: Training, epoch: int, seconds: float):
 
 
 def choose_thresholds(t: Training, net):
-    """Multi-label: each label's decision threshold, chosen on validation with the best model."""
+    """Each label's decision threshold (multi-label), or that of class 1 (two classes: the same yes/no
+    question), chosen on validation with the best model; keyed by the label's name."""
     probs = classifier.predict_probs(net.to(t.device), t.val_loader).numpy()
     labels = t.val_loader.labels.numpy()
+    if labels.ndim == 1:
+        return {net.config.id2label[1]: metrics.best_threshold(labels, probs[:, 1], t.s.target_precision)}
     return {net.config.id2label[j]: metrics.best_threshold(labels[:, j], probs[:, j], t.s.target_precision)
             for j in range(labels.shape[1])}
 
@@ -319,7 +322,7 @@ def finish(t: Training):
         best, tokenizer, info = runs.load_run(t.dir, merge=False)
         if s.method == "lora" and s.export_merged:
             pretrained.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
-        if best.config.multilabel:
+        if best.config.multilabel or best.config.num_labels == 2:  # three classes decide by the most probable
             info.results["thresholds"] = choose_thresholds(t, best)
             print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in info.results["thresholds"].items()))
         # The test split is scored once, for the model card; it never chose anything.

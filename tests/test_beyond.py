@@ -1,10 +1,13 @@
-"""Tests for beyond.py: paired differences only between runs scored on the same texts, and each
-dataset's test texts the same for every run of one split seed."""
+"""Tests for beyond.py: paired differences only between runs scored on the same texts, resampled by the
+dataset's clusters, and each dataset's test texts the same for every run of one split seed."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from test_bootstrap import tiny_suite
 
+import behaviour as B
 import beyond
 import corpus
 import runs as runs_module
@@ -24,7 +27,25 @@ def test_cross_comparisons_pair_only_runs_scored_on_the_same_texts():
     assert [(p["a"], p["b"]) for p in pairs] == [("a", "b")]  # c was scored on other texts: never paired
     # a is right on all five annotated texts (macro-F1 1), b calls everything no (macro-F1 of 3 "no" wrong).
     b_f1 = (0 + 2 * 2 / (2 * 2 + 3)) / 2
-    assert pairs[0]["diff"] == pytest.approx(1 - b_f1) and pairs[0]["low"] <= pairs[0]["diff"] <= pairs[0]["high"]
+    assert pairs[0]["diff"] == pytest.approx(1 - b_f1) and pairs[0]["low"] < pairs[0]["diff"] < pairs[0]["high"]
+    assert "p" in pairs[0] and pairs[0]["clusters"] == 5 and pairs[0]["conclusion"].startswith(("a is better", "no difference"))
+    # The dataset's clusters are what is resampled: all six texts one cluster, every resample is the test set as it is.
+    for e in extras.values():
+        e["cross"]["davidson"]["clusters"] = [0] * 6
+    (one,) = beyond.cross_comparisons(extras, groups, resamples=200)
+    assert one["low"] == one["diff"] == one["high"] and one["clusters"] == 1
+
+
+def test_behaviour_comparisons_resample_the_templates_of_both_models_together():
+    # The tiny suite of test_bootstrap: a passes everything, b fails f#2's one case. Mean pass rates 1 and
+    # (3/4 + 1) / 2 = 0.875. With the same draws of f's two templates, a - b is 0 (f#1 twice), 0.5 (f#2 twice)
+    # or 0.125: the interval reaches from 0 to about 0.5, so no difference is detected.
+    extras = {"a": {"behaviour": B.run_suite(tiny_suite(), lambda texts: {"hate": np.full(len(texts), 0.9)})},
+              "b": {"behaviour": B.run_suite(tiny_suite(), lambda texts: {"hate": np.array([0.1 if t == "f2a" else 0.9 for t in texts])})}}
+    groups = [{"label": n, "names": [n], "method": "teacher"} for n in "ab"]
+    (row,) = beyond.behaviour_comparisons(extras, groups)
+    assert row["label"] == "hate" and row["diff"] == pytest.approx(0.125)
+    assert row["low"] <= 0 < 0.45 < row["high"] and row["conclusion"].startswith("no difference detected between a and b")
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="no ../shared/data mirror here")

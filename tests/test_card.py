@@ -28,3 +28,21 @@ def test_a_two_label_card_has_a_row_per_label_and_says_what_the_data_gets_wrong(
     assert "| test, hate (10 texts) | macro-F1 0.5000 at threshold 0.625 |" in card
     assert "| best epoch | 2 (validation macro-F1 0.8000); 30.0 s of training |" in card
     assert f"- {LIMITATIONS['davidson']}" in card and f"- {LIMITATIONS['hate_speech18']}" in card
+
+
+def test_a_card_gives_the_test_scores_with_their_intervals_and_how_the_run_decides():
+    def card_of(test, **results):
+        info = runs_module.RunInfo({"method": "teacher", "model": "m", "data": "hate_speech18", "split": "s.json", "seed": 0},
+                                   {"id2label": {"0": "noHate", "1": "hate"}, "split_sha256": "ab" * 32, "params_total": 10,
+                                    "params_trainable": 10, "test": test, **results})
+        return model_card(info, name="t")
+    test = {"n": 40, "accuracy": 0.9, "macro_f1": 0.8, "threshold": 0.35, "intervals": {"accuracy": [0.85, 0.95], "macro_f1": [0.7, 0.88]},
+            "bootstrap": {"clusters_of": "authors", "clusters": 12, "resamples": 1000}}
+    card = card_of(test)
+    assert "| test (40 texts) | accuracy 0.9000 [0.8500, 0.9500], macro-F1 0.8000 [0.7000, 0.8800]" in card
+    assert "(precision/recall/F1 of *hate*) at threshold 0.350 (chosen on validation) |" in card
+    assert "| intervals | in brackets: 95% cluster bootstrap over 12 authors (40 test texts), 1,000 resamples; one seed" in card
+    # A run of an earlier version: no threshold (argmax) and no intervals, and the card says only what it has.
+    old = card_of({"n": 40, "accuracy": 0.9, "macro_f1": 0.8})
+    assert "| test (40 texts) | accuracy 0.9000, macro-F1 0.8000 (precision/recall/F1 of *hate*) at the most probable class |" in old
+    assert "| intervals |" not in old

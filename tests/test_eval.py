@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
+import bootstrap
 import corpus
 import eval as E
 import export
@@ -69,7 +71,10 @@ def test_report_rows_match_the_saved_predictions(runs, reported):
         assert saved["label_names"] == ["ok", "toxic"] and len(saved["test_indices"]) == 16
         p = np.array(saved["probabilities"])
         assert p.shape == (16, 2) and np.allclose(p.sum(1), 1, atol=1e-6)
-        again = metrics.metrics(saved["labels"], p.argmax(1).tolist(), 2, p[:, 1].tolist())
+        # A two-class run decides at its threshold chosen on validation (run.json), kept in the file too.
+        threshold = runs_module.decision_threshold(runs_module.read_info(row["run_dir"]))
+        assert 0 < threshold < 1 and saved["threshold"] == row["threshold"] == threshold
+        again = metrics.metrics(saved["labels"], metrics.decisions(p, threshold).tolist(), 2, p[:, 1].tolist())
         for k in ("accuracy", "macro_f1", "recall", "f1", "roc_auc", "confusion_matrix"):
             assert again[k] == row[k] or math.isnan(again[k]) and math.isnan(row[k]), k
         run = Path(row["run_dir"])
@@ -114,11 +119,15 @@ def test_report_statistics_are_reproducible_from_the_prediction_files(reported):
     summary = strict_json(out / "results.json")
     saved = {r["name"]: strict_json(out / r["predictions"]) for r in rows}
     labels = np.array(saved["teacher"]["labels"])
-    preds = {n: np.array(s["probabilities"]).argmax(1) for n, s in saved.items()}
+    preds = {n: metrics.decisions(s["probabilities"], s["threshold"]) for n, s in saved.items()}
     c = next(c for c in summary["comparisons"] if (c["a"], c["b"]) == ("odd", "teacher"))
-    w = metrics.bootstrap_weights(16, summary["settings"]["bootstrap_resamples"], summary["settings"]["bootstrap_seed"])
-    again = metrics.paired_bootstrap(labels, [preds["odd"], preds["odd-s1"]], [preds["teacher"]], 2, w)
-    assert again == {k: c[k] for k in ("accuracy", "macro_f1")}
+    # The whole table is one family: every model, every pair, the clusters of the test texts as saved.
+    models = {g["label"]: [preds[n] for n in g["names"]] for g in sorted(summary["groups"], key=lambda g: report.ORDER[g["method"]])}
+    pairs = [(x["a"], x["b"]) for x in summary["comparisons"]]
+    again = bootstrap.compare(labels, models, pairs, 2, saved["teacher"]["clusters"],
+                              resamples=summary["settings"]["bootstrap_resamples"], seed=summary["settings"]["bootstrap_seed"])
+    assert again[pairs.index(("odd", "teacher"))] == {k: c[k] for k in ("macro_f1", "accuracy")}
+    assert summary["test"]["n_clusters"] == len(set(saved["teacher"]["clusters"])) == 16  # no group column: texts alone
     # McNemar pairs seed with seed: the teacher has seed 0 only.
     assert [(t["a"], t["b"]) for t in c["mcnemar"]] == [("odd", "teacher")]
     b, cc = metrics.disagreements(labels, preds["odd"], preds["teacher"])
@@ -131,6 +140,33 @@ def test_report_plots_are_pngs(reported):
     for name in ("metrics", "confusion", "training", "efficiency"):
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_the_report_resamples_the_groups_of_a_split_by_group_column(tmp_path):
+    # A CSV of 96 texts in 24 threads, split from Python by its group column; train.py trains on that split and
+    # the report finds the groups again through the manifest: 24 clusters, one per thread, never one per text.
+    import train
+
+    path = tmp_path / "threads.csv"
+    rows = [line.split(",") for line in write_toy_csv(tmp_path / "toy.csv", n=96).read_text().splitlines()]
+    path.write_text("\n".join(",".join(r + ["thread" if i == 0 else str((i - 1) // 4)]) for i, r in enumerate(rows)) + "\n")
+    manifest = splits.make_split(corpus.load_dataset(path, group_column="thread"), seed=0)
+    splits.save_manifest(manifest, tmp_path / "split.json")
+    train.main([str(a) for a in ["teacher", "--model", TINY, "--data", path, "--split", tmp_path / "split.json", "--epochs", 1,
+                                 "--batch-size", 8, "--no-progress", "--threads", 1, "--out", tmp_path / "teacher"]])
+    report.report([tmp_path / "teacher"], tmp_path / "report", device="cpu", resamples=20, draw=False, beyond=False)
+    saved = strict_json(tmp_path / "report" / "predictions-teacher.json")
+    threads = {i: i // 4 for i in range(96)}  # the dataset's positions: no text is dropped as a duplicate
+    clusters = saved["clusters"]
+    # Texts of one thread share a cluster, and no cluster holds two threads.
+    assert len(set(clusters)) == len({threads[i] for i in saved["test_indices"]}) < len(clusters)
+    assert all((clusters[a] == clusters[b]) == (threads[i] == threads[j]) for a, i in enumerate(saved["test_indices"])
+               for b, j in enumerate(saved["test_indices"]))
+    card = (tmp_path / "teacher" / "README.md").read_text()
+    assert f"over {len(set(clusters))} groups of column 'thread' ({len(clusters)} test texts)" in card
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert strict_json(tmp_path / "report" / "results.json")["test"]["clusters_of"] == "groups of column 'thread'"
+    assert "A run calls a text *1* where its probability reaches the run's threshold, chosen on validation (teacher 0." in md
 
 
 def test_report_without_matplotlib_still_writes_the_tables(runs, tmp_path, monkeypatch, capsys):

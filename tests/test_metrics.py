@@ -1,5 +1,6 @@
-"""Tests for metrics.py: every score, McNemar, the bootstrap and Holm against values worked out by hand,
-and the scores of a multi-label model, label by label."""
+"""Tests for metrics.py: every score, the resampled scores, McNemar and Holm against values worked out by
+hand, the sentences a conclusion may say, and the scores of a multi-label model, label by label (the
+resampling itself: tests/test_bootstrap.py)."""
 
 import math
 
@@ -86,39 +87,15 @@ def test_weighted_scores_by_hand():
     assert s["macro_f1"] == pytest.approx([m["macro_f1"], 1, 1 / 3])
 
 
-def test_bootstrap_weights_are_resamples_and_reproducible():
-    w = metrics.bootstrap_weights(7, resamples=500, seed=3)
-    assert w.shape == (500, 7) and (w.sum(1) == 7).all() and (w >= 0).all()
-    assert (w == metrics.bootstrap_weights(7, resamples=500, seed=3)).all()
-    assert not (w == metrics.bootstrap_weights(7, resamples=500, seed=4)).all()
-    assert w.mean() == pytest.approx(1)
-
-
-def test_paired_bootstrap_and_its_conclusions():
-    labels = np.array([0, 1] * 10)
-    w = metrics.bootstrap_weights(20, 200, 0)
-    same = metrics.paired_bootstrap(labels, [labels], [labels], 2, w)
-    assert same["accuracy"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
-    assert metrics.conclusion("odd", "even", "accuracy", same["accuracy"]).startswith("odd and even do not differ significantly")
-    # A always right, B always wrong: every resample says A - B = 1 in accuracy.
-    d = metrics.paired_bootstrap(labels, [labels], [1 - labels], 2, w)
-    assert d["accuracy"] == {"diff": 1.0, "low": 1.0, "high": 1.0} and d["macro_f1"]["diff"] == 1.0
-    assert metrics.conclusion("odd", "lora", "accuracy", d["accuracy"]).startswith("odd is better in accuracy")
-    assert metrics.conclusion("lora", "odd", "accuracy", {"diff": -0.2, "low": -0.3, "high": -0.1}).startswith("odd is better")
-    # Two seeds of A: A's score is their mean. Seed 1 right everywhere, seed 2 on half: (1 + 0.5) / 2.
-    half = np.where(np.arange(20) < 10, labels, 1 - labels)
-    d = metrics.paired_bootstrap(labels, [labels, half], [1 - labels], 2, w)
-    assert d["accuracy"]["diff"] == pytest.approx(0.75)
-
-
-def test_bootstrap_interval_is_the_central_95_percent():
-    # Example 0: only A right; examples 1-3: both wrong. Resample i weighs example 0 by 4i/200 (the rest share
-    # what is left), so A - B in accuracy is i/200 for i = 0..200: the 2.5% and 97.5% points are 0.025 and 0.975.
-    w0 = 4 * np.arange(201) / 200
-    weights = np.column_stack([w0] + [(4 - w0) / 3] * 3)
-    d = metrics.paired_bootstrap(np.array([1, 1, 1, 1]), [np.array([1, 0, 0, 0])], [np.zeros(4, int)], 2, weights)
-    assert d["accuracy"]["low"] == pytest.approx(0.025) and d["accuracy"]["high"] == pytest.approx(0.975)
-    assert d["accuracy"]["diff"] == 0.25  # on the test set as it is
+def test_conclusions_claim_no_more_than_the_interval():
+    assert metrics.conclusion("odd", "even", "accuracy", {"diff": 0.0, "low": 0.0, "high": 0.0}).startswith(
+        "no difference detected between odd and even in accuracy (the interval contains 0: odd − even = +0.0000, adjusted 95% CI")
+    assert metrics.conclusion("odd", "lora", "accuracy", {"diff": 1.0, "low": 1.0, "high": 1.0}).startswith(
+        "odd is better than lora in accuracy (odd − lora = +1.0000, adjusted 95% CI [+1.0000, +1.0000])")
+    assert metrics.conclusion("lora", "odd", "accuracy", {"diff": -0.2, "low": -0.3, "high": -0.1}).startswith("odd is better than lora")
+    # An interval that reaches 0 on one side detects nothing; never "as good as".
+    wide = metrics.conclusion("odd", "even", "macro-F1", {"diff": -0.0034, "low": -0.0109, "high": 0.0039})
+    assert wide.startswith("no difference detected") and "as good as" not in wide
 
 
 def test_holm_by_hand():
