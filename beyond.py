@@ -53,6 +53,15 @@ def suite_predict(clf):
     return predict
 
 
+def suite_thresholds(clf):
+    """{question: threshold} the suite decides at, as the model decides: a two-label model's own per
+    label, a two-class model's class-1 threshold (chosen on validation; 0.5 for an older run) for both."""
+    if clf.multilabel:
+        return {k: v for k, v in clf.thresholds.items() if k in behaviour.LABELS}
+    threshold = runs.decision_threshold(clf.info)
+    return {label: 0.5 if threshold is None else threshold for label in behaviour.LABELS}
+
+
 def label_columns(clf):
     """{question: (column of its probability, threshold)} of what a model answers: a two-label model its
     toxic and hate at their thresholds; a two-class model its class-1 flag, for hate, and for toxic too
@@ -104,7 +113,7 @@ def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True
     for d, info, name in zip(run_dirs, infos, names, strict=True):
         clf = classifier.Classifier.from_run(d, device=str(device).split(" ")[0], precision=precision, fast=fast,
                                              allow_unfinished=allow_unfinished)
-        entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf)), "cross": {}}
+        entry = {"behaviour": behaviour.run_suite(cases, suite_predict(clf), suite_thresholds(clf)), "cross": {}}
         trained_on = str(info["data"]).split("+")
         columns = label_columns(clf)
         if columns and set(trained_on) & set(CROSS_DATASETS) and not info.get("three_class"):

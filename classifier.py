@@ -132,6 +132,9 @@ class Classifier:
         # Multi-label: the yes/no threshold of each label, chosen on validation when the run was trained.
         self.thresholds = {label: float((info.get("thresholds") or {}).get(label, 0.5)) for label in self.labels} \
             if self.multilabel else None
+        # Two classes: the threshold on class 1's probability chosen on validation (None: a run made before
+        # two-class runs had one, or more classes; then the most probable class).
+        self.threshold = None if self.multilabel else runs.decision_threshold(info)
         self.unfinished = None  # from_run: "unfinished, epoch k of n" for a model of an unfinished run
 
     @classmethod
@@ -167,11 +170,15 @@ class Classifier:
     def verdict(self, probs) -> tuple[str, float]:
         """(label, probability) of one text, from its probabilities in the order of self.labels. One class
         per text: the most likely class. Multi-label (toxic, hate): the last label said yes to at its
-        threshold (hate before toxic: hate is also toxic), or "none" with the largest probability."""
+        threshold (hate before toxic: hate is also toxic), or "none" with the largest probability. Two
+        classes with a threshold (self.threshold): class 1 where its probability reaches it."""
         p = np.asarray(probs, dtype=float).tolist()
         if self.multilabel:
             yes = [k for k, v in zip(self.labels, p, strict=True) if v >= self.thresholds[k]]
             return (yes[-1], p[self.labels.index(yes[-1])]) if yes else (NO_LABEL, max(p))
+        if self.threshold is not None and len(p) == 2:
+            best = int(p[1] >= self.threshold)
+            return self.labels[best], p[best]
         best = max(range(len(p)), key=p.__getitem__)
         return self.labels[best], p[best]
 

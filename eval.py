@@ -157,7 +157,7 @@ def cmd_behaviour(args):
     for run_dir in args.runs:
         clf = classifier.Classifier.from_run(run_dir, device=args.device, precision=args.precision, fast=args.fast,
                                              allow_unfinished=args.allow_unfinished)
-        result = behaviour.run_suite(cases, beyond.suite_predict(clf))
+        result = behaviour.run_suite(cases, beyond.suite_predict(clf), beyond.suite_thresholds(clf))
         results[str(run_dir)] = {**result, **({"note": clf.unfinished} if clf.unfinished else {})}
         summary = "; ".join(f"{label}: mean pass rate {s['mean_pass_rate']:.3f}, lowest {s['min_pass_rate']:.3f} "
                             f"({s['min_functionality']})" for label, s in result["summary"].items())

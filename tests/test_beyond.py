@@ -2,6 +2,7 @@
 dataset's clusters, and each dataset's test texts the same for every run of one split seed."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -67,3 +68,12 @@ def test_each_datasets_test_texts_are_the_same_for_every_run():
             runs_module.load_test_split = real
     for name in beyond.CROSS_DATASETS:
         assert texts[("davidson", name)] == texts[("hate_speech18", name)] == texts[("davidson+hate_speech18", name)]
+
+
+def test_the_suite_decides_at_the_models_own_thresholds():
+    two_labels = SimpleNamespace(multilabel=True, thresholds={"toxic": 0.6, "hate": 0.41})
+    assert beyond.suite_thresholds(two_labels) == {"toxic": 0.6, "hate": 0.41}
+    binary = SimpleNamespace(multilabel=False, info=runs_module.RunInfo({"id2label": {"0": "no", "1": "hate"}}, {"thresholds": {"hate": 0.3}}))
+    assert beyond.suite_thresholds(binary) == {"toxic": 0.3, "hate": 0.3}
+    older = SimpleNamespace(multilabel=False, info=runs_module.RunInfo({"id2label": {"0": "no", "1": "hate"}}, {}))
+    assert beyond.suite_thresholds(older) == {"toxic": 0.5, "hate": 0.5}

@@ -71,3 +71,14 @@ def test_a_model_of_an_unfinished_run_says_so_in_every_result(clf):
     finally:
         clf.unfinished = None
     assert "note" not in clf.predict(["a"])[0]
+
+
+def test_a_two_class_run_decides_at_its_recorded_threshold():
+    net, tok = pretrained.from_pretrained(TINY, verbose=False), wordpiece.load_tokenizer(TINY)
+    names = [net.config.id2label[i] for i in range(2)]
+    info = runs.RunInfo({"id2label": {"0": names[0], "1": names[1]}}, {"thresholds": {names[1]: 0.3}})
+    at_threshold, by_argmax = Classifier(net, tok, info), Classifier(net, tok, runs.RunInfo({}, {}))
+    assert at_threshold.threshold == 0.3 and by_argmax.threshold is None
+    assert at_threshold.verdict([0.6, 0.4]) == (names[1], 0.4)  # class 1 at 0.4 >= 0.3
+    assert by_argmax.verdict([0.6, 0.4]) == (names[0], 0.6)
+    assert at_threshold.verdict([0.75, 0.25]) == (names[0], 0.75)
