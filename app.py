@@ -149,7 +149,9 @@ def flagged(model, probs):
     """Does the answer warn (red), or not (green)? None for a task of more than two classes (blue)."""
     if model.multilabel:
         return any(v >= model.thresholds[k] for k, v in zip(model.labels, probs.tolist(), strict=True))
-    return bool(probs[1] > 0.5) if len(model.labels) == 2 else None
+    if len(model.labels) != 2:
+        return None
+    return bool(probs[1] >= model.threshold) if model.threshold is not None else bool(probs[1] > probs[0])  # as its verdict
 
 
 def each_label(model, probs):

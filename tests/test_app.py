@@ -63,8 +63,9 @@ def page(runs_dir, monkeypatch):
 
 def expected(run_dir, text):
     """(label, probability) from the Python API, as the app loads the model: what the page must show."""
-    p = classifier.Classifier.from_run(run_dir, device="cpu").predict_proba([text])[0].tolist()
-    best = max(range(2), key=p.__getitem__)
+    clf = classifier.Classifier.from_run(run_dir, device="cpu")
+    p, threshold = clf.predict_proba([text])[0].tolist(), R.decision_threshold(clf.info)
+    best = max(range(2), key=p.__getitem__) if threshold is None else int(p[1] >= threshold)  # at its threshold from validation
     return ["not toxic", "toxic"][best], p[best]  # the toy CSV's labels are 0/1: shown as not toxic / toxic
 
 
