@@ -27,6 +27,10 @@ import machine
 import precision as P
 import runs
 
+# A labelling batch holds at most this many token positions (texts x the longest): 64 tweets of 32
+# tokens. Measured labelling a 6 MB CSV with the 6-layer model in bf16 (docs/predict-memory.md):
+# 4,096 took 60-90 MB more at the peak and was 1-2% faster.
+BATCH_TOKENS = 2048
 NO_LABEL = "none"  # the verdict of a multi-label model that says no to every label
 EXPLAINER_LOCK = threading.Lock()  # one plain copy per Classifier, made by the first thread that asks
 
@@ -160,10 +164,10 @@ class Classifier:
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
-            # Sorted by length; a batch of long texts takes fewer of them (batch_size was measured at texts
-            # of machine.TYPICAL_TOKENS tokens), so its memory stays that of a typical batch.
+            # Sorted by length, at most batch_size texts and BATCH_TOKENS token positions a batch: long
+            # texts go fewer at a time, so the memory of a batch does not grow with their length.
             loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size,
-                                     by_length=True, max_tokens=self.batch_size * machine.TYPICAL_TOKENS)
+                                     by_length=True, max_tokens=BATCH_TOKENS)
             probs[keep] = predict_probs(self.net, loader).numpy()
         return probs
 
