@@ -83,6 +83,8 @@ def find_runs(root, with_unfinished=False):
         except runs.RunError as e:
             broken.append((str(folder), str(e)))
             continue
+        if info.get("method") == "pretrain":  # an encoder without a classifier: nothing to serve
+            continue
         note = runs.unfinished_note(folder, info)
         if note and not (with_unfinished and runs.weights_file(folder).is_file()):  # listed once it saved a model
             left_out.append((str(folder), note))

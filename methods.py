@@ -5,6 +5,9 @@ The model each method trains, built before its first step:
     distill   a student made of some of a teacher run's layers (distill.make_student); with
               --layers auto, the layers the teacher needs most, measured on validation first
     lora      adapters on a pretrained model, or on a trained run (--base), the rest frozen
+    pretrain  the pretrained encoder with BERT's masked-LM head (the checkpoint's, or a fresh one),
+              for continued pretraining on the training texts (mlm.py); its run folder is then a
+              --model for teacher or lora
 
 A run this one builds on (--teacher, --base) is checked first: trained on the same split, and a
 full fp32 model (not an int8 export, not a LoRA adapter). Its weights' sha256 goes into the results:
@@ -30,6 +33,9 @@ from settings import Settings, TrainError, parent_run
 
 def build_model(s: Settings, dataset, manifest, val_part, device, run_dir, results):
     """(model, tokenizer folder, teacher or None) for the method."""
+    check_model_run(s)
+    if s.method == "pretrain":
+        return pretrained.from_pretrained(s.model, masked_lm=True), pretrained.resolve_model_dir(s.model), None
     if s.method == "distill":  # a student has its teacher's head, and so its problem type
         return build_student(s, manifest, val_part, device, run_dir, results)
     if s.method == "lora":
@@ -38,6 +44,15 @@ def build_model(s: Settings, dataset, manifest, val_part, device, run_dir, resul
     net = pretrained.from_pretrained(s.model, id2label=dict(enumerate(dataset.label_names)))
     set_problem_type(net, dataset)
     return net, pretrained.resolve_model_dir(s.model), None
+
+
+def check_model_run(s: Settings):
+    """--model may be a run folder (a pretraining run's, train.py pretrain): then a finished one, not
+    the last epoch an interrupted run saved."""
+    folder = Path(s.model).expanduser()
+    if s.method != "distill" and not s.base and (folder / runs.RUN_FILE).is_file() and not runs.is_finished(folder):
+        raise TrainError(f"--model {s.model}: a run folder, {runs.unfinished_note(folder)} (no summary.json); expected a "
+                         "finished run: continue it with its command and --resume")
 
 
 def set_problem_type(net, dataset):

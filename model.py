@@ -10,6 +10,10 @@ Module and parameter names follow the Hugging Face BERT names
 (`bert.encoder.layer.0.attention.self.query`), so that state dicts map one to one in both
 directions; loading and saving that layout is pretrained.py's.
 
+Two heads sit on the encoder: the classifier (BertForSequenceClassification, what nanobert
+trains) and BERT's own pretraining task, masked-language modelling (BertForMaskedLM: mlm.py
+continues the pretraining on a task's texts before the classifier is fine-tuned).
+
 This file imports nothing from the project.
 """
 
@@ -115,14 +119,14 @@ class BertConfig:
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(raw["num_labels"])}
         return cls(**kwargs)
 
-    def to_dict(self) -> dict:
-        # Written so that the reference library reads it back as a BERT classifier.
+    def to_dict(self, architecture: str = "BertForSequenceClassification") -> dict:
+        # Written so that the reference library reads it back as a BERT classifier (or masked-LM model).
         d = asdict(self)
         if d["problem_type"] is None:  # as the reference library leaves it out when unset
             del d["problem_type"]
         d["id2label"] = {str(k): v for k, v in self.id2label.items()}
         d["label2id"] = {v: k for k, v in self.id2label.items()}
-        d.update(model_type="bert", architectures=["BertForSequenceClassification"],
+        d.update(model_type="bert", architectures=[architecture],
                  position_embedding_type="absolute")
         return d
 
@@ -285,14 +289,14 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None):
-        """Returns (pooled (B, H), hidden_states): the embedding output and every layer's output, each (B, T, H).
+        """Returns (pooled (B, H) or None without a pooler, hidden_states): the embedding output and every layer's output, each (B, T, H).
         input_ids (B, T) or inputs_embeds (B, T, H); attention_mask (B, T): 1 for a token, 0 for padding."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("expected input_ids (B, T) or inputs_embeds (B, T, H), one of them")
@@ -302,7 +306,7 @@ class BertModel(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask[:, None, None, :].bool()
         hidden_states = self.encoder(self.embeddings(input_ids, token_type_ids, inputs_embeds), mask)
-        return self.pooler(hidden_states[-1]), hidden_states
+        return (self.pooler(hidden_states[-1]) if self.pooler is not None else None), hidden_states
 
 
 class ClassifierOutput(NamedTuple):
@@ -322,22 +326,99 @@ class BertForSequenceClassification(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        # BERT's initialisation: N(0, 0.02) for weights, zero biases, identity LayerNorms.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_weights(module, self.config.initializer_range)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None) -> ClassifierOutput:
         pooled, hidden_states = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         return ClassifierOutput(logits, pooled, hidden_states)
+
+
+# -----------------------------------------------------------------------------
+# BERT's pretraining head: masked-language modelling
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """One more dense layer, activation and LayerNorm on each position's vector before the words are scored."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(self.act(self.dense(x)))  # (..., H)
+
+
+class BertLMPredictionHead(nn.Module):
+    """A score for every word of the vocabulary at a position: the transformed vector's dot product
+    with each word's input embedding, plus a bias of the word's own. The decoder's weight IS the
+    word-embedding matrix (BertForMaskedLM ties the two: one parameter, as in BERT), so the head
+    adds only H*H + 4H + vocab parameters of its own."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # tied to the word embeddings
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x):
+        return self.decoder(self.transform(x)) + self.bias  # (..., H) -> (..., vocab)
+
+
+class MaskedLMOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, vocab), or (N, vocab) at the N positions asked for
+    hidden_states: list  # num_hidden_layers + 1 tensors of (B, T, H)
+
+
+class BertForMaskedLM(nn.Module):
+    """The encoder with BERT's masked-language-model head: a word's score at every position, trained to
+    name the words that were masked out (mlm.py). Parameter names as the reference's BertForMaskedLM
+    (`cls.predictions.transform.dense.weight`, `cls.predictions.bias`), so its checkpoints load here.
+
+    pooler: the reference's masked-LM model has none (MLM does not use it). Where the checkpoint has
+    one, pretrained.from_pretrained keeps it here, frozen and untouched, so that a classifier
+    fine-tuned after the pretraining starts from it as it would have from the checkpoint."""
+
+    # A parameter known by two names: the decoder's weight is the word embeddings' (saved once, under that name).
+    tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: BertConfig, pooler: bool = False):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=pooler)
+        self.cls = nn.ModuleDict({"predictions": BertLMPredictionHead(config)})  # the reference's name for its pretraining heads
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tied after the init
+        if pooler:
+            self.bert.pooler.requires_grad_(False)  # carried, never trained: no gradient reaches it
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                positions=None) -> MaskedLMOutput:
+        """positions (B, T) bool, or None: every position. With it, only the N positions that are True
+        are scored, as BERT's own code scores only the masked ones: over a vocabulary of 30,522 words
+        the decoder costs, at a position, about half what bge-small-en's 12 layers cost."""
+        _, hidden_states = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        x = hidden_states[-1]  # (B, T, H)
+        if positions is not None:
+            x = x[positions]  # (N, H)
+        # The head in fp32, the precision of its weights, whatever the encoder computed in.
+        return MaskedLMOutput(self.cls.predictions(x.float()), hidden_states)
+
+
+def init_weights(module: nn.Module, std: float):
+    """BERT's initialisation: N(0, std = 0.02) for weights, zero biases, identity LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """
 Pretrained weights in the Hugging Face layout: finding a model (a local folder, the embedded
 package, an offline mirror, the cache, a download), loading its safetensors into model.py's BERT
-and saving a classifier so that the reference library reads it back.
+(a classifier, or the masked-language model of mlm.py) and saving it so that the reference library
+reads it back.
 
 A checkpoint folder holds `config.json`, `model.safetensors` and `vocab.txt`. Module and
 parameter names in model.py follow the Hugging Face BERT names
@@ -23,7 +24,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 import files
-from model import BertConfig, BertForSequenceClassification
+from model import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 # -----------------------------------------------------------------------------
 # Loading and saving in the Hugging Face layout
@@ -31,15 +32,14 @@ from model import BertConfig, BertForSequenceClassification
 
 class LoadReport(NamedTuple):
     initialized: list  # keys absent from the checkpoint, given fresh values
-    ignored: list  # keys in the checkpoint that a classifier does not use (pretraining heads)
+    ignored: list  # keys in the checkpoint that the model does not use (a classifier: the pretraining heads)
     renamed: int  # how many keys were mapped from another spelling (no `bert.` prefix, gamma/beta)
 
 
 def map_checkpoint_key(key: str) -> str | None:
     """The name of a checkpoint key in this model, or None when it is to be ignored."""
-    if key.startswith("cls.") or key.endswith("position_ids"):
-        # cls.*: the masked-LM / next-sentence heads of pretraining. position_ids: a buffer
-        # that older versions of the reference library saved; positions are computed here.
+    if key.endswith("position_ids"):
+        # A buffer that older versions of the reference library saved; positions are computed here.
         return None
     # Old TensorFlow-converted checkpoints call the LayerNorm parameters gamma and beta.
     if key.endswith("LayerNorm.gamma"):
@@ -54,13 +54,18 @@ def map_checkpoint_key(key: str) -> str | None:
 
 def load_state(model: nn.Module, tensors: dict, source: str) -> LoadReport:
     """Copy checkpoint tensors into model, mapping names explicitly and failing loudly."""
-    own = model.state_dict()
+    # A tied weight (the masked-LM decoder's) is loaded under the name of the parameter it is.
+    tied = getattr(model, "tied_weights", {})
+    own = {k: v for k, v in model.state_dict().items() if k not in tied}
     mapped, ignored, renamed = {}, [], 0
     for key, value in tensors.items():
         name = map_checkpoint_key(key)
-        if name is None:
-            if key.startswith("cls."):
-                ignored.append(key)
+        if name is None or name in tied:
+            continue
+        if name.startswith(("cls.", "classifier.")) and name not in own:
+            # A head this model has no use for: a classifier's pretraining heads (cls.*: masked LM,
+            # next sentence), the masked-LM model's next-sentence head, or a trained classifier's head.
+            ignored.append(key)
             continue
         renamed += name != key
         if name not in own:
@@ -69,9 +74,9 @@ def load_state(model: nn.Module, tensors: dict, source: str) -> LoadReport:
             raise ValueError(f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, model {tuple(own[name].shape)}")
         mapped[name] = value
     missing = [k for k in own if k not in mapped]
-    # A pretrained encoder has no classifier and sometimes no pooler: those start fresh
-    # (the model's own initialisation). Anything else missing means a broken checkpoint.
-    fatal = [k for k in missing if not k.startswith(("bert.pooler.", "classifier."))]
+    # A pretrained encoder has no classifier, sometimes no pooler and often no masked-LM head: those
+    # start fresh (the model's own initialisation). Anything else missing means a broken checkpoint.
+    fatal = [k for k in missing if not k.startswith(("bert.pooler.", "classifier.", "cls.predictions."))]
     if fatal:
         raise KeyError(f"{source}: missing {len(fatal)} encoder weights, e.g. {fatal[:3]}")
     with torch.no_grad():
@@ -81,11 +86,13 @@ def load_state(model: nn.Module, tensors: dict, source: str) -> LoadReport:
 
 
 def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: dict | None = None,
-                    verbose: bool = True) -> BertForSequenceClassification:
+                    verbose: bool = True, masked_lm: bool = False) -> BertForSequenceClassification | BertForMaskedLM:
     """
     Load a BERT classifier from a model name or folder (see resolve_model_dir).
     num_labels / id2label set the classification head when the checkpoint has none;
     for a saved classifier they default to its own labels.
+    masked_lm: the encoder with BERT's masked-LM head instead (BertForMaskedLM): the checkpoint's
+    head, or a fresh one; the checkpoint's pooler, if it has one, is kept (frozen).
     """
     folder = resolve_model_dir(name_or_path)
     config = BertConfig.from_json(folder / "config.json")
@@ -100,13 +107,16 @@ def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: 
                              "(unpickling can run code): convert it to model.safetensors first")
         raise FileNotFoundError(f"{weights}: not found; expected model.safetensors in the folder")
     tensors = files.read_safetensors(weights)
-    model = BertForSequenceClassification(config)
+    if masked_lm:
+        model = BertForMaskedLM(config, pooler=any(k.startswith(("pooler.", "bert.pooler.")) for k in tensors))
+    else:
+        model = BertForSequenceClassification(config)
     report = load_state(model, tensors, str(weights))
     model.load_report = report
     model.source_dir = folder
     if verbose:
         if report.ignored:
-            print(f"{folder.name}: ignored {len(report.ignored)} pretraining-head keys ({report.ignored[0]}, ...)")
+            print(f"{folder.name}: ignored {len(report.ignored)} keys of heads this model does not use ({report.ignored[0]}, ...)")
         if report.initialized:
             print(f"{folder.name}: initialised {len(report.initialized)} keys not in the checkpoint: {', '.join(report.initialized)}")
     return model
@@ -115,18 +125,21 @@ def from_pretrained(name_or_path: str, num_labels: int | None = None, id2label: 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
-def save_pretrained(model: BertForSequenceClassification, folder, tokenizer_dir=None, state_dict=None):
+def save_pretrained(model: BertForSequenceClassification | BertForMaskedLM, folder, tokenizer_dir=None, state_dict=None):
     """
     Write config.json, model.safetensors (keys exactly as the reference library names them)
     and the tokenizer files, so that the folder loads here and in the Hugging Face ecosystem.
+    A tied weight is written once, under the name of the parameter it is, as the reference does.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = Path(tokenizer_dir or getattr(model, "source_dir", None) or folder)
+    tied = getattr(model, "tied_weights", {})
     # .contiguous().clone(): safetensors refuses views and tensors that share memory.
-    tensors = {k: v.detach().contiguous().clone() for k, v in (state_dict or model.state_dict()).items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in (state_dict or model.state_dict()).items() if k not in tied}
     files.atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    config = json.dumps(model.config.to_dict(), indent=2)
+    architecture = "BertForMaskedLM" if isinstance(model, BertForMaskedLM) else "BertForSequenceClassification"
+    config = json.dumps(model.config.to_dict(architecture), indent=2)
     files.atomic_write(folder / "config.json", lambda p: Path(p).write_text(config + "\n", encoding="utf-8"))
     copy_tokenizer_files(tokenizer_dir, folder)
 

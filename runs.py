@@ -10,6 +10,7 @@ A run folder, as train.py leaves it:
     config.json + model.safetensors + vocab.txt         a full model (teacher, student), or
     adapter_config.json + adapter_model.safetensors     a LoRA adapter on a named base model, or
     config.json + model-int8.safetensors                an int8 export (quantize.py's format)
+                             (a pretraining run, train.py pretrain: the encoder and its masked-LM head, no classifier)
     checkpoint.safetensors   only while training: everything --resume needs
 
 Read top to bottom:
@@ -179,6 +180,13 @@ def unfinished_note(run_dir, info=None) -> str | None:
     return f"unfinished, epoch {done} of {(info or read_info(run_dir)).get('epochs', '?')}"
 
 
+def check_classifier(run_dir, info):
+    """A pretraining run holds an encoder with its masked-LM head: no classifier to label texts with."""
+    if info.get("method") == "pretrain":
+        raise RunError(f"{run_dir}: a pretraining run (train.py pretrain): an encoder without a classifier; expected a "
+                       f"trained classifier: fine-tune one from it with `train.py teacher --model {run_dir}`")
+
+
 def check_model_files(run_dir):
     if not is_lora_run(run_dir) and not (Path(run_dir) / "config.json").is_file():
         raise RunError(f"{run_dir}: no trained model (neither config.json + model.safetensors nor "
@@ -191,6 +199,7 @@ def check_finished(run_dir, allow_unfinished=False, can_allow=True) -> str | Non
     output to show. can_allow=False: there is no asking for it (an export). A run that saved no model
     yet is refused as such."""
     info = read_info(run_dir)  # a folder that is not a run, or a damaged run.json, is named first
+    check_classifier(run_dir, info)
     check_model_files(run_dir)
     note = unfinished_note(run_dir, info)
     if note and not allow_unfinished:
@@ -336,6 +345,7 @@ def load_run(run_dir, merge=True, verbose=False):
     """
     run_dir = Path(run_dir)
     info = read_info(run_dir)
+    check_classifier(run_dir, info)
     check_base(run_dir, info)
     check_model_files(run_dir)
     try:

@@ -60,7 +60,7 @@ def setting(default, doc, *, may_change=False, unset=None, **flag):
 class RunSettings:
     """the preset, and how this process runs: where, how often it logs and checkpoints, what it may do to --out"""
 
-    method: str = setting("teacher", "teacher, distill or lora: the subcommand", cli=False)
+    method: str = setting("teacher", "teacher, distill, lora or pretrain: the subcommand", cli=False)
     preset: str | None = setting(None, "presets/<NAME>.toml or a .toml path; flags override it", may_change=True)
     device: str = setting("auto", "cpu, cuda, cuda:1 or auto", may_change=True)
     threads: int | None = setting(None, "CPU threads", unset="torch's choice", may_change=True)
@@ -163,12 +163,20 @@ class LoraSettings:
     export_merged: bool = setting(False, "also write merged/: a plain model, LoRA folded in", may_change=True)
 
 
+@dataclass
+class PretrainSettings:
+    """continued masked-language-model pretraining of the encoder on the training texts (mlm.py)"""
+
+    mask_rate: float = setting(0.15, "fraction of each text's tokens the model predicts (BERT's 0.15; 8 in 10 of them "
+                                     "become [MASK], 1 in 10 a random token, 1 in 10 stay)")
+
+
 # -----------------------------------------------------------------------------
 # All of them in one
 
 
 @dataclass
-class Settings(LoraSettings, DistillSettings, TrainingSettings, ModelSettings, DataSettings, RunSettings):
+class Settings(PretrainSettings, LoraSettings, DistillSettings, TrainingSettings, ModelSettings, DataSettings, RunSettings):
     """Everything a run is asked to do: every group's fields on one object, so the code reads s.lr and
     s.layers, and dataclasses.asdict(s) is run.json's flat "settings"."""
 
@@ -176,7 +184,8 @@ class Settings(LoraSettings, DistillSettings, TrainingSettings, ModelSettings, D
 SETTING_NAMES = [f.name for f in dataclasses.fields(Settings)]
 # What may differ when an interrupted run continues; everything else shapes the model it trains.
 MAY_CHANGE_ON_RESUME = {f.name for f in dataclasses.fields(Settings) if f.metadata["may_change"]}
-METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}}
+# Pretraining: BERT's own peak learning rate, as task-adaptive pretraining (Gururangan et al. 2020) used it.
+METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}, "pretrain": {"lr": 1e-4}}
 # A student learns on its teacher's data and split, LoRA on a trained run on that run's, unless told otherwise.
 INHERITED = ("data", "data_mirror", "three_class", "multilabel", "augment", "normalize", "text_column", "label_column", "label_map",
              "split", "split_seed", "max_length", "max_train", "max_val")
@@ -242,14 +251,14 @@ def check(s: Settings):
     positive = {"epochs": s.epochs, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size, "accum": s.accum,
                 "lr": s.lr, "max_length": s.max_length, "log_every": s.log_every, "lora_r": s.lora_r,
                 "lora_alpha": s.lora_alpha, "temperature": s.temperature, "max_train": s.max_train,
-                "max_val": s.max_val, "threads": s.threads}
+                "max_val": s.max_val, "threads": s.threads, "mask_rate": s.mask_rate}
     for name, value in positive.items():
         if value is not None and not value > 0:
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number above 0")
     in_range = {"warmup": (s.warmup, 0, 1), "dropout": (s.dropout, 0, 0.999), "lora_dropout": (s.lora_dropout, 0, 0.999),
                 "weight_decay": (s.weight_decay, 0, 1), "alpha": (s.alpha, 0, 1e9), "beta": (s.beta, 0, 1e9),
                 "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18),
-                "target_precision": (s.target_precision, 0, 1)}
+                "target_precision": (s.target_precision, 0, 1), "mask_rate": (s.mask_rate, 0, 1)}
     for name, (value, low, high) in in_range.items():
         if value is not None and not low <= value <= high:
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")
@@ -398,6 +407,11 @@ def build_parser(description=None):
     p = sub.add_parser("lora", help="LoRA on a pretrained model, or on a trained run (--base)")
     p.add_argument("--out", required=True, help="run folder")
     add_group(p, "LoRA", LoraSettings)
+    add_common(p)
+    p = sub.add_parser("pretrain", help="continued masked-language-model pretraining of a pretrained encoder on the "
+                       "training part of the split (a model for teacher or lora --model)")
+    p.add_argument("--out", required=True, help="run folder")
+    add_group(p, "masked-language-model pretraining", PretrainSettings)
     add_common(p)
     p = sub.add_parser("all", help="teacher -> odd student -> even student -> LoRA, one split, then the report")
     p.add_argument("--runs", help="folder for the runs, the split and the report (default runs/<preset or data>)")

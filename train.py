@@ -5,6 +5,8 @@ Train the arms of the comparison with one plain, explicit loop:
     python train.py distill --preset quick --teacher runs/quick/teacher --layers odd
     python train.py lora    --preset quick                      # LoRA on the pretrained model
     python train.py lora    --preset quick --base runs/quick/odd    # LoRA on a trained student
+    python train.py pretrain --preset quick --out runs/quick/mlm   # masked-LM pretraining on the training texts,
+    python train.py teacher --preset quick --model runs/quick/mlm  #     then fine-tuning from it
     python train.py all     --preset quick                      # teacher -> odd -> even -> LoRA -> report
     python train.py all     --preset quick --extended           # ... + auto/bottom/top students, LoRA on the
                                                                 #     best student, int8 exports
@@ -20,6 +22,11 @@ optimizer, the folder); one epoch (batches, loss, backward, clip, step, log); th
 model card); the command line. Around them, one file per concept: settings.py, run_folder.py,
 training_data.py, methods.py (the model each method trains), optimizer.py, distributed.py,
 memory.py, and compare.py (`all`).
+
+Pretraining (`pretrain`, mlm.py) is the same loop with another objective: BERT's masked-language-model
+loss on the training part of the split, masks drawn anew for every batch; it has no validation (its
+texts are the training part's alone), so each epoch's model is saved and the last one kept, and the
+folder holds the encoder with its masked-LM head, which `teacher --model` and `lora --model` take.
 
 Several processes: `torchrun --nproc_per_node N train.py ...` trains with DistributedDataParallel
 (distributed.py); --batch-size stays the global batch, split across the processes.
@@ -48,6 +55,7 @@ import distributed
 import files
 import lora
 import metrics
+import mlm
 import model as M
 import precision
 import pretrained
@@ -83,6 +91,7 @@ class Training:
     total_steps: int
     results: dict
     memory: PeakMemory
+    vocab: mlm.Vocabulary | None = None  # pretraining: the tokens its masking uses
     t_start: float = field(default_factory=time.time)
     state: dict = field(default_factory=lambda: {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": None, "loss_sum": 0.0,
                                                  "loss_count": 0, "epoch_loss": None, "wall_before": 0.0})
@@ -154,7 +163,7 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
                    params_trainable=trainable, world_size=world, teacher_layers=results.get("teacher_layers"),
                    torch=torch.__version__, train_size=len(train_part), val_size=len(val_part), command=" ".join(sys.argv))
     t = Training(s, work, run_dir, device, world, rank, net, ddp, teacher, tokenizer_dir, loader, val_loader, opt, weight,
-                 total_steps, results, memory)
+                 total_steps, results, memory, mlm.vocabulary(tokenizer) if s.method == "pretrain" else None)
     if s.resume:
         run_folder.check_same_inputs(run_dir, before, results)
         resume(t)
@@ -205,6 +214,8 @@ def checkpoint(t: Training):
 
 def compute_loss(s, net, batch, teacher, weight, teacher_layers=None):
     """The training loss of one batch, and its parts for the log."""
+    if s.method == "pretrain":  # the masked tokens predicted (mlm.py)
+        return mlm.mlm_loss(net, batch), {}
     out = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     labels = batch["labels"]
     if teacher is None:
@@ -225,6 +236,8 @@ def train_epoch(t: Training, epoch: int):
     crash_signal = signal.SIGINT if os.environ.get("NANOBERT_CRASH_SIGNAL") == "INT" else signal.SIGKILL
     bar = files.progress(t.loader, len(t.loader) - done_before, f"{s.method} epoch {epoch + 1}", s.progress and t.main)
     for i, batch in enumerate(bar, start=done_before):
+        if t.vocab:  # pretraining: BERT's masks, drawn for this batch from (seed, epoch, batch) alone
+            batch = mlm.mask_batch(batch, t.vocab, s.mask_rate, mlm.batch_generator(s.seed, epoch, i))
         batch = {k: v.to(t.device) for k, v in batch.items()}
         loss, parts = compute_loss(s, t.ddp, batch, t.teacher, t.weight, t.results.get("teacher_layers"))
         if not torch.isfinite(loss):
@@ -279,6 +292,8 @@ def validation_scores(t: Training, thresholds=None):
 def end_epoch(t: Training, epoch: int, seconds: float):
     """Validation, the best model so far, a checkpoint."""
     s, state = t.s, t.state
+    if s.method == "pretrain":
+        return end_pretraining_epoch(t, epoch, seconds)
     val = validation_scores(t)
     state["epoch"] = epoch + 1
     state["epoch_loss"] = state["loss_sum"] / max(1, state["loss_count"])
@@ -294,6 +309,22 @@ def end_epoch(t: Training, epoch: int, seconds: float):
         runs.save_model(t.net, t.dir, t.tokenizer_dir, t.results.get("base_model") if s.method == "lora" else None)
     print(f"{s.method} epoch {epoch + 1}/{s.epochs}: mean loss {state['epoch_loss']:.4f}, validation accuracy "
           f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{' (best, saved)' if better else ''}, {seconds:.0f}s")
+    checkpoint(t)
+
+
+def end_pretraining_epoch(t: Training, epoch: int, seconds: float):
+    """Pretraining has no validation (its texts are the training part's alone): the model of every epoch
+    is saved, the last one kept; a checkpoint."""
+    state = t.state
+    state["epoch"], state["best_epoch"] = epoch + 1, epoch + 1
+    state["epoch_loss"] = state["loss_sum"] / max(1, state["loss_count"])
+    state["loss_sum"], state["loss_count"] = 0.0, 0
+    if not t.main:
+        return
+    runs.log(t.dir, "epoch", {"epoch": epoch + 1, "step": state["step"], "train_loss": state["epoch_loss"],
+                              "epoch_seconds": seconds, "wall_seconds": t.wall_seconds()})
+    runs.save_model(t.net, t.dir, t.tokenizer_dir)
+    print(f"pretrain epoch {epoch + 1}/{t.s.epochs}: mean masked-LM loss {state['epoch_loss']:.4f} (saved), {seconds:.0f}s")
     checkpoint(t)
 
 
@@ -314,6 +345,8 @@ def choose_thresholds(t: Training, net):
 
 def finish(t: Training):
     s, state = t.s, t.state
+    if s.method == "pretrain":
+        return finish_pretraining(t)
     summary = {"method": s.method, "wall_seconds": t.wall_seconds(), "steps": state["step"],
                "final_train_loss": state["epoch_loss"], "best_epoch": state["best_epoch"],
                "best_val_macro_f1": state["best_f1"], "peak_memory_mb": t.memory.mb(),
@@ -335,6 +368,23 @@ def finish(t: Training):
         card.write_model_card(t.dir, summary)
         runs.write_summary(t.dir, summary)
         runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
+    distributed.finish(t.world)
+    return summary
+
+
+def finish_pretraining(t: Training):
+    """A pretraining run is finished once its last epoch's model is saved: no classifier, so no thresholds,
+    no test scores and no model card; the summary marks it finished."""
+    state = t.state
+    summary = {"method": t.s.method, "wall_seconds": t.wall_seconds(), "steps": state["step"],
+               "final_train_loss": state["epoch_loss"], "peak_memory_mb": t.memory.mb(),
+               "params_total": t.results["params_total"], "params_trainable": t.results["params_trainable"]}
+    if t.main:
+        if t.dir != t.final:  # a replacement, complete: it takes the old run's place only now
+            runs.replace_run(t.dir, t.final)
+            t.dir = t.final
+        runs.write_summary(t.dir, summary)
+        runs.remove_checkpoint(t.dir)
     distributed.finish(t.world)
     return summary
 

@@ -216,6 +216,16 @@ def test_unfinished_runs_are_served_only_when_asked_and_say_so(runs, tmp_path, m
     assert not at.exception and "model teacher — teacher (unfinished, epoch 1 of 4)" in verdict(at)[0]
 
 
+def test_a_pretraining_run_beside_the_models_is_not_listed(runs, tmp_path, monkeypatch):
+    for name in ("teacher", "mlm"):  # mlm: a pretraining run (train.py pretrain) has no classifier to serve
+        shutil.copytree(runs / "teacher", tmp_path / name)
+    info = R.read_info(tmp_path / "mlm")
+    info.settings["method"] = "pretrain"
+    R.write_info(tmp_path / "mlm", info)
+    at = page(tmp_path, monkeypatch)
+    assert not at.exception and at.selectbox("model").options == ["teacher — teacher"] and not at.sidebar.warning
+
+
 def test_a_run_that_cannot_load_is_said_and_the_others_still_work(runs, tmp_path, monkeypatch):
     shutil.copytree(runs / "teacher", tmp_path / "teacher")
     (tmp_path / "broken").mkdir()  # finished, but its model files are gone

@@ -112,6 +112,19 @@ def distill_argv(c, *extra, out=None):
                        "--no-progress"], extra)
 
 
+def pretraining_run(c, finished=True):
+    """A masked-LM pretraining run of the tiny model (train.py pretrain, one epoch) in the case's folder, on the
+    shared split; finished=False: as Ctrl-C leaves it after epoch 1 of 3 (its model saved, no summary.json)."""
+    run = c.tmp / "runs" / "mlm"
+    if not run.exists():
+        train_quietly(c, "pretrain", "--model", TINY, "--data", c.toy, "--out", run, "--batch-size", 8, "--epochs", 1,
+                      "--no-progress", "--split", c.shared / "runs" / "split.json")
+    if not finished:
+        (run / "summary.json").unlink(missing_ok=True)
+        c.edit_json(run / "run.json", lambda raw: raw["settings"].update(epochs=3))
+    return run
+
+
 def csv_rows(c, name, header, rows):
     return c.write(name, "\n".join([header, *rows]) + "\n")
 
@@ -381,6 +394,9 @@ CASES = [
          "--device: device 'gpu0': expected cpu, cuda, cuda:N or auto"),
     case("precision-unknown", "`--precision fp16` (not one nanobert computes in)", "train",
          lambda c: teacher_argv(c, "--precision", "fp16"), "--precision 'fp16': expected one of auto, fp32, bf16"),
+    case("mask-rate-0", "`pretrain --mask-rate 0`", "train",
+         lambda c: ["pretrain", "--model", TINY, "--data", c.toy, "--out", c.tmp / "run", "--mask-rate", 0, "--no-progress"],
+         "--mask-rate 0.0: expected a number above 0"),
     # --- train.py: the data
     case("label-map-not-json", "`--label-map` that is not JSON", "train", lambda c: teacher_argv(c, "--label-map", "{ok: 0}"),
          "--label-map '{ok: 0}': not valid JSON"),
@@ -475,6 +491,14 @@ CASES = [
     case("all-layers", "`train.py all --layers 1,2`", "train",
          lambda c: ["all", "--model", TINY, "--data", c.toy, "--runs", c.tmp / "runs", "--layers", "1,2", "--no-progress"],
          "--layers 1,2: `all` trains the odd and even students"),
+    case("teacher-is-pretraining", "`--teacher` naming a pretraining run (`train.py pretrain`)", "train",
+         lambda c: distill_argv(c, "--teacher", c.tmp / "runs" / "mlm"),
+         "<tmp>/runs/mlm: a pretraining run (train.py pretrain): an encoder without a classifier; expected a trained classifier",
+         setup=pretraining_run, keep=lambda c: c.tmp / "runs" / "mlm", kept_as="the pretraining run"),
+    case("model-unfinished-pretraining", "`teacher --model` naming a pretraining run interrupted after epoch 1 of 3", "train",
+         lambda c: teacher_argv(c, "--model", c.tmp / "runs" / "mlm"),
+         "--model <tmp>/runs/mlm: a run folder, unfinished, epoch 1 of 3 (no summary.json); expected a finished run: "
+         "continue it with its command and --resume", setup=lambda c: pretraining_run(c, finished=False)),
     # --- train.py: presets
     case("preset-unknown-key", "a preset file with an unknown key", "train",
          lambda c: teacher_argv(c, "--preset", c.write("mine.toml", "learning_rate = 0.001\n")),
@@ -608,6 +632,11 @@ CASES = [
           "`python train.py lora --model <tmp>/model"), setup=lora_on_changed_model, keep=lambda c: c.tmp / "runs" / "lora-own"),
     case("run-no-vocab", "a run without its vocab.txt", "eval", lambda c: ["predict", "--run", c.run("teacher"), "hi"],
          "vocab.txt: not found", setup=lambda c: (c.run("teacher") / "vocab.txt").unlink()),
+    case("predict-pretraining-run", "`predict --run` naming a pretraining run (`train.py pretrain`): no classifier", "eval",
+         lambda c: ["predict", "--run", c.tmp / "runs" / "mlm", "hi"],
+         "<tmp>/runs/mlm: a pretraining run (train.py pretrain): an encoder without a classifier; expected a trained "
+         "classifier: fine-tune one from it with `train.py teacher --model <tmp>/runs/mlm`",
+         setup=pretraining_run, keep=lambda c: c.tmp / "runs" / "mlm", kept_as="the pretraining run"),
     # --- eval.py report
     case("report-different-splits", "`eval.py` on two runs trained on different splits", "eval",
          lambda c: [c.run("teacher"), c.run("odd"), "--out", c.tmp / "report"],

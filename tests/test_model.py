@@ -128,6 +128,57 @@ def test_saved_file_keeps_the_reference_names(tmp_path, ref):
     assert (again - ref["logits"]).abs().max() <= 1e-5
 
 
+# -- the masked-language-model head ------------------------------------------------------------
+
+TINY_MLM = FIXTURES / "tiny-bert-mlm"  # tiny-bert's encoder with a masked-LM head, saved by the reference (make_tiny_mlm.py)
+
+
+@pytest.fixture(scope="module")
+def mlm_ref():
+    return load_file(TINY_MLM / "reference_mlm.safetensors")
+
+
+def tiny_mlm():
+    return pretrained.from_pretrained(str(TINY_MLM), masked_lm=True, verbose=False).eval()
+
+
+def test_tiny_mlm_parity_logits_at_every_position(mlm_ref):
+    m = tiny_mlm()
+    assert m.load_report == pretrained.LoadReport([], [], 0)  # the reference's file: every key known, the head loaded
+    with torch.no_grad():
+        logits = m(mlm_ref["input_ids"], mlm_ref["attention_mask"], mlm_ref["token_type_ids"]).logits
+    assert logits.shape == (3, 12, 909)
+    assert (logits - mlm_ref["logits"]).abs().max() <= 1e-5
+
+
+def test_mlm_decoder_is_the_word_embeddings_and_has_its_own_bias(mlm_ref):
+    m = tiny_mlm()
+    head = m.cls.predictions
+    assert head.decoder.weight is m.bert.embeddings.word_embeddings.weight  # one parameter, two names
+    assert head.decoder.bias is None and head.bias.shape == (909,) and head.bias.abs().max() > 0
+    names = dict(m.named_parameters())  # each parameter once, under its first name
+    assert "cls.predictions.decoder.weight" not in names and "cls.predictions.bias" in names
+    assert {"cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight"} <= set(names)
+    assert m.bert.pooler is None  # the reference's masked-LM model has none, and its file holds none
+    # The tie is live: a change to the embeddings changes the scores (the bias alone would not move them so).
+    with torch.no_grad():
+        before = m(mlm_ref["input_ids"]).logits
+        m.bert.embeddings.word_embeddings.weight[7] += 1.0
+        after = m(mlm_ref["input_ids"]).logits
+    assert (after[..., 7] - before[..., 7]).abs().min() > 0 and (after - before).abs().max() > 1e-2
+
+
+def test_mlm_positions_score_only_those_positions(mlm_ref):
+    m = tiny_mlm()
+    ids, mask, tt = mlm_ref["input_ids"], mlm_ref["attention_mask"], mlm_ref["token_type_ids"]
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, [1, 5, 11]] = positions[1, 3] = positions[2, 2] = True
+    with torch.no_grad():
+        every = m(ids, mask, tt).logits  # (B, T, vocab)
+        some = m(ids, mask, tt, positions=positions).logits  # (N, vocab)
+    assert some.shape == (5, 909) and torch.allclose(some, every[positions], atol=1e-6)
+
+
 REAL = load_file(FIXTURES / "real" / "real_cls.safetensors")
 
 

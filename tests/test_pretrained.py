@@ -101,6 +101,72 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
         pretrained.from_pretrained(str(tmp_path))
 
 
+# -- the masked-language model: its head loaded, or fresh ------------------------------------
+
+TINY_MLM = FIXTURES / "tiny-bert-mlm"  # saved by the reference's BertForMaskedLM (make_tiny_mlm.py)
+
+
+def mlm_logits(m, ref):
+    with torch.no_grad():
+        return m.eval()(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"]).logits
+
+
+def test_a_checkpoint_without_the_head_starts_it_fresh_as_bert_does():
+    # tiny-bert is a classifier: its head is ignored, its pooler kept (frozen), the masked-LM head new.
+    m = pretrained.from_pretrained(str(TINY), masked_lm=True, verbose=False)
+    head = ["cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+            "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"]
+    assert m.load_report.initialized == head and sorted(m.load_report.ignored) == ["classifier.bias", "classifier.weight"]
+    t = m.cls.predictions.transform
+    assert abs(t.dense.weight.std().item() - 0.1) < 0.02  # N(0, initializer_range), 0.1 in tiny-bert's config
+    assert not t.dense.bias.any() and not m.cls.predictions.bias.any()
+    assert torch.equal(t.LayerNorm.weight, torch.ones(32)) and not t.LayerNorm.bias.any()
+    # The encoder is the checkpoint's, the decoder its word embeddings.
+    weights = load_file(TINY / "model.safetensors")
+    assert torch.equal(m.cls.predictions.decoder.weight, weights["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(m.bert.pooler.dense.weight, weights["bert.pooler.dense.weight"])
+    assert not any(p.requires_grad for p in m.bert.pooler.parameters())  # carried for the fine-tuning, not trained
+
+
+def test_older_head_layout_loads_the_same(tmp_path):
+    # The reference's file keeps the tied tensors once; older checkpoints (and BertForPreTraining) also
+    # hold the decoder's weight and bias under their own names, and the next-sentence head.
+    tensors = load_file(TINY_MLM / "model.safetensors")
+    tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"].clone()
+    tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].clone()
+    tensors["cls.seq_relationship.weight"], tensors["cls.seq_relationship.bias"] = torch.zeros(2, 32), torch.zeros(2)
+    ref = load_file(TINY_MLM / "reference_mlm.safetensors")
+    m = pretrained.from_pretrained(checkpoint(tmp_path, tensors), masked_lm=True, verbose=False)
+    assert m.load_report.initialized == []
+    assert sorted(m.load_report.ignored) == ["cls.predictions.decoder.bias", "cls.seq_relationship.bias", "cls.seq_relationship.weight"]
+    assert (mlm_logits(m, ref) - ref["logits"]).abs().max() <= 1e-5
+
+
+def test_a_masked_lm_saves_in_the_reference_layout_and_loads_back(tmp_path):
+    m = pretrained.from_pretrained(str(TINY_MLM), masked_lm=True, verbose=False)
+    pretrained.save_pretrained(m, tmp_path / "out")
+    # Exactly the keys the reference wrote: the tied decoder weight once, as the word embeddings.
+    assert sorted(load_file(tmp_path / "out" / "model.safetensors")) == sorted(load_file(TINY_MLM / "model.safetensors"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    ref = load_file(TINY_MLM / "reference_mlm.safetensors")
+    back = pretrained.from_pretrained(str(tmp_path / "out"), masked_lm=True, verbose=False)
+    assert back.load_report == pretrained.LoadReport([], [], 0)
+    assert torch.equal(mlm_logits(back, ref), mlm_logits(m, ref))
+    # A classifier from it: the masked-LM head ignored, the encoder the same, pooler and classifier fresh.
+    clf = pretrained.from_pretrained(str(tmp_path / "out"), verbose=False)
+    assert len(clf.load_report.ignored) == 5 and all(k.startswith("cls.predictions.") for k in clf.load_report.ignored)
+    assert clf.load_report.initialized == ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
+    assert torch.equal(clf.bert.embeddings.word_embeddings.weight, m.bert.embeddings.word_embeddings.weight)
+
+
+def test_a_masked_lm_with_a_pooler_keeps_it_in_its_file(tmp_path):
+    m = pretrained.from_pretrained(str(TINY), masked_lm=True, verbose=False)
+    pretrained.save_pretrained(m, tmp_path / "out")
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(saved["bert.pooler.dense.weight"], load_file(TINY / "model.safetensors")["bert.pooler.dense.weight"])
+    assert "cls.predictions.decoder.weight" not in saved and not any(k.startswith("classifier.") for k in saved)
+
+
 # -- saving ------------------------------------------------------------------------------------
 
 

@@ -7,11 +7,12 @@ import shutil
 import sys
 
 import pytest
-from conftest import run
+from conftest import TINY, run
 from safetensors.torch import load_file, save_file
 
 import classifier
 import export
+import pretrained
 import runs as R
 
 
@@ -102,6 +103,21 @@ def test_an_unfinished_run_is_refused_unless_asked_for_and_then_named(tmp_path):
     R.write_info(tmp_path / "empty", R.RunInfo({"method": "teacher", "epochs": 3}, {}))
     with pytest.raises(R.RunError, match="no trained model"):  # nothing saved yet: said as such
         R.check_finished(tmp_path / "empty", allow_unfinished=True)
+
+
+def test_a_pretraining_run_is_no_classifier_for_the_readers(tmp_path):
+    folder = tmp_path / "mlm"
+    pretrained.save_pretrained(pretrained.from_pretrained(TINY, masked_lm=True, verbose=False), folder)
+    R.write_info(folder, R.RunInfo({"method": "pretrain", "epochs": 1}, {}))
+    R.write_summary(folder, {"wall_seconds": 1})
+    expected = (f"{folder}: a pretraining run (train.py pretrain): an encoder without a classifier; expected a trained "
+                f"classifier: fine-tune one from it with `train.py teacher --model {folder}`")
+    for read in (R.check_finished, R.load_run, classifier.Classifier.from_run):
+        with pytest.raises(R.RunError) as e:
+            read(folder)
+        assert str(e.value) == expected
+    R.write_info(folder, R.RunInfo({"method": "teacher", "epochs": 1}, {}))  # the same files as a teacher's: loads
+    assert R.load_run(folder)[0].config.num_labels == 2
 
 
 def an_export(folder, source):

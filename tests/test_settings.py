@@ -3,6 +3,7 @@ checks that refuse a setting before anything is loaded or written, and what a ru
 run it builds on."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -39,11 +40,24 @@ def test_presets_and_flags(tmp_path, monkeypatch):
 
 
 def test_help_explains_every_flag():
-    for command in ("teacher", "distill", "lora", "all"):
+    for command in ("teacher", "distill", "lora", "pretrain", "all"):
         text = subprocess.run([sys.executable, str(ROOT / "train.py"), command, "--help"], capture_output=True, text=True).stdout
         assert "--batch-size" in text and "--resume" in text
     assert "--layers" in subprocess.run([sys.executable, str(ROOT / "train.py"), "distill", "--help"],
                                         capture_output=True, text=True).stdout
+    text = subprocess.run([sys.executable, str(ROOT / "train.py"), "pretrain", "--help"], capture_output=True, text=True).stdout
+    assert "--mask-rate MASK_RATE" in text and "BERT's 0.15" in text and "--layers" not in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mask-rate", 0], "--mask-rate 0.0: expected a number above 0"),
+    (["--mask-rate", 1.5], "--mask-rate 1.5: expected a number in [0, 1]"),
+])
+def test_a_mask_rate_is_a_fraction_above_0(toy, tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        run("pretrain", "--model", TINY, *common(toy, tmp_path / "run", *flags))
+    assert not (tmp_path / "run").exists()
+    assert settings.resolve(settings.build_parser().parse_args(["pretrain", "--out", "x"]), "pretrain").lr == 1e-4  # BERT's
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -108,12 +122,13 @@ FLAT_KEYS = ["method", "preset", "data", "data_mirror", "three_class", "multilab
 
 def test_run_json_settings_stay_one_flat_dict_with_the_same_keys():
     flat = dataclasses.asdict(settings.Settings())
-    assert sorted(flat) == sorted(FLAT_KEYS + ["fast"])
+    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate"])
     assert not any(isinstance(v, dict) for v in flat.values())
     # The defaults a run.json records are the values of before (16, not 16.0: the model key compares text).
     assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5 and flat["fast"] is True
     grouped = [f.name for g in (settings.RunSettings, settings.DataSettings, settings.ModelSettings, settings.TrainingSettings,
-                                settings.DistillSettings, settings.LoraSettings) for f in dataclasses.fields(g)]
+                                settings.DistillSettings, settings.LoraSettings, settings.PretrainSettings)
+               for f in dataclasses.fields(g)]
     assert sorted(grouped) == sorted(flat)  # every field in exactly one group
 
 
@@ -128,13 +143,13 @@ def test_every_field_has_one_line_of_doc_and_says_whether_it_may_change_on_resum
 
 def test_the_help_is_built_from_the_docs_and_the_defaults():
     fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
-    assert settings.help_text(fields["lr"]) == "peak learning rate (default 5e-5; lora 5e-4)"
+    assert settings.help_text(fields["lr"]) == "peak learning rate (default 5e-5; lora 5e-4; pretrain 1e-4)"
     assert settings.help_text(fields["max_train"]) == "use at most N training texts (a fixed subset; default: all)"
     assert settings.help_text(fields["fast"]).endswith("(default on)")
     parser = settings.build_parser()
     args = parser.parse_args(["all"])
     for name, f in fields.items():
-        if f.metadata.get("cli", True) and name not in ("teacher", "base"):
+        if f.metadata.get("cli", True) and name not in ("teacher", "base", "mask_rate"):  # `all` does not pretrain
             assert getattr(args, name) is None, name  # not given: the preset or the default decides
             if f.default is not None and not isinstance(f.default, bool):
                 assert settings.shown(f.default) in settings.help_text(f), name

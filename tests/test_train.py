@@ -222,3 +222,131 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_folder(toy, tmp_path
                        cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
     assert p.returncode == 1 and p.stderr.strip() == f"error: {out}/model.safetensors: file too large", p.stderr
     assert not out.exists()
+
+
+# -----------------------------------------------------------------------------
+# pretrain: masked-language-model pretraining on the training texts, then fine-tuning from it
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(toy, tmp_path_factory):
+    """2 epochs of masked-LM pretraining of the tiny model on the toy data's training part."""
+    out = tmp_path_factory.mktemp("mlm") / "mlm"
+    run("pretrain", "--model", TINY, *common(toy, out, "--epochs", 2, "--lr", 3e-3))
+    return out
+
+
+def test_pretrain_writes_the_encoder_and_its_head_in_the_reference_layout(pretrain_run):
+    assert sorted(p.name for p in pretrain_run.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors", "run.json",
+                                                              "summary.json", "tokenizer_config.json", "vocab.txt"]
+    assert json.loads((pretrain_run / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    saved = load_file(pretrain_run / "model.safetensors")
+    assert {"cls.predictions.bias", "cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight"} <= set(saved)
+    assert "cls.predictions.decoder.weight" not in saved and not any(k.startswith("classifier.") for k in saved)  # tied; no classifier
+    tiny = load_file(Path(TINY) / "model.safetensors")
+    assert torch.equal(saved["bert.pooler.dense.weight"], tiny["bert.pooler.dense.weight"])  # carried, not trained
+    assert not torch.equal(saved["bert.encoder.layer.0.attention.self.query.weight"], tiny["bert.encoder.layer.0.attention.self.query.weight"])
+    e = epochs_of(pretrain_run)
+    assert [r["epoch"] for r in e] == [1, 2] and e[1]["train_loss"] < e[0]["train_loss"] and "val_macro_f1" not in e[0]
+    steps = [r for r in map(json.loads, open(pretrain_run / "metrics.jsonl")) if r["kind"] == "step"]
+    assert len(steps) == 2 * 16 and steps[-1]["loss"] < steps[0]["loss"] - 1.0  # from ~ln(909) = 6.8
+    info = R.read_info(pretrain_run)
+    split = json.loads((pretrain_run.parent / "split.json").read_text())
+    assert info["method"] == "pretrain" and info["mask_rate"] == 0.15 and info["lr"] == 3e-3
+    assert info["split_sha256"] == split["manifest_sha256"] and info["train_size"] == 128
+    summary = R.read_summary(pretrain_run)
+    assert summary["steps"] == 32 and summary["final_train_loss"] == e[-1]["train_loss"]
+
+
+def epochs_of(run_dir):
+    return [r for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl")) if r["kind"] == "epoch"]
+
+
+def test_pretrain_reads_the_training_part_of_the_split_and_nothing_else(toy, tmp_path, monkeypatch):
+    import batching
+    import corpus
+    import mlm
+    import splits
+
+    given = []
+    real = batching.Loader.__init__
+
+    def spy(self, texts, *a, **kw):
+        if kw.get("shuffle"):  # the training loader; the validation one is built too, and never read
+            given.append(list(texts))
+        real(self, texts, *a, **kw)
+
+    masked = []
+    real_mask = mlm.mask_batch
+    monkeypatch.setattr(batching.Loader, "__init__", spy)
+    monkeypatch.setattr(mlm, "mask_batch", lambda b, *a: masked.append(b["index"]) or real_mask(b, *a))
+    run("pretrain", "--model", TINY, *common(toy, tmp_path / "mlm", "--epochs", 1))
+    parts = splits.apply_split(corpus.load_dataset(toy), splits.load_manifest(tmp_path / "split.json"))
+    assert given == [parts["train"].texts]
+    assert sorted(torch.cat(masked).tolist()) == list(range(len(parts["train"])))  # every training text, once an epoch
+    assert not set(given[0]) & (set(parts["validation"].texts) | set(parts["test"].texts))
+
+
+def test_a_teacher_fine_tunes_from_the_pretraining_run(toy, pretrain_run, monkeypatch, capsys):
+    import pretrained
+
+    loaded = []
+    real = pretrained.from_pretrained
+
+    def spy(*a, **kw):
+        net = real(*a, **kw)
+        loaded.append({k: v.clone() for k, v in net.state_dict().items()})
+        return net
+
+    monkeypatch.setattr(pretrained, "from_pretrained", spy)
+    out = pretrain_run.parent / "teacher"
+    run("teacher", "--model", pretrain_run, *common(toy, out, "--epochs", 4, "--lr", 3e-3))
+    assert "ignored 5 keys of heads this model does not use (cls.predictions" in capsys.readouterr().out
+    # It started from the pretrained encoder (and the pooler it carried), with a fresh classifier ...
+    mlm_weights = load_file(pretrain_run / "model.safetensors")
+    start = loaded[0]
+    assert all(torch.equal(start[k], mlm_weights[k]) for k in start if k.startswith("bert."))
+    assert not torch.equal(start["classifier.weight"], load_file(Path(TINY) / "model.safetensors")["classifier.weight"])
+    # ... on the same split, and it learns.
+    assert R.read_info(out)["split_sha256"] == R.read_info(pretrain_run)["split_sha256"]
+    e = epochs(out)
+    assert e[-1]["train_loss"] < e[0]["train_loss"] and e[-1]["val_macro_f1"] == 1.0
+    assert not any(k.startswith("cls.") for k in load_file(out / "model.safetensors"))
+    # LoRA takes it as its base model too.
+    run("lora", "--model", pretrain_run, *common(toy, pretrain_run.parent / "lora", "--epochs", 1, "--lr", 1e-2))
+    assert R.load_run(pretrain_run.parent / "lora")[2]["base_sha256"] == hashlib.sha256((pretrain_run / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_pretrain_resumes_after_a_kill_with_the_same_weights_and_keeps_its_settings(toy, tmp_path):
+    args = ["pretrain", "--model", TINY, *common(toy, "X", "--epochs", 2, "--lr", 3e-3, "--checkpoint-every", 3)]
+    run(*[tmp_path / "whole" if a == "X" else a for a in args])
+    broken = [tmp_path / "broken" if a == "X" else a for a in args]
+    killed = cli(*broken, env={"NANOBERT_CRASH_AT_STEP": "20"})  # a real SIGKILL in epoch 2; the checkpoint of step 18 stays
+    assert killed.returncode == -9, killed.stderr
+    with pytest.raises(SystemExit, match=r"--mask-rate 0.3 \(run.json: 0.15\) differs from the settings the run started with"):
+        run(*broken, "--resume", "--mask-rate", 0.3)
+    run(*broken, "--resume")  # the masks of the steps after the checkpoint are drawn again, the same
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "broken" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="holds a finished run; expected a new folder, or --overwrite"):
+        run(*broken)
+
+
+def test_an_unfinished_pretraining_run_is_not_a_model_yet(toy, pretrain_run, tmp_path):
+    import shutil
+
+    unfinished = tmp_path / "mlm"
+    shutil.copytree(pretrain_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    with pytest.raises(SystemExit, match=r"--model .*mlm: a run folder, unfinished, epoch 2 of 2 \(no summary.json\); "
+                                         "expected a finished run"):
+        run("teacher", "--model", unfinished, *common(toy, tmp_path / "teacher"))
+    assert not (tmp_path / "teacher").exists()
+
+
+def test_pretrain_in_bf16_learns_with_its_head_in_fp32(toy, tmp_path):
+    run("pretrain", "--model", TINY, "--bf16", *common(toy, tmp_path / "mlm", "--epochs", 2, "--lr", 3e-3))
+    assert R.read_info(tmp_path / "mlm")["precision_chosen"] == "bf16"
+    e = epochs_of(tmp_path / "mlm")
+    assert e[1]["train_loss"] < e[0]["train_loss"]
+    assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "mlm" / "model.safetensors").values())
