@@ -381,6 +381,11 @@ CASES = [
          "--device: device 'gpu0': expected cpu, cuda, cuda:N or auto"),
     case("precision-unknown", "`--precision fp16` (not one nanobert computes in)", "train",
          lambda c: teacher_argv(c, "--precision", "fp16"), "--precision 'fp16': expected one of auto, fp32, bf16"),
+    case("target-recall-0", "`--target-recall 0` (a recall that every threshold reaches)", "train",
+         lambda c: teacher_argv(c, "--target-recall", 0), "--target-recall 0.0: expected a number in (0, 1]"),
+    case("target-precision-and-recall", "`--target-precision 0.9` and `--target-recall 0.8` together", "train",
+         lambda c: teacher_argv(c, "--target-precision", 0.9, "--target-recall", 0.8),
+         "--target-precision 0.9 and --target-recall 0.8: expected one of them (a threshold is chosen for one target)"),
     # --- train.py: the data
     case("label-map-not-json", "`--label-map` that is not JSON", "train", lambda c: teacher_argv(c, "--label-map", "{ok: 0}"),
          "--label-map '{ok: 0}': not valid JSON"),
@@ -606,6 +611,10 @@ CASES = [
          lambda c: [c.tmp / "runs" / "lora-own", "--out", c.tmp / "report"],
          ("<tmp>/runs/lora-own: its base <tmp>/model has changed since the adapter was trained on it",
           "`python train.py lora --model <tmp>/model"), setup=lora_on_changed_model, keep=lambda c: c.tmp / "runs" / "lora-own"),
+    case("run-json-temperature-0", "a run whose run.json has a temperature of 0", "eval",
+         lambda c: ["predict", "--run", c.run("teacher"), "hi"],
+         "run.json: field 'temperatures' is {'1': 0}; expected an object of label -> temperature above 0",
+         setup=lambda c: c.edit_json(c.run("teacher") / "run.json", lambda raw: raw["results"].update(temperatures={"1": 0}))),
     case("run-no-vocab", "a run without its vocab.txt", "eval", lambda c: ["predict", "--run", c.run("teacher"), "hi"],
          "vocab.txt: not found", setup=lambda c: (c.run("teacher") / "vocab.txt").unlink()),
     # --- eval.py report
