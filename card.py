@@ -16,6 +16,7 @@ import numpy as np
 
 import batching
 import bootstrap
+import calibration
 import classifier
 import files
 import metrics
@@ -38,9 +39,11 @@ LIMITATIONS = {
 
 def test_scores(net, tokenizer, info, test, batch_size=64):
     """Accuracy, macro-F1 and (two classes) precision/recall/F1/ROC-AUC of class 1 on a test split;
-    multi-label: those of each label at its threshold, under "labels"."""
+    multi-label: those of each label at its threshold, under "labels"; and the ECE of the probabilities,
+    calibrated at the run's temperatures as Classifier gives them."""
     loader = batching.Loader(test.texts, test.labels, tokenizer, info.get("max_length", 128), batch_size, by_length=True)
-    probs = classifier.predict_probs(net, loader).numpy()
+    probs = classifier.predict_probs(net, loader, classifier.run_temperatures(net, info)).numpy()
+    ece = calibration.ece_of(probs, test.labels, test.label_names, test.multilabel)
     keys = ("n", "accuracy", "macro_f1", "precision", "recall", "f1", "roc_auc", "threshold")
     # The intervals resample the test texts by cluster (an author, a near-duplicate group): bootstrap.py.
     clusters = bootstrap.cluster_ids(test.groups, len(test))
@@ -54,6 +57,8 @@ def test_scores(net, tokenizer, info, test, batch_size=64):
             decided = (probs[keep, j] >= m["threshold"]).astype(np.int64)
             m["intervals"] = bootstrap.score_intervals(labels[keep, j], decided, 2, clusters[keep], RESAMPLES)
             m["bootstrap"] = {"clusters_of": words, "clusters": len(np.unique(clusters[keep])), "resamples": RESAMPLES}
+        for label, m in out["labels"].items():
+            m["ece"] = ece[label]
         return out
     num_classes = probs.shape[1]
     preds = metrics.decisions(probs, runs.decision_threshold(info))  # two classes: at the threshold chosen on validation
@@ -62,6 +67,7 @@ def test_scores(net, tokenizer, info, test, batch_size=64):
     out = {k: m[k] for k in keys if k in m}
     out["intervals"] = bootstrap.score_intervals(test.labels, preds, num_classes, clusters, RESAMPLES)
     out["bootstrap"] = {"clusters_of": words, "clusters": len(np.unique(clusters)), "resamples": RESAMPLES}
+    out["ece"] = next(iter(ece.values()))  # that of class 1, or of the most probable class
     return out
 
 
@@ -120,11 +126,15 @@ def model_card(info, summary=None, name="model"):
         over = f"grouped by {b['clusters_of']}" if b["clusters_of"] else "each text its own cluster (the data names no groups)"
         lines.append(f"| intervals | in brackets: {bootstrap.LEVEL:.0%} cluster bootstrap over each label's test texts, {over} "
                      f"({counts}), {b['resamples']:,} resamples; one seed, so the training is held fixed |")
+    lines.append(f"| calibration | {calibration_cell(info)} |")
     lines += ["", "## Use", "",
               "```python", "from classifier import Classifier", "",
               f'clf = Classifier.from_run("{info.dir or "RUN_DIR"}")', 'clf.predict(["some comment"])', "```", "",
               f"or `python eval.py predict --run {info.dir or 'RUN_DIR'} \"some comment\"`, or a whole file with "
               "`--input comments.csv --text-column text --output labelled.csv`.", "",
+              f"These apply what `run.json` keeps: the temperatures ({temperature_words(info)}) and "
+              f"the thresholds ({threshold_words(info)}). `transformers.pipeline` on this folder applies "
+              "neither: it returns the raw softmax (two questions: sigmoid) of the logits.", "",
               "## Intended use and limitations", "",
               "For research on toxic-comment detection and for screening comments with a human in the loop; not for "
               "decisions about people without review.", ""]
@@ -134,6 +144,39 @@ def model_card(info, summary=None, name="model"):
               "sites, other years, other kinds of hate) will do worse. See the behaviour results of "
               "`eval.py` where they are present."]
     return "\n".join(lines) + "\n"
+
+
+def temperature_words(info):
+    recorded = info.get("temperatures")
+    if not recorded:
+        return "none: T = 1, the model's own probabilities"
+    if info.get("problem_type") != "multi_label_classification":  # one T for the softmax, whatever the key
+        return f"T = {next(iter(recorded.values())):.3f}, dividing each logit of the softmax"
+    return ", ".join(f"{k} T = {v:.3f}" for k, v in recorded.items())
+
+
+def threshold_words(info):
+    recorded = info.get("thresholds")
+    if not recorded:
+        return "none: 0.5" if info.get("problem_type") == "multi_label_classification" else "none: the most probable class"
+    return ", ".join(f"{k} {v:.3f}" for k, v in recorded.items())
+
+
+def calibration_cell(info):
+    """The card's calibration row: the temperatures fitted on validation, and the ECE before and after
+    them on validation and on the test split (of each label's yes; two classes: of class 1's; more: of
+    the most probable class)."""
+    record = info.get("calibration")
+    if not record:
+        return "not calibrated (a run made before calibration): the probabilities are the model's own"
+    test = info.get("test") or {}
+    test_ece = {k: m.get("ece") for k, m in test["labels"].items()} if "labels" in test else \
+        {k: test.get("ece") for k in record["validation_ece"]}
+    ece = "; ".join(f"{k}: validation {fmt_num(e['before'])} → {fmt_num(e['after'])}, test {fmt_num(test_ece.get(k))}"
+                    for k, e in record["validation_ece"].items())
+    how = f"temperatures fitted on validation ({temperature_words(info)}); " if info.get("temperatures") else \
+        "not calibrated (--calibrate off): T = 1; "
+    return f"{how}expected calibration error ({record['bins']} bins), {ece}"
 
 
 def write_model_card(run_dir, summary=None, name=None, info=None):

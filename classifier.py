@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import batching
+import calibration
 import explain as E
 import machine
 import precision as P
@@ -94,17 +95,31 @@ def sync(device):
 
 
 @torch.no_grad()
-def predict_probs(net, loader):
-    """Probabilities (N, C) on the CPU, in the order of the loader's texts: of each class (softmax), or
-    for a multi-label model of each label's yes (a sigmoid per label)."""
+def predict_logits(net, loader):
+    """Logits (N, C) on the CPU, in the order of the loader's texts."""
     net.eval()
     device = device_of(net)
-    probs = torch.empty(len(loader.ids), net.config.num_labels)
-    multilabel = getattr(net.config, "multilabel", False)
+    logits = torch.empty(len(loader.ids), net.config.num_labels)
     for batch in loader:
-        logits = net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))).logits.float()
-        probs[batch["index"]] = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)).cpu()
-    return probs
+        out = net(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))).logits.float()
+        logits[batch["index"]] = out.cpu()
+    return logits
+
+
+def predict_probs(net, loader, temperatures=None):
+    """Probabilities (N, C) on the CPU, in the order of the loader's texts: of each class (softmax), or
+    for a multi-label model of each label's yes (a sigmoid per label); at the temperatures (C,) a run
+    fitted on validation (run_temperatures), None: the model's own (T = 1)."""
+    return calibration.probabilities(predict_logits(net, loader), getattr(net.config, "multilabel", False), temperatures)
+
+
+def run_temperatures(net, info):
+    """(C,) the divisor of each logit column, from run.json's "temperatures" (calibration.py), or None:
+    a run without them (made before calibration, or with --calibrate off) keeps T = 1."""
+    if not info.get("temperatures"):
+        return None
+    names = [net.config.id2label[i] for i in range(net.config.num_labels)]
+    return calibration.per_column(info["temperatures"], names, getattr(net.config, "multilabel", False))
 
 
 def choose_batch_size(net, computed_in="fp32") -> int:
@@ -139,6 +154,9 @@ class Classifier:
         # Two classes: the threshold on class 1's probability chosen on validation (None: a run made before
         # two-class runs had one, or more classes; then the most probable class).
         self.threshold = None if self.multilabel else runs.decision_threshold(info)
+        # The temperatures fitted on validation (None: T = 1): predict_proba's probabilities are calibrated,
+        # and the thresholds were chosen on them.
+        self.temperatures = run_temperatures(net, info)
         self.unfinished = None  # from_run: "unfinished, epoch k of n" for a model of an unfinished run
 
     @classmethod
@@ -158,8 +176,9 @@ class Classifier:
         return clf
 
     def predict_proba(self, texts) -> np.ndarray:
-        """(N, C) probabilities, columns in the order of self.labels; a row of NaN for a blank text
-        (is_blank: nothing to classify)."""
+        """(N, C) probabilities, columns in the order of self.labels, at the run's temperatures
+        (self.temperatures: calibrated on validation where run.json has them); a row of NaN for a blank
+        text (is_blank: nothing to classify)."""
         texts = check_texts(texts)
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
@@ -168,7 +187,7 @@ class Classifier:
             # texts go fewer at a time, so the memory of a batch does not grow with their length.
             loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size,
                                      by_length=True, max_tokens=BATCH_TOKENS)
-            probs[keep] = predict_probs(self.net, loader).numpy()
+            probs[keep] = predict_probs(self.net, loader, self.temperatures).numpy()
         return probs
 
     def verdict(self, probs) -> tuple[str, float]:

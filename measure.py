@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import batching
+import calibration
 import classifier
 import files
 import metrics
@@ -35,15 +36,15 @@ from tables import fmt_bytes, fmt_num, json_safe, markdown_table
 
 @torch.no_grad()
 def timed_predict(net, loader):
-    """(probabilities, seconds) of one pass over the loader, after one warm-up batch."""
+    """(logits, seconds) of one pass over the loader, after one warm-up batch."""
     device = classifier.device_of(net)
     warm = loader.collate(list(range(min(len(loader.ids), loader.sampler.batch_size))))
     net(*(warm[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
     classifier.sync(device)
     t0 = time.perf_counter()
-    probs = classifier.predict_probs(net, loader)
+    logits = classifier.predict_logits(net, loader)
     classifier.sync(device)
-    return probs, time.perf_counter() - t0
+    return logits, time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -78,10 +79,12 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
                        "expected the same")
     net.to(device)
     max_length = info.get("max_length", 128)
-    probs, seconds = timed_predict(net, batching.Loader(test.texts, test.labels, tokenizer, max_length, batch_size,
-                                                        by_length=True))
+    logits, seconds = timed_predict(net, batching.Loader(test.texts, test.labels, tokenizer, max_length, batch_size,
+                                                         by_length=True))
     lat = latencies_ms(net, tokenizer, test.texts[:latency_n], max_length)
-    probs = probs.numpy()
+    # The probabilities at the run's temperatures, as Classifier gives them; and at T = 1, for the ECE before.
+    probs = calibration.probabilities(logits, test.multilabel, classifier.run_temperatures(net, info)).numpy()
+    raw = calibration.probabilities(logits, test.multilabel).numpy()
     if test.multilabel:  # each label at its threshold on the texts that annotate it; the mean over labels
         m = metrics.multilabel_metrics(test.labels, probs, test.label_names, info.get("thresholds"))
     else:  # two classes at the run's threshold chosen on validation; older runs and more classes by argmax
@@ -89,6 +92,7 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
         m = metrics.metrics(test.labels, metrics.decisions(probs, threshold).tolist(), num_classes,
                             probs[:, 1].tolist() if num_classes == 2 else None)
         m["threshold"] = threshold
+    add_calibration(m, info, probs, raw, test)
     _, epochs = runs.read_log(run_dir)
     train_seconds, final_loss = runs.training_cost(run_dir, epochs)
     total, trainable = M.count_parameters(net)
@@ -101,6 +105,30 @@ def evaluate_run(run_dir, info, test, *, device="cpu", precision="auto", batch_s
            "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
            "latency_n": len(lat)}
     return row, probs
+
+
+def add_calibration(m, info, probs, raw, test):
+    """Calibration into the scores m (multi-label: into each label's, m["labels"][label]): the
+    "temperature", the ECE of the test probabilities at it ("ece") and at T = 1 ("ece_before"), the
+    validation ECE after and before it that training recorded ("val_ece", "val_ece_before"), and for a
+    yes/no question the "average_precision" of its probability (calibration.py)."""
+    names, labels = test.label_names, np.asarray(test.labels)
+    recorded = (info.get("calibration") or {}).get("validation_ece", {})
+    temperatures = calibration.per_column(info.get("temperatures"), names, test.multilabel)
+    after, before = (calibration.ece_of(p, labels, names, test.multilabel) for p in (probs, raw))
+
+    def scores(name, t):
+        return {"temperature": t, "ece": after[name], "ece_before": before[name],
+                "val_ece": recorded.get(name, {}).get("after"), "val_ece_before": recorded.get(name, {}).get("before")}
+
+    if test.multilabel:
+        for j, name in enumerate(names):
+            m["labels"][name].update(scores(name, temperatures[j]),
+                                     average_precision=calibration.average_precision(labels[:, j], probs[:, j]))
+        return
+    m.update(scores(next(iter(after)), temperatures[0]))  # class 1's yes, or the most probable class
+    if len(names) == 2:
+        m["average_precision"] = calibration.average_precision((labels == 1).astype(int), probs[:, 1])
 
 
 # -----------------------------------------------------------------------------

@@ -205,12 +205,14 @@ def multilabel_metrics(labels, probs, names, thresholds=None):
             **{k: float(np.mean([m[k] for m in per_label.values()])) for k in ("accuracy", "macro_f1")}}
 
 
-def best_threshold(labels, probs, target_precision=None):
+def best_threshold(labels, probs, target_precision=None, target_recall=None):
     """
     The threshold on one label's probability, chosen on validation texts that annotate the label:
     the one with the best macro-F1 of the yes/no decision, or with target_precision the lowest one
-    whose precision reaches it (the most recall at that precision; the best macro-F1 if none does).
-    A text is called yes when its probability is >= the threshold.
+    whose precision reaches it (the most recall at that precision; the best macro-F1 if none does),
+    or with target_recall the highest one whose recall reaches it (the most precision at that recall;
+    the lowest threshold, calling every text yes, always reaches it). A text is called yes when its
+    probability is >= the threshold.
     """
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     keep = labels >= 0
@@ -229,4 +231,6 @@ def best_threshold(labels, probs, target_precision=None):
         reached = np.flatnonzero(tp / (tp + fp) >= target_precision)
         if len(reached):
             return float(cut[reached[-1]])
+    if target_recall is not None:  # recall only grows as the threshold falls: the first cut to reach it
+        return float(cut[np.flatnonzero(tp / pos >= target_recall)[0]])
     return float(cut[int(np.argmax(macro_f1))])

@@ -7,21 +7,28 @@ tables are still written.
     confusion.png   one confusion matrix per run
     training.png    training loss per step and validation macro-F1 per epoch
     efficiency.png  test macro-F1 against the latency of one sentence
+    precision-recall.png  a yes/no question (two classes, or one label of two): each run's test
+                    precision-recall curve, its threshold marked (calibration.pr_curve)
 
-Each plot_* takes (Figure, groups, rows by run name, run folders by name, a colour per group).
+Each plot_* takes (Figure, groups, rows by run name, run folders by name, a colour per group);
+plot_pr_curves also each run's test probabilities and the test labels.
 """
 
 import math
 
 import numpy as np
 
+import calibration
 import files
 import runs
 from metrics import SCORE_NAMES, mean_std
 
+PR_CURVES = "precision-recall"
 
-def write_plots(out_dir, groups, by_name, run_dirs, names):
-    """metrics.png, confusion.png, training.png, efficiency.png; [] with a message when matplotlib is missing."""
+
+def write_plots(out_dir, groups, by_name, run_dirs, names, probs=None, labels=None):
+    """metrics.png, confusion.png, training.png, efficiency.png, and with probs ({run name: (N, 2)}) and
+    labels (N,) of a yes/no question precision-recall.png; [] with a message when matplotlib is missing."""
     try:
         # The object-oriented API: no pyplot, no global figure state, no GUI backend chosen for the caller.
         from matplotlib.figure import Figure
@@ -30,8 +37,11 @@ def write_plots(out_dir, groups, by_name, run_dirs, names):
         return []
     colors = {g["label"]: f"C{i % 10}" for i, g in enumerate(groups)}
     paths = []
-    for name, draw in (("metrics", plot_metrics), ("confusion", plot_confusions), ("training", plot_training),
-                       ("efficiency", plot_efficiency)):
+    draws = [("metrics", plot_metrics), ("confusion", plot_confusions), ("training", plot_training),
+             ("efficiency", plot_efficiency)]
+    if probs is not None:
+        draws.append((PR_CURVES, lambda *a: plot_pr_curves(*a, probs=probs, labels=labels)))
+    for name, draw in draws:
         fig = draw(Figure, groups, by_name, dict(zip(names, run_dirs, strict=True)), colors)
         path = out_dir / f"{name}.png"
         files.atomic_write(path, lambda p, f=fig: f.savefig(p, format="png", dpi=110, bbox_inches="tight"))
@@ -159,6 +169,33 @@ def plot_efficiency(Figure, groups, by_name, run_dirs, colors):
     ax.margins(x=0.2, y=0.15)
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="outside right upper", frameon=False, markerscale=0.4)
+    return fig
+
+
+def plot_pr_curves(Figure, groups, by_name, run_dirs, colors, probs, labels):
+    """Each run's precision-recall curve of class 1 on the test texts, a colour per model (a line
+    style per seed), its average precision in the legend and its threshold's point marked."""
+    fig = Figure(figsize=(7, 5.2), layout="constrained")
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    positive = by_name[groups[0]["names"][0]]["label_names"][1]
+    for g in groups:
+        for i, name in enumerate(g["names"]):
+            row = by_name[name]
+            precision, recall, _ = calibration.pr_curve(labels, np.asarray(probs[name])[:, 1])
+            label = g["label"] + (f" seed {row['seed']}" if len(g["names"]) > 1 else "")
+            ap = calibration.average_precision(labels, np.asarray(probs[name])[:, 1])
+            ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", color=colors[g["label"]],
+                    linestyle=styles[i % len(styles)], label=f"{label}: AP {ap:.3f}")
+            if row.get("recall") is not None and row.get("precision") is not None:  # where the run decides
+                ax.plot(row["recall"], row["precision"], "o", color=colors[g["label"]], markeredgecolor="black")
+    ax.set_xlabel(f"recall of {positive}")
+    ax.set_ylabel(f"precision of {positive}")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Precision-recall on the test set ({positive}); dots: each run at its threshold", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", frameon=False)
     return fig
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import bootstrap
+import calibration
 import classifier
 import files
 import measure
@@ -107,7 +108,7 @@ def report(run_dirs, out_dir, *, device="auto", precision="auto", batch_size=64,
                               view_info["clusters"])
         write_report(out_dir / label, view_info, settings, groups, {r["name"]: r for r in view}, comparisons, view_probs,
                      run_dirs, names, draw, None)
-    files.write_text(out_dir / "results.md", multilabel_markdown(test_info, settings, groups, rows, extras))
+    files.write_text(out_dir / "results.md", multilabel_markdown(test_info, settings, groups, rows, extras, draw))
     files.write_text(out_dir / "results.json", json.dumps(json_safe({"test": {k: v for k, v in test_info.items()
                      if k not in ("labels", "test_indices", "clusters")}, "settings": settings, "runs": rows, "beyond": extras}),
                      indent=2) + "\n")
@@ -186,7 +187,7 @@ COST_COLUMNS = [("params", "params_total", lambda v: f"{v:,}", False),
 
 def table_columns(num_classes):
     scores = metrics.SCORE_NAMES if num_classes == 2 else [c for c in metrics.SCORE_NAMES if c[1] in ("accuracy", "macro_f1")]
-    return [(h, k, fmt_num, True) for h, k in scores] + COST_COLUMNS
+    return [(h, k, fmt_num, True) for h, k in scores] + [("test ECE", "ece", fmt_num, True)] + COST_COLUMNS
 
 
 def confusion_text(cm):
@@ -273,9 +274,35 @@ def results_markdown(test_info, settings, groups, by_name, comparisons, pngs):
             "", "Conclusions, as far as the intervals allow:", "",
         ]
         lines += [f"- {'; '.join(c['conclusions'])}." for c in comparisons]
+    lines += calibration_markdown(groups, by_name, test_info["label_names"], pngs)
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(groups, by_name, label_names, pngs):
+    """Each run's temperature and its ECE on validation and on test before and after it; for a yes/no
+    question the average precision too, and the precision-recall curves where they are drawn."""
+    yes_no = len(label_names) == 2
+    event = f"the probability of *{label_names[1]}*" if yes_no else f"the probability of the {calibration.TOP_CLASS}"
+    curves = [Path(p).name for p in pngs if Path(p).stem == plots.PR_CURVES]
+    words = ("Each run's logits are divided by its temperature T, fitted on validation when it was trained (T = 1: not "
+             "calibrated)" + (", and its threshold was chosen on the probabilities that gives" if yes_no else "")
+             + ": the probabilities of `Classifier` and `eval.py predict`. ECE: the expected calibration error of "
+             f"{event} over {calibration.BINS} equal-width bins, before → after the temperature (n/a on validation: a "
+             "run made before calibration).")
+    if yes_no:
+        words += f" Average precision: the area under the test precision-recall curve of *{label_names[1]}*" + \
+            (f" ([{curves[0]}]({curves[0]}))." if curves else ".")
+    header = ["run", "model", "temperature", "validation ECE", "test ECE"] + (["average precision"] if yes_no else [])
+    lines = []
+    for n in [n for g in groups for n in g["names"]]:
+        r = by_name[n]
+        lines.append([n, r["group"], fmt_num(r.get("temperature"), ".3f"),
+                      f"{fmt_num(r.get('val_ece_before'))} → {fmt_num(r.get('val_ece'))}",
+                      f"{fmt_num(r.get('ece_before'))} → {fmt_num(r.get('ece'))}"]
+                     + ([fmt_num(r.get("average_precision"))] if yes_no else []))
+    return ["", "## Calibration", "", words, "", markdown_table(header, lines)]
 
 
 CSV_FIELDS = ["name", "group", "method", "seed", "run_dir", "n", "accuracy", "precision", "recall", "f1", "macro_f1",
@@ -304,7 +331,9 @@ def write_report(out_dir, test_info, settings, groups, by_name, comparisons, pro
                   "label_names": test_info["label_names"], "labels": test_info["labels"], "clusters": test_info["clusters"],
                   "threshold": row.get("threshold"), "probabilities": probs[name].tolist()}
         files.write_text(out_dir / row["predictions"], json.dumps(record) + "\n")
-    pngs = plots.write_plots(out_dir, groups, by_name, run_dirs, names) if draw else []
+    two = len(test_info["label_names"]) == 2  # a yes/no question: its precision-recall curves too
+    pngs = plots.write_plots(out_dir, groups, by_name, run_dirs, names, probs if two else None,
+                             test_info["labels"] if two else None) if draw else []
     test_info = {**{k: v for k, v in test_info.items() if k not in ("test_indices", "labels", "clusters")},
                  "n_clusters": len(set(test_info["clusters"]))}
     columns = table_columns(len(test_info["label_names"]))
@@ -324,26 +353,28 @@ def write_report(out_dir, test_info, settings, groups, by_name, comparisons, pro
           + (f" and {len(pngs)} plots" if pngs else ""))
 
 
-def multilabel_markdown(test_info, settings, groups, rows, extras):
+def multilabel_markdown(test_info, settings, groups, rows, extras, draw=True):
     """The page that joins a two-label report: each label's scores per model, and what lies beyond the test split."""
     by_name = {r["name"]: r for r in rows}
     header = ["model", "seeds"]
     lines = []
     for label in test_info["label_names"]:
         header += [f"{label}: precision", f"{label}: recall", f"{label}: F1", f"{label}: macro-F1", f"{label}: ROC-AUC",
-                   f"{label}: threshold"]
+                   f"{label}: threshold", f"{label}: test ECE"]
     for g in groups:
         runs_ = [by_name[n] for n in g["names"]]
         line = [g["label"], ", ".join(str(r["seed"]) for r in runs_)]
         for label in test_info["label_names"]:
             line += [cell([r["labels"][label] for r in runs_], k, fmt_num) for k in ("precision", "recall", "f1", "macro_f1",
-                                                                                      "roc_auc", "threshold")]
+                                                                                      "roc_auc", "threshold", "ece")]
         lines.append(line)
     out = ["# Results: two questions, one model", "",
            f"Test split: `{test_info['manifest']}` (sha256 {test_info['split_sha256'][:12]}…; {test_info['kind']}), "
            f"{test_info['n']} texts. Each label is scored on the test texts whose source annotates it, with each "
            "run's decision threshold (chosen on validation); per label, the full report with intervals and tests: "
-           + ", ".join(f"[{n}]({n}/results.md)" for n in test_info["label_names"]) + ".", "",
+           + ", ".join(f"[{n}]({n}/results.md)" for n in test_info["label_names"]) + " (with each label's calibration"
+           + (": its precision-recall curves " + ", ".join(f"[{n}]({n}/{plots.PR_CURVES}.png)" for n in test_info["label_names"])
+              if draw else "") + ").", "",
            markdown_table(header, lines)]
     if extras:
         out += ["", beyond_markdown(extras, groups, settings["bootstrap_resamples"], settings["bootstrap_seed"])]

@@ -22,6 +22,7 @@ Read top to bottom:
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -133,6 +134,8 @@ FIELD_CHECKS = {
     "data": (lambda v: isinstance(v, str), "a dataset name or a data file"),
     "id2label": (is_label_names, 'an object {"0": name, "1": name, ...} or a list of names'),
     "thresholds": (lambda v: v is None or isinstance(v, dict), "an object of label -> threshold"),
+    "temperatures": (lambda v: v is None or isinstance(v, dict) and all(type(t) in (int, float) and 0 < t < math.inf for t in v.values()),
+                     "an object of label -> temperature above 0"),
 }
 
 

@@ -131,6 +131,14 @@ class TrainingSettings:
     target_precision: float | None = setting(None, "two classes or multi-label: choose the threshold of class 1 (of each "
                                                    "label) on validation as the lowest reaching this precision",
                                              unset="the best macro-F1")
+    target_recall: float | None = setting(None, "instead of --target-precision: choose the threshold of class 1 (of each "
+                                                "label) on validation as the highest reaching this recall",
+                                          unset="the best macro-F1")
+    # On by default: dividing the logits by T > 0 keeps every ranking, so a new run decides as it
+    # would at T = 1 (the threshold moves with the probabilities); only what the probabilities say changes.
+    calibrate: bool = setting(True, "fit a temperature per label on validation (calibration.py), so that a probability "
+                                    "means what it says; the thresholds are chosen on the calibrated probabilities "
+                                    "(off: T = 1, as before; no decision changes either way)", on_off=True)
 
 
 @dataclass
@@ -258,16 +266,24 @@ def check(s: Settings):
     in_range = {"warmup": (s.warmup, 0, 1), "dropout": (s.dropout, 0, 0.999), "lora_dropout": (s.lora_dropout, 0, 0.999),
                 "weight_decay": (s.weight_decay, 0, 1), "alpha": (s.alpha, 0, 1e9), "beta": (s.beta, 0, 1e9),
                 "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18),
-                "target_precision": (s.target_precision, 0, 1), "mask_rate": (s.mask_rate, 0, 1)}
+                "mask_rate": (s.mask_rate, 0, 1)}
     for name, (value, low, high) in in_range.items():
         if value is not None and not low <= value <= high:
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")
+    for name in ("target_precision", "target_recall"):  # a target of 0 is reached by any threshold: it chooses nothing
+        value = getattr(s, name)
+        if value is not None and not 0 < value <= 1:
+            raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in (0, 1]")
+    if s.target_precision is not None and s.target_recall is not None:
+        raise TrainError(f"--target-precision {s.target_precision} and --target-recall {s.target_recall}: expected one of "
+                         "them (a threshold is chosen for one target)")
     if s.max_length < 2:
         raise TrainError(f"--max-length {s.max_length}: expected at least 2 (room for [CLS] and [SEP])")
     if s.precision not in precision.PRECISIONS:
         raise TrainError(f"--precision {s.precision!r}: expected one of {', '.join(precision.PRECISIONS)}")
-    if not isinstance(s.fast, bool):  # a preset's `fast = "off"`; the flag itself only takes on or off
-        raise TrainError(f"--fast {s.fast!r}: expected on or off (in a preset: true or false)")
+    for name in ("fast", "calibrate"):  # a preset's `fast = "off"`; the flag itself only takes on or off
+        if not isinstance(getattr(s, name), bool):
+            raise TrainError(f"--{name} {getattr(s, name)!r}: expected on or off (in a preset: true or false)")
     try:
         precision.check(s.precision, fast=s.fast)  # bf16 with --fast off: refused before anything is loaded
     except ValueError as e:

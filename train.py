@@ -18,10 +18,10 @@ one process trains into a folder at a time (run_folder.py).
 
 Read top to bottom: setting up a run (the settings checked, the data, the model, the loaders, the
 optimizer, the folder); one epoch (batches, loss, backward, clip, step, log); the end of an epoch
-(validation, the best model, a checkpoint); finishing (thresholds, test scores, the summary, the
-model card); the command line. Around them, one file per concept: settings.py, run_folder.py,
-training_data.py, methods.py (the model each method trains), optimizer.py, distributed.py,
-memory.py, and compare.py (`all`).
+(validation, the best model, a checkpoint); finishing (temperatures and thresholds, test scores,
+the summary, the model card); the command line. Around them, one file per concept: settings.py,
+run_folder.py, training_data.py, methods.py (the model each method trains), optimizer.py,
+distributed.py, memory.py, calibration.py, and compare.py (`all`).
 
 Pretraining (`pretrain`, mlm.py) is the same loop with another objective: BERT's masked-language-model
 loss on the training part of the split, masks drawn anew for every batch; it has no validation (its
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import batching
+import calibration
 import card
 import classifier
 import compare
@@ -329,18 +330,38 @@ def end_pretraining_epoch(t: Training, epoch: int, seconds: float):
 
 
 # -----------------------------------------------------------------------------
-# Finishing: thresholds, test scores, the model card, the summary (written last: it marks the run finished)
+# Finishing: temperatures and thresholds, test scores, the model card, the summary (written last: it marks the run finished)
 
 
-def choose_thresholds(t: Training, net):
+def choose_thresholds(t: Training, names, probs, labels):
     """Each label's decision threshold (multi-label), or that of class 1 (two classes: the same yes/no
-    question), chosen on validation with the best model; keyed by the label's name."""
-    probs = classifier.predict_probs(net.to(t.device), t.val_loader).numpy()
-    labels = t.val_loader.labels.numpy()
+    question), chosen on validation probabilities (N, C); keyed by the label's name."""
+    targets = t.s.target_precision, t.s.target_recall
     if labels.ndim == 1:
-        return {net.config.id2label[1]: metrics.best_threshold(labels, probs[:, 1], t.s.target_precision)}
-    return {net.config.id2label[j]: metrics.best_threshold(labels[:, j], probs[:, j], t.s.target_precision)
-            for j in range(labels.shape[1])}
+        return {names[1]: metrics.best_threshold(labels, probs[:, 1], *targets)}
+    return {name: metrics.best_threshold(labels[:, j], probs[:, j], *targets) for j, name in enumerate(names)}
+
+
+def calibrate(t: Training, net) -> dict:
+    """What run.json records of the best model on validation: its temperatures (calibration.py, with
+    --calibrate on), the ECE before and after them, and the thresholds (two classes or multi-label)
+    chosen on the calibrated probabilities."""
+    logits, labels = classifier.predict_logits(net.to(t.device), t.val_loader), t.val_loader.labels.numpy()
+    names, multilabel = [net.config.id2label[j] for j in range(net.config.num_labels)], net.config.multilabel
+    temperatures = calibration.fit(logits.numpy(), labels, multilabel) if t.s.calibrate else None
+    probs = calibration.probabilities(logits, multilabel, temperatures).numpy()
+    before = calibration.ece_of(calibration.probabilities(logits, multilabel).numpy(), labels, names, multilabel)
+    after = calibration.ece_of(probs, labels, names, multilabel)
+    ece = {k: {"before": before[k], "after": after[k]} for k in before}
+    out = {"calibration": {"bins": calibration.BINS, "validation_ece": ece}}
+    if temperatures is not None:
+        out["temperatures"] = calibration.by_name(temperatures, names, multilabel)
+        print("temperatures fitted on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in out["temperatures"].items())
+              + "; validation ECE " + ", ".join(f"{k} {e['before']:.4f} -> {e['after']:.4f}" for k, e in ece.items()))
+    if multilabel or len(names) == 2:  # three classes decide by the most probable
+        out["thresholds"] = choose_thresholds(t, names, probs, labels)
+        print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in out["thresholds"].items()))
+    return out
 
 
 def finish(t: Training):
@@ -355,9 +376,7 @@ def finish(t: Training):
         best, tokenizer, info = runs.load_run(t.dir, merge=False)
         if s.method == "lora" and s.export_merged:
             pretrained.save_pretrained(best, t.dir / "merged", tokenizer_dir=t.dir, state_dict=lora.merged_state_dict(best))
-        if best.config.multilabel or best.config.num_labels == 2:  # three classes decide by the most probable
-            info.results["thresholds"] = choose_thresholds(t, best)
-            print("thresholds chosen on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in info.results["thresholds"].items()))
+        info.results.update(calibrate(t, best))  # the temperatures first, then the thresholds on what they give
         # The test split is scored once, for the model card; it never chose anything.
         test, _, _ = runs.load_test_split(t.dir, info)
         info.results["test"] = card.test_scores(best.to(t.device), tokenizer, info, test, s.eval_batch_size)

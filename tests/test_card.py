@@ -46,3 +46,18 @@ def test_a_card_gives_the_test_scores_with_their_intervals_and_how_the_run_decid
     old = card_of({"n": 40, "accuracy": 0.9, "macro_f1": 0.8})
     assert "| test (40 texts) | accuracy 0.9000, macro-F1 0.8000 (precision/recall/F1 of *hate*) at the most probable class |" in old
     assert "| intervals |" not in old
+
+
+def test_a_card_states_the_temperatures_and_thresholds_and_what_transformers_does_not_apply(runs):
+    info = runs_module.read_info(runs["teacher"])
+    card = (runs["teacher"] / "README.md").read_text()
+    t, threshold, ece = info["temperatures"]["toxic"], info["thresholds"]["toxic"], info["calibration"]["validation_ece"]["toxic"]
+    assert f"| calibration | temperatures fitted on validation (T = {t:.3f}, dividing each logit of the softmax); expected calibration error (15 bins), " \
+           f"toxic: validation {tables.fmt_num(ece['before'])} → {tables.fmt_num(ece['after'])}, test " \
+           f"{tables.fmt_num(info['test']['ece'])} |" in card
+    assert f"the temperatures (T = {t:.3f}, dividing each logit of the softmax) and the thresholds (toxic {threshold:.3f})" in card
+    assert "`transformers.pipeline` on this folder applies neither: it returns the raw softmax" in card
+    # A run made before calibration: nothing to state but that.
+    older = runs_module.RunInfo(info.settings, {k: v for k, v in info.results.items() if k not in ("temperatures", "calibration")})
+    text = model_card(older, name="older")
+    assert "| calibration | not calibrated (a run made before calibration)" in text and "the temperatures (none: T = 1" in text

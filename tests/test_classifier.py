@@ -82,3 +82,26 @@ def test_a_two_class_run_decides_at_its_recorded_threshold():
     assert at_threshold.verdict([0.6, 0.4]) == (names[1], 0.4)  # class 1 at 0.4 >= 0.3
     assert by_argmax.verdict([0.6, 0.4]) == (names[0], 0.6)
     assert at_threshold.verdict([0.75, 0.25]) == (names[0], 0.75)
+
+
+def test_probabilities_are_calibrated_at_the_runs_temperatures_and_an_older_run_keeps_its_own():
+    import torch
+
+    net, tok = pretrained.from_pretrained(TINY, verbose=False).eval(), wordpiece.load_tokenizer(TINY)
+    names = [net.config.id2label[i] for i in range(2)]
+    texts = ["you are terrible", "what a great day it was"]
+    with torch.no_grad():
+        logits = torch.cat([net(*(wordpiece.encode(tok, [t], 128)[k] for k in ("input_ids", "attention_mask", "token_type_ids")))
+                            .logits for t in texts])
+    older = Classifier(net, tok, runs.RunInfo({}, {"thresholds": {names[1]: 0.3}}))  # made before calibration
+    assert older.temperatures is None
+    assert np.allclose(older.predict_proba(texts), torch.softmax(logits, -1).numpy(), atol=1e-6)
+    calibrated = Classifier(net, tok, runs.RunInfo({"id2label": {"0": names[0], "1": names[1]}},
+                                                   {"thresholds": {names[1]: 0.3}, "temperatures": {names[1]: 2.5}}))
+    assert calibrated.temperatures == [2.5, 2.5]  # one T for the whole softmax
+    probs = calibrated.predict_proba(texts)
+    assert np.allclose(probs, torch.softmax(logits / 2.5, -1).numpy(), atol=1e-6)
+    assert not np.allclose(probs, older.predict_proba(texts), atol=1e-3)
+    # The verdict and the decisions are at the recorded threshold, on the calibrated probabilities.
+    assert [r["probabilities"][names[1]] for r in calibrated.predict(texts)] == pytest.approx(probs[:, 1].tolist())
+    assert [r["label"] for r in calibrated.predict(texts)] == [names[int(p >= 0.3)] for p in probs[:, 1]]

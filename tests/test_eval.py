@@ -19,6 +19,7 @@ from conftest import write_toy_csv
 from safetensors.torch import load_file, save_file
 
 import bootstrap
+import calibration
 import corpus
 import eval as E
 import export
@@ -26,6 +27,7 @@ import metrics
 import report
 import runs as runs_module
 import splits
+import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "fixtures" / "tiny-bert")
@@ -135,9 +137,30 @@ def test_report_statistics_are_reproducible_from_the_prediction_files(reported):
     assert c["mcnemar"][0]["p"] == metrics.mcnemar(b, cc)
 
 
+def test_report_calibration_at_each_runs_temperature(reported):
+    rows, out = reported
+    md = (out / "results.md").read_text()
+    assert "## Calibration" in md and "![precision-recall](precision-recall.png)" in md
+    for row in rows:
+        info = runs_module.read_info(row["run_dir"])
+        saved = strict_json(out / row["predictions"])
+        p, y = np.array(saved["probabilities"]), np.array(saved["labels"])
+        t = info["temperatures"]["toxic"]
+        assert row["temperature"] == t and row["val_ece"] == info["calibration"]["validation_ece"]["toxic"]["after"]
+        # The saved probabilities are the calibrated ones: their ECE and average precision are the row's.
+        assert row["ece"] == pytest.approx(calibration.ece(p[:, 1], y)) and row["ece"] == pytest.approx(info["test"]["ece"])
+        assert row["average_precision"] == pytest.approx(calibration.average_precision(y, p[:, 1]))
+        # ... and at T = 1 they are the model's own: undo the temperature in the logit and measure again.
+        raw = 1 / (1 + np.exp(-np.log(p[:, 1] / p[:, 0]) * t))
+        assert row["ece_before"] == pytest.approx(calibration.ece(raw, y), abs=1e-5)
+        assert f"| {row['name']} | {row['group']} | {t:.3f} | {tables.fmt_num(row['val_ece_before'])} → " \
+               f"{tables.fmt_num(row['val_ece'])} | {tables.fmt_num(row['ece_before'])} → {tables.fmt_num(row['ece'])} | " in md
+    assert "| model | seeds | accuracy | precision | recall | F1 | macro-F1 | ROC-AUC | test ECE |" in md
+
+
 def test_report_plots_are_pngs(reported):
     _, out = reported
-    for name in ("metrics", "confusion", "training", "efficiency"):
+    for name in ("metrics", "confusion", "training", "efficiency", "precision-recall"):
         png = (out / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -425,6 +448,12 @@ def test_two_label_report_has_a_report_per_label(two_label_runs, tmp_path):
     assert set(rows[0]["labels"]) == {"toxic", "hate"} and rows[0]["labels"]["hate"]["threshold"] > 0
     top = (tmp_path / "results.md").read_text()
     assert "[hate](hate/results.md)" in top and "hate: macro-F1" in top and "Beyond the test split" in top
+    assert "hate: test ECE" in top and "[hate](hate/precision-recall.png)" in top
+    assert (tmp_path / "hate" / "precision-recall.png").read_bytes()[:4] == b"\x89PNG"
+    info = runs_module.read_info(two_label_runs / "teacher")
+    assert rows[0]["labels"]["hate"]["temperature"] == info["temperatures"]["hate"]
+    assert rows[0]["labels"]["hate"]["ece"] == pytest.approx(info["test"]["labels"]["hate"]["ece"])
+    assert "## Calibration" in (tmp_path / "hate" / "results.md").read_text()
     hate = strict_json(tmp_path / "hate" / "results.json")
     # hate is annotated on every text; toxic on those whose cell is not empty: fewer.
     toxic = strict_json(tmp_path / "toxic" / "results.json")

@@ -1,6 +1,6 @@
 """Tests for metrics.py: every score, the resampled scores, McNemar and Holm against values worked out by
-hand, the sentences a conclusion may say, and the scores of a multi-label model, label by label (the
-resampling itself: tests/test_bootstrap.py)."""
+hand, the sentences a conclusion may say, the scores of a multi-label model, label by label, and the
+thresholds chosen on validation (the resampling itself: tests/test_bootstrap.py)."""
 
 import math
 
@@ -128,3 +128,16 @@ def test_multilabel_metrics_score_each_label_on_the_texts_that_annotate_it():
     lower = metrics.multilabel_metrics(labels.tolist(), probs, ["toxic", "hate"], {"hate": 0.25})
     assert lower["labels"]["toxic"] == toxic and lower["labels"]["hate"] == metrics.label_metrics(labels[:, 1], probs[:, 1], 0.25)
     assert lower["labels"]["hate"]["confusion_matrix"] == [[3, 1], [0, 2]]
+
+
+def test_best_threshold_by_hand_for_macro_f1_a_precision_or_a_recall():
+    labels, probs = [1, 1, 0, 1, 0, 0, 0, -1], [0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1, 0.65]  # -1: not annotated
+    # Cutting below 0.6: TP 3, FP 1, FN 0, TN 3, macro-F1 (6/7 + 6/7) / 2, the best of the cuts.
+    assert metrics.best_threshold(labels, probs) == 0.6
+    # Precision 1 down to 0.8 (2 of 3 found), 2/3 at 0.7: the lowest cut that keeps it.
+    assert metrics.best_threshold(labels, probs, target_precision=0.9) == 0.8
+    # Recall 1/3 at 0.9, 2/3 at 0.8, all at 0.6: the highest cut that reaches it.
+    assert metrics.best_threshold(labels, probs, target_recall=0.3) == 0.9
+    assert metrics.best_threshold(labels, probs, target_recall=0.6) == 0.8
+    assert metrics.best_threshold(labels, probs, target_recall=1.0) == 0.6
+    assert metrics.best_threshold([0, 0, -1], [0.2, 0.4, 0.9], target_recall=0.5) == 0.5  # one class: nothing to choose

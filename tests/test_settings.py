@@ -71,6 +71,10 @@ def test_a_mask_rate_is_a_fraction_above_0(toy, tmp_path, flags, message):
     (["--max-length", 10000], "--max-length 10000: the model has 128 positions; expected at most 128"),
     (["--label-map", "{bad"], "--label-map '{bad': not valid JSON"),
     (["--fast", "off", "--precision", "bf16"], "--precision bf16 needs --fast on"),
+    (["--target-recall", 0], "--target-recall 0.0: expected a number in (0, 1]"),
+    (["--target-precision", 1.5], "--target-precision 1.5: expected a number in (0, 1]"),
+    (["--target-precision", 0.9, "--target-recall", 0.8],
+     "--target-precision 0.9 and --target-recall 0.8: expected one of them (a threshold is chosen for one target)"),
 ])
 def test_bad_settings_are_one_line_errors_and_leave_nothing(toy, tmp_path, flags, message):
     with pytest.raises(SystemExit) as e:
@@ -122,7 +126,7 @@ FLAT_KEYS = ["method", "preset", "data", "data_mirror", "three_class", "multilab
 
 def test_run_json_settings_stay_one_flat_dict_with_the_same_keys():
     flat = dataclasses.asdict(settings.Settings())
-    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate"])
+    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate", "target_recall", "calibrate"])  # keys added since, beside the old
     assert not any(isinstance(v, dict) for v in flat.values())
     # The defaults a run.json records are the values of before (16, not 16.0: the model key compares text).
     assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5 and flat["fast"] is True
@@ -174,6 +178,17 @@ def test_fast_is_on_unless_a_flag_or_a_preset_says_off(tmp_path, capsys):
         settings.check(s)
 
 
+def test_calibrate_is_on_unless_a_flag_or_a_preset_says_off(tmp_path):
+    parse = settings.build_parser().parse_args
+    assert settings.resolve(parse(["teacher", "--out", "x"]), "teacher").calibrate is True
+    assert settings.resolve(parse(["teacher", "--out", "x", "--calibrate", "off"]), "teacher").calibrate is False
+    assert settings.resolve(parse(["all", "--calibrate", "off", "--target-recall", "0.7"]), "distill").target_recall == 0.7
+    preset = tmp_path / "raw.toml"
+    preset.write_text('calibrate = "no"\n')
+    with pytest.raises(settings.TrainError, match="--calibrate 'no': expected on or off"):
+        settings.check(settings.resolve(parse(["teacher", "--preset", str(preset), "--out", "x"]), "teacher"))
+
+
 def test_a_run_inherits_the_data_of_the_run_it_builds_on(tmp_path):
     parent = tmp_path / "teacher"
     R.write_info(parent, R.RunInfo({**dataclasses.asdict(settings.Settings()), "data": "toy.csv", "max_length": 32,
@@ -196,7 +211,8 @@ def test_may_change_marks_only_how_the_run_is_executed():
     # Everything else shapes the model or its scores (the preset only through the settings it sets, each compared).
     shaping = {"method", "data", "split", "split_seed", "model", "layers", "lr", "batch_size", "accum", "epochs",
                "max_length", "seed", "label_column", "label_map", "augment", "class_weights", "lora_r", "lora_alpha",
-               "lora_targets", "precision", "fast", "teacher", "base", "dropout", "target_precision"}
+               "lora_targets", "precision", "fast", "teacher", "base", "dropout", "target_precision", "target_recall",
+               "calibrate"}
     assert shaping <= set(settings.SETTING_NAMES) - settings.MAY_CHANGE_ON_RESUME
 
 
@@ -212,6 +228,11 @@ def test_resume_compares_every_setting_that_shapes_the_run():
     assert settings.changed_on_resume(recorded, s) == [("split_seed", 0, 5), ("batch_size", 8, 16), ("lr", 3e-3, 1e-6)]
     recorded, s = resumed(precision="bf16", fast=False, lora_r=4)
     assert {name for name, _, _ in settings.changed_on_resume(recorded, s)} == {"precision", "fast", "lora_r"}
+    # Calibration and the threshold's target shape the run's probabilities and decisions: --resume keeps them.
+    recorded, s = resumed(calibrate=False, target_recall=0.9)
+    assert settings.changed_on_resume(recorded, s) == [("target_recall", None, 0.9), ("calibrate", True, False)]
+    recorded, s = resumed(target_precision=0.8)
+    assert settings.changed_on_resume(recorded, s) == [("target_precision", None, 0.8)]
     # A setting an older run.json lacks is not compared: nothing says what it was.
     recorded, s = resumed(fast=False)
     del recorded["fast"]

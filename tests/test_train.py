@@ -7,19 +7,27 @@ test_memory, test_compare."""
 import hashlib
 import json
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, cli, common, epochs, run
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+import batching
+import calibration
+import classifier
+import corpus
 import machine
+import metrics
 import precision
 import runs as R
+import splits
 import train
 
 
@@ -171,6 +179,7 @@ def test_two_label_teacher_student_and_lora(toy2, tmp_path):
     assert config["problem_type"] == "multi_label_classification" and config["id2label"] == {"0": "toxic", "1": "hate"}
     info = R.read_info(teacher)
     assert set(info["thresholds"]) == {"toxic", "hate"} and all(0 < v < 1 for v in info["thresholds"].values())
+    assert set(info["temperatures"]) == set(info["calibration"]["validation_ece"]) == {"toxic", "hate"}  # one T per label
     assert info["test"]["labels"]["hate"]["macro_f1"] > 0.8  # "vermin" gives it away
     e = epochs(teacher)
     assert e[-1]["train_loss"] < e[0]["train_loss"] * 0.6 and e[-1]["val_macro_f1"] > 0.9
@@ -183,6 +192,89 @@ def test_two_label_teacher_student_and_lora(toy2, tmp_path):
         *common(toy2, lora_run, "--epochs", 3, "--lr", 1e-2))
     net, _, lora_info = R.load_run(lora_run)
     assert net.config.multilabel and set(lora_info["thresholds"]) == {"toxic", "hate"}
+
+
+def validation_logits(run_dir, toy):
+    """The validation part of a run on the toy data, and the logits of its saved best model on it."""
+    net, tokenizer, info = R.load_run(run_dir)
+    val = splits.apply_split(corpus.load_dataset(toy), splits.load_manifest(Path(run_dir).parent / "split.json"))["validation"]
+    return val, classifier.predict_logits(net, batching.Loader(val.texts, val.labels, tokenizer, info["max_length"], 64,
+                                                                by_length=True))
+
+
+def test_a_run_calibrates_on_validation_and_the_classifier_applies_it(toy, tmp_path):
+    run("teacher", "--model", TINY, *common(toy, tmp_path / "t", "--epochs", 1, "--lr", 5e-4))
+    info = R.read_info(tmp_path / "t")
+    positive = R.label_names_of(info)[1]
+    assert set(info["temperatures"]) == set(info["thresholds"]) == {positive}  # keyed as the thresholds are
+    t = info["temperatures"][positive]
+    assert calibration.T_RANGE[0] < t < calibration.T_RANGE[1]  # fitted, not stopped at a bound
+    val, logits = validation_logits(tmp_path / "t", toy)
+    assert calibration.fit(logits.numpy(), val.labels, False) == pytest.approx([t, t], rel=1e-6)
+    ece = info["calibration"]["validation_ece"][positive]
+    raw, calibrated = torch.softmax(logits, -1).numpy(), torch.softmax(logits / t, -1).numpy()
+    assert ece == pytest.approx({"before": calibration.ece(raw[:, 1], val.labels), "after": calibration.ece(calibrated[:, 1], val.labels)})
+    # The threshold is chosen on the calibrated probabilities; Classifier gives those and decides at it.
+    assert info["thresholds"][positive] == pytest.approx(metrics.best_threshold(val.labels, calibrated[:, 1]), rel=1e-6)
+    clf = classifier.Classifier.from_run(tmp_path / "t", device="cpu", precision="fp32")
+    assert np.allclose(clf.predict_proba(val.texts), calibrated, atol=1e-6)
+    assert info["test"]["ece"] >= 0 and "| calibration | temperatures fitted on validation" in (tmp_path / "t" / "README.md").read_text()
+
+
+def test_calibrate_off_keeps_the_models_probabilities_and_a_target_recall_is_reached(toy, tmp_path):
+    run("teacher", "--model", TINY, *common(toy, tmp_path / "t", "--epochs", 1, "--lr", 5e-4, "--calibrate", "off",
+                                            "--target-recall", 1))
+    info = R.read_info(tmp_path / "t")
+    positive = R.label_names_of(info)[1]
+    assert "temperatures" not in info and info["calibrate"] is False and info["target_recall"] == 1
+    ece = info["calibration"]["validation_ece"][positive]
+    assert ece["before"] == ece["after"]
+    val, logits = validation_logits(tmp_path / "t", toy)
+    raw = torch.softmax(logits, -1).numpy()
+    assert np.allclose(classifier.Classifier.from_run(tmp_path / "t", device="cpu", precision="fp32").predict_proba(val.texts),
+                       raw, atol=1e-6)
+    threshold = info["thresholds"][positive]
+    assert threshold == pytest.approx(metrics.best_threshold(val.labels, raw[:, 1], target_recall=1), rel=1e-6)
+    assert all(p >= threshold * (1 - 1e-6) for p, y in zip(raw[:, 1], val.labels, strict=True) if y == 1)  # every positive found
+
+
+def test_three_classes_share_one_temperature_and_decide_by_the_most_probable(tmp_path):
+    import csv
+    import random
+
+    from conftest import NEUTRAL
+
+    rng, path = random.Random(0), tmp_path / "three.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(150):
+            w.writerow([" ".join(rng.sample(NEUTRAL, 6) + [["good", "bad", "odd"][i % 3]]) + f" {i}", i % 3])
+    encoder = tmp_path / "encoder"  # the tiny model without its two-class head: a new head of three
+    shutil.copytree(TINY, encoder)
+    save_file({k: v for k, v in load_file(encoder / "model.safetensors").items() if not k.startswith("classifier.")},
+              encoder / "model.safetensors")
+    run("teacher", "--model", encoder, *common(str(path), tmp_path / "t", "--epochs", 2, "--lr", 3e-3))
+    info = R.read_info(tmp_path / "t")
+    assert "thresholds" not in info and set(info["temperatures"]) == {"0", "1", "2"}
+    assert len(set(info["temperatures"].values())) == 1 and list(info["calibration"]["validation_ece"]) == [calibration.TOP_CLASS]
+    val, logits = validation_logits(tmp_path / "t", str(path))
+    t = info["temperatures"]["0"]
+    assert np.allclose(classifier.Classifier.from_run(tmp_path / "t", device="cpu", precision="fp32").predict_proba(val.texts),
+                       torch.softmax(logits / t, -1).numpy(), atol=1e-6)
+    assert f"{calibration.TOP_CLASS}: validation" in (tmp_path / "t" / "README.md").read_text()
+
+
+def test_a_resumed_run_keeps_its_calibration_and_target(toy, tmp_path):
+    args = ["teacher", "--model", TINY, *common(toy, tmp_path / "r", "--epochs", 2, "--lr", 5e-4)]
+    assert cli(*args, env={"NANOBERT_CRASH_AT_STEP": "20"}).returncode != 0
+    for flags, named in ((["--calibrate", "off"], "--calibrate False (run.json: True)"),
+                         (["--target-recall", "0.9"], "--target-recall 0.9 (run.json: None)")):
+        with pytest.raises(SystemExit) as e:
+            run(*args, *flags, "--resume")
+        assert named in str(e.value) and "\n" not in str(e.value)
+    run(*args, "--resume")
+    assert "temperatures" in R.read_info(tmp_path / "r")
 
 
 def test_fast_off_trains_the_plain_model(toy, tmp_path, monkeypatch):
