@@ -23,6 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
+import checkpoint
 import files
 import runs
 import settings
@@ -74,7 +75,7 @@ def check(s: Settings, run_dir: Path, work: Path):
         raise TrainError(f"--out {run_dir}: holds a finished run; expected a new folder, or --overwrite to replace it")
     unfinished = not runs.is_finished(run_dir) and ((run_dir / runs.CHECKPOINT_FILE).is_file() or (run_dir / runs.RUN_FILE).is_file())
     if unfinished and not s.overwrite:
-        done = runs.checkpoint_progress(run_dir)
+        done = checkpoint.progress(run_dir)
         if done is None:
             raise TrainError(f"--out {run_dir}: holds an unfinished run, stopped before its first checkpoint; expected "
                              "--overwrite to start it again (--resume has nothing to continue from), or a new folder")
@@ -136,7 +137,7 @@ def interrupted(run_dir: Path, work: Path) -> str:
     """The one line of a run stopped by Ctrl-C: what it kept, and how to go on."""
     if runs.is_finished(run_dir) and not (work / runs.CHECKPOINT_FILE).is_file():
         return f"interrupted while finishing; {run_dir} is complete"
-    done = runs.checkpoint_progress(work)
+    done = checkpoint.progress(work)
     kept = f"; the finished run in {run_dir} is unchanged" if work != run_dir and runs.is_finished(run_dir) else ""
     if done is None:
         return f"interrupted before the first checkpoint: nothing kept{kept}"

@@ -15,7 +15,7 @@ A run folder, as train.py leaves it:
 
 Read top to bottom:
   1. run.json: settings and results kept apart, and older flat files read as the same;
-  2. the log, the summary and the checkpoint;
+  2. the log and the summary;
   3. the model files: saving what a run trained, loading a run for inference (the int8 export: export.py);
   4. finding the run folders under a folder (what a run is called, and its seeds: names.py);
   5. the data a run was trained on: its split manifest and test part.
@@ -29,9 +29,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
 
+import checkpoint
 import corpus
 import files
 import lora
@@ -43,7 +42,7 @@ import wordpiece
 
 FORMAT = "nanobert-run-2"
 RUN_FILE, LOG_FILE, SUMMARY_FILE = "run.json", "metrics.jsonl", "summary.json"
-CHECKPOINT_FILE, CARD_FILE = "checkpoint.safetensors", "README.md"
+CHECKPOINT_FILE, CARD_FILE = checkpoint.FILE, "README.md"
 MODEL_FILES = ("model.safetensors", "config.json", lora.WEIGHTS_NAME, lora.CONFIG_NAME, quantize.WEIGHTS_NAME)
 
 # In run.json files of nanobert before format 2 everything was one flat dict; these were results.
@@ -224,7 +223,7 @@ def weights_file(run_dir) -> Path:
 
 
 # -----------------------------------------------------------------------------
-# 2. The log, the summary, the checkpoint
+# 2. The log and the summary (the checkpoint: checkpoint.py)
 
 
 def log(run_dir, kind, record):
@@ -279,51 +278,6 @@ def training_cost(run_dir, epochs):
     if not epochs:
         return None, None
     return sum(e.get("epoch_seconds", 0) for e in epochs), epochs[-1].get("train_loss")
-
-
-def save_checkpoint(run_dir, net, opt, state: dict):
-    """The model, the optimizer, torch's RNG and `state` (JSON: counters, the sampler) in one file,
-    written atomically: safetensors for the tensors, the header's metadata for the rest."""
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    opt_state = opt.state_dict()
-    for i, s in opt_state["state"].items():
-        for k, v in s.items():
-            tensors[f"optim.{i}.{k}"] = v.contiguous().clone() if torch.is_tensor(v) else torch.tensor(v)
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"param_groups": opt_state["param_groups"], **state}
-    files.atomic_write(Path(run_dir) / CHECKPOINT_FILE, lambda p: save_file(tensors, p, metadata={"state": json.dumps(meta)}))
-
-
-def load_checkpoint(run_dir, net, opt) -> dict:
-    """Restore what save_checkpoint wrote into net and opt; returns the state dict."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    meta = json.loads(files.read_safetensors_metadata(path).get("state", "{}"))
-    tensors = files.read_safetensors(path)
-    net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta
-
-
-def remove_checkpoint(run_dir):
-    Path(run_dir, CHECKPOINT_FILE).unlink(missing_ok=True)
-
-
-def checkpoint_progress(run_dir) -> dict | None:
-    """{"epoch": epochs done, "step": optimizer steps} of the checkpoint in run_dir (its header only), or None."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = json.loads(files.read_safetensors_metadata(path).get("state", "{}"))
-    except ValueError:  # a damaged checkpoint: --resume will say so
-        state = {}
-    return {"epoch": state.get("epoch", "?"), "step": state.get("step", "?")}
 
 
 # -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 import batching
 import calibration
 import card
+import checkpoint
 import classifier
 import compare
 import distill
@@ -190,7 +191,7 @@ def resume(t: Training):
     """Continue from the checkpoint: the model, the optimizer, the RNG, the sampler and the books."""
     runs.remove_stale_temporaries(t.dir)
     try:
-        meta = runs.load_checkpoint(t.dir, t.net, t.opt)
+        meta = checkpoint.load(t.dir, t.net, t.opt)
     except (RuntimeError, ValueError, KeyError) as e:  # the settings matched, and still the model is another
         raise TrainError(f"{t.dir / runs.CHECKPOINT_FILE}: does not fit the model this command builds ({str(e).splitlines()[0]}); "
                          "expected the command the run was started with, and --resume") from None
@@ -204,9 +205,9 @@ def resume(t: Training):
         print(f"resumed {t.dir} at epoch {t.state['epoch'] + 1}, step {t.state['step']}")
 
 
-def checkpoint(t: Training):
+def save_checkpoint(t: Training):
     state = {k: v for k, v in t.state.items() if k != "wall_before"}
-    runs.save_checkpoint(t.dir, t.net, t.opt, {**state, "wall_before": t.wall_seconds(), "sampler": t.loader.state_dict()})
+    checkpoint.save(t.dir, t.net, t.opt, {**state, "wall_before": t.wall_seconds(), "sampler": t.loader.state_dict()})
 
 
 # -----------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def train_epoch(t: Training, epoch: int):
                                      "grad_norm": None if grad_norm is None else grad_norm.item(),
                                      "sentences_per_s": speed, "wall_seconds": t.wall_seconds(), **parts})
         if t.main and s.checkpoint_every and state["step"] % s.checkpoint_every == 0:
-            checkpoint(t)
+            save_checkpoint(t)
         if crash_at and state["step"] == crash_at:
             os.kill(os.getpid(), crash_signal)
     return time.time() - t0
@@ -310,7 +311,7 @@ def end_epoch(t: Training, epoch: int, seconds: float):
         runs.save_model(t.net, t.dir, t.tokenizer_dir, t.results.get("base_model") if s.method == "lora" else None)
     print(f"{s.method} epoch {epoch + 1}/{s.epochs}: mean loss {state['epoch_loss']:.4f}, validation accuracy "
           f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{' (best, saved)' if better else ''}, {seconds:.0f}s")
-    checkpoint(t)
+    save_checkpoint(t)
 
 
 def end_pretraining_epoch(t: Training, epoch: int, seconds: float):
@@ -326,7 +327,7 @@ def end_pretraining_epoch(t: Training, epoch: int, seconds: float):
                               "epoch_seconds": seconds, "wall_seconds": t.wall_seconds()})
     runs.save_model(t.net, t.dir, t.tokenizer_dir)
     print(f"pretrain epoch {epoch + 1}/{t.s.epochs}: mean masked-LM loss {state['epoch_loss']:.4f} (saved), {seconds:.0f}s")
-    checkpoint(t)
+    save_checkpoint(t)
 
 
 # -----------------------------------------------------------------------------
@@ -386,7 +387,7 @@ def finish(t: Training):
             t.dir = t.final
         card.write_model_card(t.dir, summary)
         runs.write_summary(t.dir, summary)
-        runs.remove_checkpoint(t.dir)  # the run is complete: the best model is saved beside
+        checkpoint.remove(t.dir)  # the run is complete: the best model is saved beside
     distributed.finish(t.world)
     return summary
 
@@ -403,7 +404,7 @@ def finish_pretraining(t: Training):
             runs.replace_run(t.dir, t.final)
             t.dir = t.final
         runs.write_summary(t.dir, summary)
-        runs.remove_checkpoint(t.dir)
+        checkpoint.remove(t.dir)
     distributed.finish(t.world)
     return summary
 
