@@ -30,7 +30,7 @@ import runs
 
 # A labelling batch holds at most this many token positions (texts x the longest): 64 tweets of 32
 # tokens. Measured labelling a 6 MB CSV with the 6-layer model in bf16 (docs/predict-memory.md):
-# 4,096 took 60-90 MB more at the peak and was 1-2% faster.
+# 4,096 took 50-90 MiB more at the peak and was 1-2% faster.
 BATCH_TOKENS = 2048
 NO_LABEL = "none"  # the verdict of a multi-label model that says no to every label
 EXPLAINER_LOCK = threading.Lock()  # one plain copy per Classifier, made by the first thread that asks
