@@ -124,7 +124,7 @@ def run_temperatures(net, info):
 
 def choose_batch_size(net, computed_in="fp32") -> int:
     """
-    The batch size to label with on this machine: on the CPU, the fastest per text of one of
+    The batch size to label with on the machine it runs on: on the CPU, the fastest per text of one of
     the model's encoder layers as it will run (machine.best_batch_size: measured once per machine,
     model shape and arithmetic, then read from the cache folder); 64 elsewhere. computed_in:
     "fp32" or "bf16", what the layer takes (precision.computed_in; an int8 model takes fp32).

@@ -82,7 +82,7 @@ KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "ATEN_CPU_CAPA
 
 
 def key(**measured) -> dict:
-    """What a measurement's answer depends on: this machine, and `measured` (the shapes, the dtype)."""
+    """What a measurement's answer depends on: the machine it runs on, and `measured` (the shapes, the dtype)."""
     flags = " ".join(sorted(cpu_flags() or ()))
     return {"cpu": cpu_model(), "flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -91,7 +91,7 @@ def key(**measured) -> dict:
 
 def cached(kind: str, what: dict, measure) -> dict:
     """
-    measure() (a dict of numbers) for this machine and `what`, read from the cache folder when it
+    measure() (a dict of numbers) for the machine it runs on and `what`, read from the cache folder when it
     was measured before: <cache>/machine/<kind>-<digest>.json. Returns the numbers plus "cache"
     (the file, or None where the folder cannot be written: measured, not kept) and "cached"
     (read from it). A file that cannot be read, or that holds another key, is measured again.
