@@ -153,7 +153,7 @@ def flagged(model, probs):
         return any(v >= model.thresholds[k] for k, v in zip(model.labels, probs.tolist(), strict=True))
     if len(model.labels) != 2:
         return None
-    return bool(probs[1] >= model.threshold) if model.threshold is not None else bool(probs[1] > probs[0])  # as its verdict
+    return model.verdict(probs)[0] == model.labels[1]  # class 1 as the verdict decides it (at its threshold)
 
 
 def each_label(model, probs):

@@ -58,8 +58,13 @@ def suite_thresholds(clf):
     label, a two-class model's class-1 threshold (chosen on validation; 0.5 for an older run) for both."""
     if clf.multilabel:
         return {k: v for k, v in clf.thresholds.items() if k in behaviour.LABELS}
+    return {label: class1_threshold(clf) for label in behaviour.LABELS}
+
+
+def class1_threshold(clf) -> float:
+    """A two-class model's threshold on class 1, chosen on validation; 0.5 for an older run (argmax)."""
     threshold = runs.decision_threshold(clf.info)
-    return {label: 0.5 if threshold is None else threshold for label in behaviour.LABELS}
+    return 0.5 if threshold is None else threshold
 
 
 def label_columns(clf):
@@ -70,8 +75,7 @@ def label_columns(clf):
         return {k: (clf.labels.index(k), clf.thresholds[k]) for k in behaviour.LABELS if k in clf.labels}
     if len(clf.labels) != 2:
         return {}
-    threshold = runs.decision_threshold(clf.info)  # chosen on validation; None (an older run): argmax, about 0.5
-    threshold = 0.5 if threshold is None else threshold
+    threshold = class1_threshold(clf)
     return {"hate": (1, threshold), **({"toxic": (1, threshold)} if "toxic" in clf.labels[1] else {})}
 
 

@@ -44,6 +44,17 @@ import tables
 # predict: texts from the command line, stdin, or a CSV / JSONL file (labelling.py)
 
 
+def given_texts(args, verb):
+    """The texts of the arguments, else one per stdin line, blank ones left out (and counted in a note)."""
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    kept = [t for t in texts if not classifier.is_blank(t)]
+    if not kept:
+        raise runs.RunError(f"empty text to {verb}; expected at least one non-blank text (argument or stdin line)")
+    if len(kept) < len(texts):
+        print(f"note: skipped {len(texts) - len(kept)} blank text(s)", file=sys.stderr)
+    return kept
+
+
 def cmd_predict(args):
     if args.input and args.texts:
         raise ValueError("texts given both as arguments and with --input; expected one of them")
@@ -55,13 +66,7 @@ def cmd_predict(args):
         print(f"note: {args.run}: {clf.unfinished}; its labels are those of the best epoch saved so far", file=sys.stderr)
     if args.input:
         return labelling.label_file(clf, args.input, args.output, text_column=args.text_column, progress=not args.no_progress)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
-    blank = sum(classifier.is_blank(t) for t in texts)
-    texts = [t for t in texts if not classifier.is_blank(t)]
-    if not texts:
-        raise runs.RunError("empty text to predict; expected at least one non-blank text (argument or stdin line)")
-    if blank:
-        print(f"note: skipped {blank} blank text(s)", file=sys.stderr)
+    texts = given_texts(args, "predict")
     for note in clf.notes(texts):
         print(f"note: {note}", file=sys.stderr)
     for result in clf.predict(texts):
@@ -182,13 +187,7 @@ def cmd_explain(args):
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: expected a number of at least 1")
     clf = classifier.Classifier.from_run(args.run, device=args.device, precision=args.precision, fast=args.fast)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
-    blank = sum(classifier.is_blank(t) for t in texts)
-    texts = [t for t in texts if not classifier.is_blank(t)]
-    if not texts:
-        raise runs.RunError("empty text to explain; expected at least one non-blank text (argument or stdin line)")
-    if blank:
-        print(f"note: skipped {blank} blank text(s)", file=sys.stderr)
+    texts = given_texts(args, "explain")
     results = clf.explain(texts, steps=args.steps, baseline=args.baseline)
     if results[0]["note"]:
         print(f"note: {results[0]['note']}", file=sys.stderr)

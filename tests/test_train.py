@@ -119,7 +119,9 @@ def test_resume_keeps_honest_books(toy, tmp_path):
     assert not list((tmp_path / "r").glob(".*"))  # nothing hidden left behind
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+def poison_fifth_loss(monkeypatch):
+    """Make the 5th batch's loss NaN: the run must stop there, keeping its last good checkpoint.
+    Returns the real compute_loss, to put back."""
     real, calls = train.compute_loss, []
 
     def poisoned(*a, **kw):
@@ -128,6 +130,11 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy, tmp_path, monk
         return (loss * float("nan"), parts) if len(calls) == 5 else (loss, parts)
 
     monkeypatch.setattr(train, "compute_loss", poisoned)
+    return real
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    poison_fifth_loss(monkeypatch)
     with pytest.raises(SystemExit) as e:
         run("teacher", "--model", TINY, *common(toy, tmp_path / "nan", "--epochs", 1, "--checkpoint-every", 2))
     assert "non-finite loss (nan) at epoch 1, batch 5, step 4" in str(e.value)
@@ -147,14 +154,7 @@ def test_precision_is_recorded_and_both_learn(toy, tmp_path, flags, chosen):
 def test_auto_records_its_probe_and_a_resumed_run_keeps_its_precision(toy, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NANOBERT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(machine, "probe_matmuls", lambda *a, **k: {"fp32": 3e-3, "bf16": 1e-3})  # bf16 3x faster
-    real, calls = train.compute_loss, []
-
-    def poisoned(*a, **kw):
-        loss, parts = real(*a, **kw)
-        calls.append(1)
-        return (loss * float("nan"), parts) if len(calls) == 5 else (loss, parts)
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    real = poison_fifth_loss(monkeypatch)
     args = ["teacher", "--model", TINY, *common(toy, tmp_path / "r", "--epochs", 2, "--checkpoint-every", 2)]
     with pytest.raises(SystemExit):
         run(*args)
