@@ -18,12 +18,17 @@ group, name and fillers sampled with a seed derived from `seed` and the template
 variants misspell filler words with the engine's perturbations. A text rendered twice is kept once;
 the same text with two different labels is an error.
 
+The same noise can misspell a share of the real training texts too (perturbed_copies, --perturb):
+those are trained on as written and misspelt.
+
     python augment.py    # counts per phenomenon and per (toxic, hate)
 """
 
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import templates as T
 from templates import TemplateError
@@ -113,6 +118,44 @@ def misspelt(tid: str, text: str, values: dict, perturbations: list, fields: lis
             return out
     raise TemplateError(f"template {tid}: no perturbation changes {plain!r}; "
                         f"expected one of perturb_fields {fields} with a word of 3+ letters")
+
+
+# -----------------------------------------------------------------------------
+# Real texts misspelt: the templates' noise on the datasets' own texts
+#
+# The templates' hate spelling variants teach that a misspelt attack is still an attack, but only in
+# their own sentence frames. perturbed_copies applies the same noise to the real training texts: a
+# share of them (--perturb) is trained on twice, as written and misspelt, with the same labels.
+
+NOISE = ("swap_chars", "drop_char", "leet", "add_spaces", "mask_vowel", "stretch_vowel", "lower", "upper", "remove_spaces")
+
+
+def misspell(text: str, rng) -> str:
+    """The first of NOISE, in an order drawn, that changes the text: a word-level one on a quarter (at
+    least one) of the words of 3+ letters, drawn; casing or the spaces removed on the whole text. The
+    text as it is where none would change it."""
+    for name in rng.permutation(NOISE):
+        if name in T.TEXT_PERTURBATIONS:
+            out = T.TEXT_PERTURBATIONS[name](text)
+        else:
+            words = text.split(" ")
+            long = [i for i, w in enumerate(words) if len(w) >= 3 and w.isalpha()]
+            for i in rng.choice(long, size=max(1, len(long) // 4), replace=False) if long else []:
+                words[i] = T.WORD_PERTURBATIONS[name](words[i])
+            out = " ".join(words)
+        if out != text:
+            return out
+    return text
+
+
+def perturbed_copies(texts, labels, rate: float, seed: int = 0) -> tuple[list, list]:
+    """(texts, labels) of misspelt copies of round(rate * N) of the texts, drawn without replacement
+    (deterministic from seed), each with its text's labels; a copy equal to its text is left out."""
+    rng = np.random.default_rng([seed, 7])
+    chosen = np.sort(rng.choice(len(texts), size=round(rate * len(texts)), replace=False))
+    copies = [(misspell(texts[i], rng), labels[i]) for i in chosen]
+    kept = [(t, y) for (t, y), i in zip(copies, chosen, strict=True) if t != texts[i]]
+    return [t for t, _ in kept], [y for _, y in kept]
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import torch
 from files import DataError
 from wordpiece import pad, tensors, token_ids
 
+WIDTH_STEP = 16  # few_shapes: a batch's width is a multiple of this many tokens
+
 
 class BucketBatchSampler:
     """Batches of indices, similar lengths together; deterministic from (seed, epoch), resumable, shardable.
@@ -30,6 +32,12 @@ class BucketBatchSampler:
     batch's memory is that of max_tokens tokens whatever the lengths (the products keep their
     rows: 64 texts of 64 tokens are as many rows as 128 of 32).
 
+    few_shapes (with by_length): every batch has a power of two rows and is as wide as a multiple of
+    WIDTH_STEP tokens (Loader pads it so), so that a long labelling job meets a few dozen shapes of
+    batch, not thousands. It matters for memory: oneDNN, which computes bf16 on the CPU, makes and
+    keeps kernels for each shape it meets. A 6-layer model fed 1,544 distinct shapes grew from 390 to
+    1,856 MiB; fed 28, it held at 434 MiB (experiments/batch_shapes.py).
+
     With num_replicas > 1 (distributed training) batch_size is the global batch: every rank computes
     the same global batches and takes its share of each, rows rank, rank + num_replicas, ... So one
     optimizer step sees the same examples however many processes share the work. A last global
@@ -40,7 +48,7 @@ class BucketBatchSampler:
     """
 
     def __init__(self, lengths, batch_size, *, shuffle=True, seed=0, bucket_batches=50, drop_last=False,
-                 num_replicas=1, rank=0, by_length=False, max_tokens=None):
+                 num_replicas=1, rank=0, by_length=False, max_tokens=None, few_shapes=False):
         if batch_size < 1 or bucket_batches < 1:
             raise ValueError(f"batch_size={batch_size}, bucket_batches={bucket_batches}: expected both >= 1")
         if not 0 <= rank < num_replicas:
@@ -51,6 +59,7 @@ class BucketBatchSampler:
         self.num_replicas, self.rank = num_replicas, rank
         self.by_length = by_length and not shuffle
         self.max_tokens = max_tokens if self.by_length else None
+        self.few_shapes = few_shapes and self.by_length
         self.epoch, self.batches_done = 0, 0
 
     def set_epoch(self, epoch):
@@ -72,7 +81,11 @@ class BucketBatchSampler:
             batches, start = [], 0
             while start < n:
                 longest = max(1, int(self.lengths[order[start]]))  # the batch's first row is its longest
+                if self.few_shapes:
+                    longest = -(-longest // WIDTH_STEP) * WIDTH_STEP  # the width the batch will have
                 rows = size if self.max_tokens is None else max(1, min(size, self.max_tokens // longest))
+                if self.few_shapes:  # the largest power of two that fits, and no more rows than are left
+                    rows = 1 << (min(rows, n - start).bit_length() - 1)
                 batches.append(order[start : start + rows])
                 start += rows
         else:
@@ -145,16 +158,21 @@ class Loader:
     """
 
     def __init__(self, texts, labels, tokenizer, max_length, batch_size, *, shuffle=False, seed=0,
-                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0, by_length=False, max_tokens=None):
+                 bucket_batches=50, drop_last=False, num_replicas=1, rank=0, by_length=False, max_tokens=None,
+                 few_shapes=False):
         ids = token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
         self.ids, self.lengths = pad(ids, tokenizer)
+        self.multiple = WIDTH_STEP if few_shapes and by_length and not shuffle else 1
+        if self.multiple > 1:  # room for the widest batch's rounded-up width
+            extra = -self.ids.shape[1] % self.multiple
+            self.ids = np.pad(self.ids, ((0, 0), (0, extra)), constant_values=tokenizer.token_to_id("[PAD]"))
         # One tensor either way: a list of ints is (N,), a list of [toxic, hate] pairs is (N, 2).
         self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
         if self.labels is not None and len(self.labels) != len(ids):
             raise ValueError(f"{len(ids)} texts but {len(self.labels)} labels; expected one label per text")
         self.sampler = BucketBatchSampler(self.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                           bucket_batches=bucket_batches, num_replicas=num_replicas, rank=rank,
-                                          by_length=by_length, max_tokens=max_tokens)
+                                          by_length=by_length, max_tokens=max_tokens, few_shapes=few_shapes)
 
     def __len__(self):
         return len(self.sampler)
@@ -164,7 +182,7 @@ class Loader:
             yield self.collate(indices)
 
     def collate(self, indices):
-        batch = tensors(self.ids[indices], self.lengths[indices])
+        batch = tensors(self.ids[indices], self.lengths[indices], self.multiple)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         if self.labels is not None:
             batch["labels"] = self.labels[batch["index"]]

@@ -5,14 +5,16 @@ answers toxic / hate on both datasets' test splits, and the other dataset is tex
 
     beyond(run_dirs, out_dir)                      beyond.md / beyond.json for any runs, any splits
     beyond_the_split(run_dirs, infos, names, ...)  the results, for the comparison report too
+    unseen_sources(extras, groups)                 leave one source out: hate where a model never trained
     beyond_markdown(extras, groups)                their tables, with the intervals of bootstrap.py
 
 Read top to bottom:
   1. what a model answers: its probabilities as the suite's two questions, and which columns of a
      model answer toxic and hate on a dataset;
   2. each dataset's test texts, the same for every run of one split seed;
-  3. scoring the runs, and the paired differences where two were scored on the same texts or suite,
-     each table one family of simultaneous intervals (bootstrap.py);
+  3. scoring the runs; leave one source out (a model of one dataset scored on the other's); the
+     paired differences where two were scored on the same texts or suite, each table one family of
+     simultaneous intervals (bootstrap.py);
   4. the tables, and the two files of `eval.py beyond`.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 
 import behaviour
 import bootstrap
+import calibration
 import classifier
 import corpus
 import files
@@ -79,6 +82,15 @@ def label_columns(clf):
     return {"hate": (1, threshold), **({"toxic": (1, threshold)} if "toxic" in clf.labels[1] else {})}
 
 
+def uncalibrated(p, clf, column):
+    """The model's own probability of yes (T = 1) from the calibrated one: p = σ(z / T) for a label's
+    logit z, or of class 1 over class 0 in a two-class softmax of one T, so σ(T · logit(p)) undoes it."""
+    if clf.temperatures is None:
+        return p
+    z = np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(1 - p, 1e-12, 1))
+    return 1 / (1 + np.exp(-clf.temperatures[column] * z))
+
+
 # -----------------------------------------------------------------------------
 # 2. Each dataset's test texts
 
@@ -130,11 +142,66 @@ def beyond_the_split(run_dirs, infos, names, device, precision="auto", fast=True
                 for label, (column, threshold) in columns.items():
                     y = np.asarray([pair[behaviour.LABELS.index(label)] for pair in labels])
                     if len(set(y[y >= 0].tolist())) == 2:  # hate_speech18 marks toxic on hate only: no "no" to score
+                        p = probs[:, column]
                         entry["cross"][dataset][label] = {
-                            **metrics.label_metrics(y, probs[:, column], threshold), "labels": y.tolist(),
-                            "decisions": (probs[:, column] >= threshold).astype(int).tolist()}
+                            **metrics.label_metrics(y, p, threshold), "labels": y.tolist(),
+                            "decisions": (p >= threshold).astype(int).tolist(),
+                            # does a probability still mean what it says on text from elsewhere? And did the
+                            # temperature fitted on validation help there (the model's own: T = 1)?
+                            "ece": calibration.ece(p[y >= 0], y[y >= 0]),
+                            "ece_uncalibrated": calibration.ece(uncalibrated(p, clf, column)[y >= 0], y[y >= 0]),
+                            "average_precision": calibration.average_precision(y[y >= 0], p[y >= 0])}
         out[name] = entry
     return out
+
+
+def unseen_sources(extras, groups, resamples=1000, seed=0):
+    """
+    Leave one source out: every model trained on one of the two datasets (with or without the
+    templates) and never on the other, scored on hate in the other's test split: text from elsewhere,
+    the project's stand-in for text nobody here has seen. Hate macro-F1 and recall with 95% intervals
+    (cluster bootstrap over that dataset's groups, and over the model's seeds), precision, ECE and
+    average precision (means over seeds).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in groups:
+        entries = [extras[n]["cross"] for n in g["names"]]
+        for dataset in CROSS_DATASETS:
+            if not all("hate" in e.get(dataset, {}) and not e[dataset]["seen"] for e in entries):
+                continue
+            first = entries[0][dataset]
+            y = np.asarray(first["hate"]["labels"])
+            keep = y >= 0
+            clusters = first.get("clusters") or bootstrap.cluster_ids(None, len(y))
+            weights = bootstrap.cluster_weights(clusters, resamples, rng)[:, keep]
+            decided = [np.asarray(e[dataset]["hate"]["decisions"])[keep] for e in entries]
+            scores = bootstrap.model_scores(y[keep], decided, 2, weights, bootstrap.draw_seeds(len(decided), resamples, rng))
+            mean = {k: float(np.mean([e[dataset]["hate"].get(k, np.nan) for e in entries]))
+                    for k in ("precision", "ece", "ece_uncalibrated", "average_precision")}
+            rows.append({"model": g["label"], "trained_on": "+".join(d for d in CROSS_DATASETS if entries[0][d]["seen"]),
+                         "scored_on": dataset, "n": int(keep.sum()), "hate": int(y[keep].sum()), "seeds": len(entries),
+                         "macro_f1": bootstrap.percentile(*scores["macro_f1"]), "recall": bootstrap.percentile(*scores["recall"]),
+                         **mean})
+    return rows
+
+
+def unseen_markdown(rows, resamples=1000, seed=0):
+    """The leave-one-source-out table of unseen_sources' rows."""
+    lines = ["### Leave one source out: hate on the dataset a model never saw", "",
+             "Each model trained on one dataset (with the training templates where it says so in its settings) and "
+             "scored on hate in the other dataset's grouped test split. In brackets, 95% intervals each alone (cluster "
+             f"bootstrap over that dataset's groups, and over seeds; {resamples:,} resamples, seed {seed}); which model is "
+             "better is for the paired differences below, whose intervals hold together. Precision, ECE (15 bins) at "
+             "the temperature fitted on validation and at the model's own (T = 1), and average precision: mean over "
+             "seeds.", ""]
+    lines.append(markdown_table(
+        ["model", "trained on", "scored on (never seen)", "texts (hate)", "hate macro-F1", "hate recall", "precision",
+         "ECE (T = 1)", "AP"],
+        [[r["model"], r["trained_on"], r["scored_on"], f"{r['n']:,} ({r['hate']:,})", interval(r["macro_f1"]),
+          interval(r["recall"]), f"{r['precision']:.3f}", f"{r['ece']:.3f} ({r['ece_uncalibrated']:.3f})",
+          f"{r['average_precision']:.3f}"] for r in rows]))
+    return "\n".join(lines)
 
 
 def cross_comparisons(extras, groups, resamples=1000, seed=0):
@@ -247,6 +314,9 @@ def beyond_markdown(extras, groups, resamples=1000, seed=0):
                             + ("" if seen else " *"))
         rows.append(line)
     lines.append(markdown_table(header, rows))
+    unseen = unseen_sources(extras, groups, resamples, seed)
+    if unseen:
+        lines += ["", unseen_markdown(unseen, resamples, seed)]
     pairs = cross_comparisons(extras, groups, resamples, seed)
     if pairs:
         over = "; ".join(f"{p['clusters']:,} {p['clusters_of']} of {d}'s {p['n']:,} test texts" if p["clusters_of"] else

@@ -11,7 +11,7 @@ seeds are resampled too (a two-level bootstrap), so that an interval holds the s
 
     cluster_ids(groups, n)                         a cluster per text; a text of no group is its own
     cluster_weights(clusters, resamples, rng)      (B, N): how often each text's cluster is drawn
-    model_scores(labels, preds, C, weights, draws) a model's accuracy and macro-F1: point and (B,) resamples
+    model_scores(labels, preds, C, weights, draws) a model's accuracy, macro-F1 (and recall): point and (B,) resamples
     simultaneous(diffs)                            max-t intervals and adjusted p-values of a family
     compare(labels, preds, pairs, C, clusters)     every pair of models, one family (the report's table)
     score_intervals(labels, preds, C, clusters)    one run's scores with their intervals (the model card)
@@ -93,14 +93,14 @@ def per_resample(per_seed, draws):
 
 def model_scores(labels, preds, num_classes, weights, draws=None):
     """
-    {"accuracy" / "macro_f1": (point, (B,) resamples)} of a model. preds: its decisions, one array per
+    {"accuracy" / "macro_f1" (/ "recall", two classes): (point, (B,) resamples)} of a model. preds: its decisions, one array per
     seed; point: the mean over its seeds on the test texts as they are; resample b: the mean over the
     seeds draws[b] of the scores under weights[b].
     """
     weights = np.vstack([np.ones((1, weights.shape[1])), weights])  # row 0: the test texts as they are
     per_seed = [metrics.weighted_scores(weights, labels, p, num_classes) for p in preds]
     out = {}
-    for key in ("accuracy", "macro_f1"):
+    for key in per_seed[0]:
         scores = np.asarray([s[key] for s in per_seed])  # (k, 1 + B)
         out[key] = (float(scores[:, 0].mean()), per_resample(scores[:, 1:], draws))
     return out
@@ -174,7 +174,7 @@ def score_intervals(labels, preds, num_classes, clusters=None, resamples=1000, s
     labels = np.asarray(labels)
     weights = cluster_weights(cluster_ids(None, len(labels)) if clusters is None else clusters, resamples, seed)
     scores = model_scores(labels, [np.asarray(preds)], num_classes, weights)
-    return {k: [percentile(point, boot)["low"], percentile(point, boot)["high"]] for k, (point, boot) in scores.items()}
+    return {k: [percentile(*scores[k])["low"], percentile(*scores[k])["high"]] for k in ("accuracy", "macro_f1")}
 
 
 def describe(n_texts, n_clusters, words, resamples, seeds=False, family=None, seed=None):

@@ -184,9 +184,10 @@ class Classifier:
         keep = [i for i, t in enumerate(texts) if not is_blank(t)]
         if keep:
             # Sorted by length, at most batch_size texts and BATCH_TOKENS token positions a batch: long
-            # texts go fewer at a time, so the memory of a batch does not grow with their length.
+            # texts go fewer at a time, so the memory of a batch does not grow with their length; and
+            # few shapes of batch, so the kernels kept for each shape do not grow with the texts labelled.
             loader = batching.Loader([texts[i] for i in keep], None, self.tokenizer, self.max_length, self.batch_size,
-                                     by_length=True, max_tokens=BATCH_TOKENS)
+                                     by_length=True, max_tokens=BATCH_TOKENS, few_shapes=True)
             probs[keep] = predict_probs(self.net, loader, self.temperatures).numpy()
         return probs
 

@@ -113,9 +113,10 @@ def mean_std(values):
 
 def weighted_scores(weights, labels, preds, num_classes):
     """
-    Accuracy and macro-F1 of preds under each row of weights (B, N): all resamples at once, as matrix
-    products. F1 = 2 TP / (predicted + actual), equal to 2PR/(P+R), and, like metrics(), undefined
-    (left out of the macro mean) for a class neither present nor predicted in a resample.
+    Accuracy and macro-F1 of preds under each row of weights (B, N), and for two classes the recall
+    of class 1 (the yes found): all resamples at once, as matrix products. F1 = 2 TP / (predicted +
+    actual), equal to 2PR/(P+R), and, like metrics(), undefined (left out of the macro mean) for a
+    class neither present nor predicted in a resample; recall is NaN in a resample with no yes.
     """
     labels, preds = np.asarray(labels), np.asarray(preds)
     accuracy = weights @ (preds == labels) / weights.sum(1)
@@ -124,7 +125,11 @@ def weighted_scores(weights, labels, preds, num_classes):
         tp = weights @ ((preds == c) & (labels == c))
         both = weights @ (preds == c) + weights @ (labels == c)
         f1[c] = np.where(both > 0, 2 * tp / np.maximum(both, 1), np.nan)
-    return {"accuracy": accuracy, "macro_f1": np.nanmean(f1, axis=0)}
+    out = {"accuracy": accuracy, "macro_f1": np.nanmean(f1, axis=0)}
+    if num_classes == 2:
+        yes = weights @ (labels == 1)
+        out["recall"] = np.where(yes > 0, (weights @ ((preds == 1) & (labels == 1))) / np.maximum(yes, 1), np.nan)
+    return out
 
 
 def mcnemar(b, c):

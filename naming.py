@@ -63,6 +63,8 @@ def model_key(info):
     info = as_info(info)
     key = {k: v for k, v in info.settings.items() if k not in EXECUTION_SETTINGS and v is not None}
     key.pop("bf16", None)
+    if not key.get("perturb"):  # added later: at 0 it changes nothing, and older runs, without it, group with new ones
+        key.pop("perturb", None)
     key["precision"] = info.get("precision_chosen") or ("bf16" if info.get("bf16") else "fp32")
     if info.get("base"):
         key.pop("model", None)  # the base run's folder: differs seed by seed

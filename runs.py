@@ -403,7 +403,7 @@ def load_run_data(info, mirror=None, group_column=None):
     return corpus.load_dataset(info["data"], mirror=mirror or info.get("data_mirror"), three_class=info.get("three_class", False),
                                normalize=info.get("normalize", True), text_column=info.get("text_column", "text"),
                                label_column=info.get("label_column", "label"), label_map=label_map_of(info),
-                               group_column=group_column)
+                               group_column=group_column, multilabel=info.get("multilabel", False))
 
 
 def find_manifest(run_dir, info):

@@ -95,6 +95,8 @@ class DataSettings:
     augment: str | None = setting(None, "multi-label: a TOML of training templates (augment.py, e.g. suites/augment.toml) "
                                         "whose texts join the training part only; separate from the behaviour suite's "
                                         "test templates")
+    perturb: float = setting(0.0, "share of the real training texts also trained on misspelt (character noise, "
+                                  "spacing, leetspeak, casing: augment.perturbed_copies), 0 to 1")
 
 
 @dataclass
@@ -195,7 +197,7 @@ MAY_CHANGE_ON_RESUME = {f.name for f in dataclasses.fields(Settings) if f.metada
 # Pretraining: BERT's own peak learning rate, as task-adaptive pretraining (Gururangan et al. 2020) used it.
 METHOD_DEFAULTS = {"teacher": {}, "distill": {}, "lora": {"lr": 5e-4}, "pretrain": {"lr": 1e-4}}
 # A student learns on its teacher's data and split, LoRA on a trained run on that run's, unless told otherwise.
-INHERITED = ("data", "data_mirror", "three_class", "multilabel", "augment", "normalize", "text_column", "label_column", "label_map",
+INHERITED = ("data", "data_mirror", "three_class", "multilabel", "augment", "perturb", "normalize", "text_column", "label_column", "label_map",
              "split", "split_seed", "max_length", "max_train", "max_val")
 
 
@@ -266,7 +268,7 @@ def check(s: Settings):
     in_range = {"warmup": (s.warmup, 0, 1), "dropout": (s.dropout, 0, 0.999), "lora_dropout": (s.lora_dropout, 0, 0.999),
                 "weight_decay": (s.weight_decay, 0, 1), "alpha": (s.alpha, 0, 1e9), "beta": (s.beta, 0, 1e9),
                 "gamma": (s.gamma, 0, 1e9), "clip": (s.clip, 0, 1e9), "checkpoint_every": (s.checkpoint_every, 0, 1e18),
-                "mask_rate": (s.mask_rate, 0, 1)}
+                "mask_rate": (s.mask_rate, 0, 1), "perturb": (s.perturb, 0, 1)}
     for name, (value, low, high) in in_range.items():
         if value is not None and not low <= value <= high:
             raise TrainError(f"--{name.replace('_', '-')} {value}: expected a number in [{low}, {high:g}]")

@@ -1,8 +1,9 @@
 """
 The texts one run trains and validates on: the dataset its settings name, checked to have examples
 of every class; the split manifest beside the runs (made once, then reused by every run of a
-comparison, so they all see the same texts); the fixed subsets of a quick run; and, when --augment
-asks for it, the texts of the training templates, added to the training part only.
+comparison, so they all see the same texts); the fixed subsets of a quick run; and, when asked for,
+misspelt copies of real training texts (--perturb) and the texts of the training templates
+(--augment), added to the training part only.
 
 The test part is not loaded here: it is scored once, when the run is finished (train.finish).
 """
@@ -26,10 +27,9 @@ def load_data(s: Settings, run_dir: Path):
     for note in dataset.notes:
         print(f"{s.data}: {note}")
     counts = dataset.class_counts()
-    if dataset.multilabel:  # every question needs a yes and a no somewhere
-        if any(yes == 0 or no == 0 for no, yes, _ in counts.values()):
-            raise TrainError(f"--data {s.data}: labels {counts} (no, yes, not annotated); expected yes and no for each")
-    elif sum(c > 0 for c in counts) < 2 or 0 in counts:
+    if dataset.multilabel and not s.augment:  # every question needs a yes and a no somewhere
+        check_questions(f"--data {s.data}", counts)
+    elif not dataset.multilabel and (sum(c > 0 for c in counts) < 2 or 0 in counts):
         raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
                          "least two classes, each with examples (labels 0..K-1, or --label-map)")
     s.split = split_path(s, run_dir)
@@ -41,14 +41,34 @@ def load_data(s: Settings, run_dir: Path):
     # Subsets for quick runs, the same for every model of a comparison with the same settings.
     parts = {"train": runs.subset_for_quick_runs(parts["train"], s.max_train, s.split_seed),
              "validation": runs.subset_for_quick_runs(parts["validation"], s.max_val, s.split_seed)}
-    if s.augment:
+    if s.perturb:
+        parts["train"] = with_perturbed_copies(s, parts["train"])
+    if s.augment:  # the templates may give a question the yes or no its dataset lacks (hate_speech18: toxic no)
         parts["train"] = with_augmentation(s, dataset, parts["train"])
+        check_questions(f"--data {s.data} with --augment {s.augment}", parts["train"].class_counts())
     return dataset, parts, manifest
+
+
+def check_questions(what: str, counts: dict):
+    """Each question of a two-question dataset needs a yes and a no to learn from."""
+    if any(yes == 0 or no == 0 for no, yes, _ in counts.values()):
+        raise TrainError(f"{what}: labels {counts} (no, yes, not annotated); expected yes and no for each")
 
 
 def split_path(s: Settings, run_dir: Path) -> str:
     """--split, or split.json beside the run folder: one manifest for the runs of a comparison."""
     return str(s.split or Path(run_dir).parent / "split.json")
+
+
+def with_perturbed_copies(s: Settings, train_part):
+    """The training part plus misspelt copies of a share (--perturb) of its texts (augment.perturbed_copies)."""
+    import augment
+
+    texts, labels = augment.perturbed_copies(train_part.texts, train_part.labels, s.perturb, seed=s.seed)
+    sources = (train_part.sources or [train_part.name] * len(train_part)) + ["perturbed"] * len(texts)
+    print(f"--perturb {s.perturb:g}: {len(texts)} misspelt copies added to the {len(train_part)} training texts")
+    return readers.Dataset(train_part.name, train_part.texts + texts, train_part.labels + labels, train_part.label_names,
+                           sources=sources)
 
 
 def with_augmentation(s: Settings, dataset, train_part):

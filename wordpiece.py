@@ -82,10 +82,11 @@ def pad(ids, tokenizer):
     return array, lengths
 
 
-def tensors(ids, lengths):
-    # Dynamic padding: a batch is only as wide as its longest text; the mask marks the real tokens.
+def tensors(ids, lengths, multiple=1):
+    # Dynamic padding: a batch is only as wide as its longest text (rounded up to a multiple of
+    # `multiple`, within ids' own width); the mask marks the real tokens.
     # One text per row, so every token is of segment 0.
-    width = int(lengths.max(initial=0))
+    width = min(ids.shape[1], -(-int(lengths.max(initial=0)) // multiple) * multiple)
     input_ids = torch.from_numpy(ids[:, :width]).long()
     attention_mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}

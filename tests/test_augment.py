@@ -9,6 +9,7 @@ import re
 import tomllib
 from collections import Counter
 
+import numpy as np
 import pytest
 
 import augment as A
@@ -210,3 +211,23 @@ def test_same_text_with_two_labels_is_refused(tmp_path):
         A.load_augment(path)
     with pytest.raises(FileNotFoundError, match="no such augmentation file"):
         A.load_augment(tmp_path / "missing.toml")
+
+
+def test_real_texts_are_misspelt_at_the_rate_and_keep_their_labels():
+    # "w17" has a digit: no word noise touches it, so each copy still says which text it was made from.
+    texts = [f"w{i} those people are vermin and nothing else" for i in range(200)]
+    labels = [[1, i % 2] for i in range(200)]
+    copies, copy_labels = A.perturbed_copies(texts, labels, 0.25, seed=3)
+    assert 45 <= len(copies) <= 50  # a quarter drawn; a copy the noise left unchanged is dropped
+    assert all(t not in texts for t in copies)
+    for t, y in zip(copies, copy_labels, strict=True):
+        assert y == labels[int(re.match(r"[wW](\d+)", t).group(1))]  # the labels of the text it was made from
+    assert (copies, copy_labels) == A.perturbed_copies(texts, labels, 0.25, seed=3)  # deterministic
+    assert copies != A.perturbed_copies(texts, labels, 0.25, seed=4)[0]
+    assert A.perturbed_copies(texts, labels, 0.0) == ([], [])
+    rng = np.random.default_rng(0)
+    seen = {A.misspell("you are vermin", rng) for _ in range(300)}
+    assert {"YOU ARE VERMIN", "youarevermin", "you are v3rm1n", "you are v e r m i n"} <= seen
+    # A word-level noise changes one word of three (a quarter, at least one).
+    worded = [t.split(" ") for t in seen if len(t.split(" ")) == 3 and t.lower() != "you are vermin"]
+    assert worded and all(sum(a != b for a, b in zip(w, ["you", "are", "vermin"], strict=True)) == 1 for w in worded)

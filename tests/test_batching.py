@@ -73,6 +73,37 @@ def test_inference_batches_hold_at_most_max_tokens():
     assert list(batching.BucketBatchSampler(lengths, 32, seed=1, max_tokens=256)) == list(batching.BucketBatchSampler(lengths, 32, seed=1))
 
 
+def test_few_shapes_bounds_the_shapes_of_inference_batches():
+    lengths = np.random.default_rng(3).integers(1, 65, 5000)
+    plain = list(batching.BucketBatchSampler(lengths, 128, shuffle=False, by_length=True, max_tokens=2048))
+    few = list(batching.BucketBatchSampler(lengths, 128, shuffle=False, by_length=True, max_tokens=2048, few_shapes=True))
+    assert sorted(i for b in few for i in b) == list(range(5000))  # every text once
+    width = [-(-max(lengths[i] for i in b) // batching.WIDTH_STEP) * batching.WIDTH_STEP for b in few]
+    assert all(len(b) & (len(b) - 1) == 0 for b in few)  # a power of two rows
+    assert all(len(b) * w <= 2048 for b, w in zip(few, width, strict=True))
+    shapes = {(len(b), w) for b, w in zip(few, width, strict=True)}
+    assert len(shapes) <= 4 * 8  # 4 widths (16 .. 64) x 8 row counts (1 .. 128)
+    assert len({(len(b), max(lengths[i] for i in b)) for b in plain}) > 2 * len(shapes)
+    # Off by default, and training ignores it.
+    assert few != plain
+    assert list(batching.BucketBatchSampler(lengths, 32, seed=1, few_shapes=True)) == list(batching.BucketBatchSampler(lengths, 32, seed=1))
+
+
+def test_loader_few_shapes_pads_to_the_width_step(cased):
+    texts = [" ".join(["Hello"] * (i % 20 + 1)) for i in range(37)]
+    loader = batching.Loader(texts, None, cased, 40, 8, by_length=True, few_shapes=True)
+    batches = list(loader)
+    assert [len(b["index"]) for b in batches] == [8, 8, 8, 8, 4, 1]
+    for b in batches:
+        assert b["input_ids"].shape[1] % batching.WIDTH_STEP == 0
+        real = loader.lengths[b["index"].numpy()]
+        assert b["attention_mask"].sum(1).tolist() == real.tolist()  # the mask still marks the real tokens
+    plain = {i: row[:n] for b in batching.Loader(texts, None, cased, 40, 8, by_length=True)
+             for i, row, n in zip(b["index"].tolist(), b["input_ids"], b["attention_mask"].sum(1), strict=True)}
+    assert all(torch.equal(row[:n], plain[i]) for b in batches
+               for i, row, n in zip(b["index"].tolist(), b["input_ids"], b["attention_mask"].sum(1), strict=True))
+
+
 def test_sampler_resumes_mid_epoch():
     lengths = varied_lengths()
     sampler = batching.BucketBatchSampler(lengths, 16, seed=5)

@@ -77,3 +77,35 @@ def test_the_suite_decides_at_the_models_own_thresholds():
     assert beyond.suite_thresholds(binary) == {"toxic": 0.3, "hate": 0.3}
     older = SimpleNamespace(multilabel=False, info=runs_module.RunInfo({"id2label": {"0": "no", "1": "hate"}}, {}))
     assert beyond.suite_thresholds(older) == {"toxic": 0.5, "hate": 0.5}
+
+
+def test_leave_one_source_out_scores_hate_where_the_model_never_trained():
+    y = [1, 1, 1, 0, 0, -1]
+    def entry(decisions, seen=False):
+        hate = {"labels": y, "decisions": decisions, "precision": 0.5, "ece": 0.1, "ece_uncalibrated": 0.2, "average_precision": 0.7}
+        return {"cross": {"davidson": {"seen": not seen, "texts_sha256": "d"},
+                          "hate_speech18": {"seen": seen, "texts_sha256": "h", "clusters": [0, 1, 2, 3, 4, 5], "hate": hate}}}
+    extras = {"a": entry([1, 0, 0, 0, 1, 1]), "a-s1": entry([1, 1, 0, 0, 0, 1]), "both": entry([1, 1, 1, 0, 0, 0], seen=True)}
+    groups = [{"label": "a", "names": ["a", "a-s1"], "method": "teacher"}, {"label": "both", "names": ["both"], "method": "teacher"}]
+    (row,) = beyond.unseen_sources(extras, groups, resamples=400)  # "both" trained on hate_speech18: not unseen
+    assert (row["model"], row["trained_on"], row["scored_on"], row["n"], row["hate"], row["seeds"]) == \
+        ("a", "davidson", "hate_speech18", 5, 3, 2)
+    # Seed 0 finds 1 of 3 hateful texts, seed 1 finds 2: recall (1/3 + 2/3) / 2. Macro-F1: seed 0 has hate F1
+    # 2/(2+3) = 0.4 and no-hate F1 2/(3+2) = 0.4; seed 1: 4/(2+3) = 0.8 and 4/(3+2) = 0.8.
+    assert row["recall"]["value"] == pytest.approx(0.5)
+    assert row["macro_f1"]["value"] == pytest.approx((0.4 + 0.8) / 2)
+    assert row["recall"]["low"] <= 1 / 3 and row["recall"]["high"] >= 2 / 3 - 1e-9  # the two seeds' spread inside
+    assert row["ece"] == 0.1 and "hate_speech18" in beyond.unseen_markdown([row])
+    # One cluster for all: every resample is the test set as it is, so only the seeds move the interval.
+    for e in extras.values():
+        e["cross"]["hate_speech18"]["clusters"] = [0] * 6
+    (row,) = beyond.unseen_sources(extras, groups, resamples=400)
+    assert row["recall"]["low"] == pytest.approx(1 / 3) and row["recall"]["high"] == pytest.approx(2 / 3)
+
+
+def test_the_models_own_probability_is_recovered_from_the_calibrated_one():
+    z = np.array([-3.0, -0.5, 0.0, 1.2, 4.0])
+    calibrated = 1 / (1 + np.exp(-z / 2.5))
+    clf = SimpleNamespace(temperatures=[1.0, 2.5])
+    assert np.allclose(beyond.uncalibrated(calibrated, clf, 1), 1 / (1 + np.exp(-z)))
+    assert beyond.uncalibrated(calibrated, SimpleNamespace(temperatures=None), 1) is calibrated

@@ -105,3 +105,16 @@ def test_probabilities_are_calibrated_at_the_runs_temperatures_and_an_older_run_
     # The verdict and the decisions are at the recorded threshold, on the calibrated probabilities.
     assert [r["probabilities"][names[1]] for r in calibrated.predict(texts)] == pytest.approx(probs[:, 1].tolist())
     assert [r["label"] for r in calibrated.predict(texts)] == [names[int(p >= 0.3)] for p in probs[:, 1]]
+
+
+def test_batches_of_few_shapes_change_no_probability(clf):
+    import torch
+
+    # predict_proba pads its batches to a few shapes (batching.py, few_shapes): a text's probabilities are
+    # what the model gives it alone, unpadded.
+    texts = [" ".join(["you are", "terrible", "what a day", "it was great"][: i % 4 + 1] * (i % 7 + 1)) for i in range(40)]
+    with torch.no_grad():
+        alone = torch.cat([torch.softmax(clf.net(*(wordpiece.encode(clf.tokenizer, [t], 128)[k]
+                                                   for k in ("input_ids", "attention_mask", "token_type_ids"))).logits, -1)
+                           for t in texts]).numpy()
+    assert np.allclose(clf.predict_proba(texts), alone, atol=1e-6)

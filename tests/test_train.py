@@ -442,3 +442,19 @@ def test_pretrain_in_bf16_learns_with_its_head_in_fp32(toy, tmp_path):
     e = epochs_of(tmp_path / "mlm")
     assert e[1]["train_loss"] < e[0]["train_loss"]
     assert all(v.dtype == torch.float32 for v in load_file(tmp_path / "mlm" / "model.safetensors").values())
+
+
+def test_one_source_two_questions_with_the_templates_trains_and_scores_its_test(tiny_mirror, tmp_path):
+    # hate_speech18 answers hate alone (toxic only where it is hate): the templates give toxic its "no",
+    # so the questions are checked once the templates are in; and the test split is read back as trained.
+    base = ["--model", TINY, "--data-mirror", tiny_mirror, "--multilabel", "--batch-size", 8, "--no-progress",
+            "--threads", 1, "--max-length", 32]
+    with pytest.raises(SystemExit, match="expected yes and no for each"):
+        run("teacher", "--data", "hate_speech18", "--out", tmp_path / "alone", *base)
+    assert not (tmp_path / "alone").exists()
+    out = tmp_path / "h18"
+    run("teacher", "--data", "hate_speech18", "--augment", "suites/augment.toml", "--out", out, *base)
+    info = R.read_info(out)
+    assert info["multilabel"] and R.is_finished(out)
+    test, _, _ = R.load_test_split(out, info)
+    assert len(test) == info["test"]["n"] and test.multilabel
