@@ -34,9 +34,10 @@ class BucketBatchSampler:
 
     few_shapes (with by_length): every batch has a power of two rows and is as wide as a multiple of
     WIDTH_STEP tokens (Loader pads it so), so that a long labelling job meets a few dozen shapes of
-    batch, not thousands. It matters for memory: oneDNN, which computes bf16 on the CPU, makes and
-    keeps kernels for each shape it meets. A 6-layer model fed 1,544 distinct shapes grew from 390 to
-    1,856 MiB; fed 28, it held at 434 MiB (experiments/batch_shapes.py).
+    batch, not thousands. It matters for memory: oneDNN, which computes the products on the CPU,
+    makes kernels for each shape it meets and keeps up to 1,024 of them (its primitive cache). A
+    6-layer model fed 1,544 distinct shapes peaked at 1,862 MiB; fed 27, at 409 MiB
+    (experiments/batch_shapes.py).
 
     With num_replicas > 1 (distributed training) batch_size is the global batch: every rank computes
     the same global batches and takes its share of each, rows rank, rank + num_replicas, ... So one

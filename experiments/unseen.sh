@@ -16,14 +16,15 @@ train() {  # train METHOD FOLDER FLAGS...: once; a finished run is left as it is
 for src in davidson hate_speech18; do
   r=$out/$src
   train teacher "$r/teacher" --data $src --multilabel                     # the baseline
+  train distill "$r/odd" --teacher "$r/teacher" --layers odd              # its odd student (data and split inherited)
   train teacher "$r/perturb" --data $src --multilabel --perturb 0.3       # real texts misspelt too
-  train pretrain "$r/mlm" --data $src --multilabel --split "$r/split.json"  # MLM on its own training texts
+  train pretrain "$r/mlm" --data $src --multilabel --augment "" --split "$r/split.json"  # MLM on its own training texts
   train teacher "$r/mlm-teacher" --data $src --multilabel --model "$r/mlm"
   train teacher "$r/epochs3" --data $src --multilabel --epochs 3          # the best of 3 epochs on validation
 done
 runs=()
 for src in davidson hate_speech18; do
-  for arm in teacher perturb mlm-teacher epochs3; do
+  for arm in teacher odd perturb mlm-teacher epochs3; do
     [ -f "$out/$src/$arm/summary.json" ] && runs+=("$out/$src/$arm")
   done
 done
