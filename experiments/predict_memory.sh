@@ -8,6 +8,7 @@
 #   experiments/predict_memory.sh                      # runs and CSVs under /tmp/nanobert-predict-memory
 #   WORK=/somewhere MINUTES=5 experiments/predict_memory.sh
 #   BEFORE=<git ref> experiments/predict_memory.sh     # also the predict of an older commit, on the 200 MB file
+#   ONLY=minilm-6 MINUTES=30 experiments/predict_memory.sh   # one model; 30 minutes label all of 200 MB
 #
 # The 12-layer model is read from NANOBERT_MODELS (a folder holding bge-small-en/); without it, that
 # half is skipped. Everything it writes stays under WORK, outside the repository.
@@ -61,6 +62,7 @@ if [ -n "${NANOBERT_MODELS:-}" ] && [ -d "$NANOBERT_MODELS/bge-small-en" ]; then
     train bge-12 bge-small-en
     runs+=(bge-12)
 fi
+[ -n "${ONLY:-}" ] && read -r -a runs <<< "$ONLY"  # ONLY="minilm-6": just those models
 
 # 3. Labelling, measured. A child started in the background of a script inherits SIGINT ignored, and
 # Python keeps it so: the wrapper gives eval.py the default back, as a terminal would.
