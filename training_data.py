@@ -27,7 +27,8 @@ def load_data(s: Settings, run_dir: Path):
     for note in dataset.notes:
         print(f"{s.data}: {note}")
     counts = dataset.class_counts()
-    if dataset.multilabel and not s.augment:  # every question needs a yes and a no somewhere
+    learns_labels = s.method != "pretrain"  # masked-LM pretraining reads the texts alone
+    if dataset.multilabel and not s.augment and learns_labels:  # every question needs a yes and a no somewhere
         check_questions(f"--data {s.data}", counts)
     elif not dataset.multilabel and (sum(c > 0 for c in counts) < 2 or 0 in counts):
         raise TrainError(f"--data {s.data}: classes {dict(zip(dataset.label_names, counts, strict=True))}; expected at "
@@ -45,7 +46,8 @@ def load_data(s: Settings, run_dir: Path):
         parts["train"] = with_perturbed_copies(s, parts["train"])
     if s.augment:  # the templates may give a question the yes or no its dataset lacks (hate_speech18: toxic no)
         parts["train"] = with_augmentation(s, dataset, parts["train"])
-        check_questions(f"--data {s.data} with --augment {s.augment}", parts["train"].class_counts())
+        if learns_labels:
+            check_questions(f"--data {s.data} with --augment {s.augment}", parts["train"].class_counts())
     return dataset, parts, manifest
 
 

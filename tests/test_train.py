@@ -458,3 +458,6 @@ def test_one_source_two_questions_with_the_templates_trains_and_scores_its_test(
     assert info["multilabel"] and R.is_finished(out)
     test, _, _ = R.load_test_split(out, info)
     assert len(test) == info["test"]["n"] and test.multilabel
+    # Masked-LM pretraining reads the texts alone: the dataset's own, without the templates, is enough.
+    run("pretrain", "--data", "hate_speech18", "--split", tmp_path / "split.json", "--out", tmp_path / "mlm", *base)
+    assert R.is_finished(tmp_path / "mlm")
