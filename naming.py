@@ -89,13 +89,17 @@ def group_runs(infos, names, notes=None):
     groups = list(groups.values())
     # Two arms of one method (say teachers at two learning rates, or in fp32 and bf16) get the settings
     # that tell them apart.
+    # The first three such settings, or all of them where three leave two labels alike.
     base = [g["label"] for g in groups]
-    for g, label in zip(groups, base, strict=True):
-        same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
-        if len(same) > 1:
+    for most in (3, None):
+        labels = []
+        for g, label in zip(groups, base, strict=True):
+            same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
             keys = sorted(k for k in set().union(*same) if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
-            g["label"] += " (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:3]) + ")"
-    return [{k: v for k, v in g.items() if k != "key"} for g in groups]
+            labels.append(label + (" (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:most]) + ")" if keys else ""))
+        if len(set(labels)) == len(labels):
+            break
+    return [{**{k: v for k, v in g.items() if k != "key"}, "label": label} for g, label in zip(groups, labels, strict=True)]
 
 
 def run_names(run_dirs):

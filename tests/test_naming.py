@@ -67,3 +67,12 @@ def test_seeds_group_on_settings_only(tmp_path):
     groups = N.group_runs([old_fp32, bf16, asked, old_bf16], list("wxyz"))
     assert [(g["label"], g["names"]) for g in groups] == [("teacher (precision=fp32)", ["w", "y"]),
                                                          ("teacher (precision=bf16)", ["x", "z"])]
+
+
+def test_labels_stay_unique_when_three_settings_do_not_tell_the_arms_apart():
+    base = {"method": "teacher", "data": "davidson", "epochs": 1, "model": "m", "seed": 0}
+    infos = [base, {**base, "perturb": 0.3}, {**base, "epochs": 3}, {**base, "data": "hate_speech18"}]
+    labels = [g["label"] for g in N.group_runs(infos, list("abcd"))]
+    assert len(set(labels)) == 4 and "perturb=0.3" in labels[1]  # the fourth differing setting is shown too
+    # A setting added later, at 0 (changes nothing), groups an older run without it with a new one.
+    assert N.model_key({**base, "perturb": 0.0}) == N.model_key(base) != N.model_key({**base, "perturb": 0.3})
