@@ -163,10 +163,6 @@ class Loader:
                  few_shapes=False):
         ids = token_ids(tokenizer, texts, max_length)  # once: bucketing needs the lengths anyway
         self.ids, self.lengths = pad(ids, tokenizer)
-        self.multiple = WIDTH_STEP if few_shapes and by_length and not shuffle else 1
-        if self.multiple > 1:  # room for the widest batch's rounded-up width
-            extra = -self.ids.shape[1] % self.multiple
-            self.ids = np.pad(self.ids, ((0, 0), (0, extra)), constant_values=tokenizer.token_to_id("[PAD]"))
         # One tensor either way: a list of ints is (N,), a list of [toxic, hate] pairs is (N, 2).
         self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
         if self.labels is not None and len(self.labels) != len(ids):
@@ -174,6 +170,10 @@ class Loader:
         self.sampler = BucketBatchSampler(self.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                           bucket_batches=bucket_batches, num_replicas=num_replicas, rank=rank,
                                           by_length=by_length, max_tokens=max_tokens, few_shapes=few_shapes)
+        self.multiple = WIDTH_STEP if self.sampler.few_shapes else 1
+        if self.multiple > 1:  # room for the widest batch's rounded-up width
+            extra = -self.ids.shape[1] % self.multiple
+            self.ids = np.pad(self.ids, ((0, 0), (0, extra)), constant_values=tokenizer.token_to_id("[PAD]"))
 
     def __len__(self):
         return len(self.sampler)

@@ -67,10 +67,8 @@ def with_perturbed_copies(s: Settings, train_part):
     import augment
 
     texts, labels = augment.perturbed_copies(train_part.texts, train_part.labels, s.perturb, seed=s.seed)
-    sources = (train_part.sources or [train_part.name] * len(train_part)) + ["perturbed"] * len(texts)
     print(f"--perturb {s.perturb:g}: {len(texts)} misspelt copies added to the {len(train_part)} training texts")
-    return readers.Dataset(train_part.name, train_part.texts + texts, train_part.labels + labels, train_part.label_names,
-                           sources=sources)
+    return with_texts(train_part, texts, labels, "perturbed")
 
 
 def with_augmentation(s: Settings, dataset, train_part):
@@ -87,9 +85,12 @@ def with_augmentation(s: Settings, dataset, train_part):
         raise TrainError(f"--augment {s.augment}: {e}") from None
     known = set(dataset.texts)
     pairs = [(text, labels) for text, labels in pairs if text not in known]
-    texts = train_part.texts + [t for t, _ in pairs]
-    labels = train_part.labels + [list(y) for _, y in pairs]
-    sources = (train_part.sources or [train_part.name] * len(train_part)) + ["augment"] * len(pairs)
     print(f"--augment {s.augment}: {len(pairs)} template texts added to the {len(train_part)} training texts")
-    return readers.Dataset(train_part.name, texts, labels, train_part.label_names, sources=sources)
+    return with_texts(train_part, [t for t, _ in pairs], [list(y) for _, y in pairs], "augment")
+
+
+def with_texts(part, texts, labels, source: str):
+    """The part with more texts and their labels after its own, each of them from `source`."""
+    sources = (part.sources or [part.name] * len(part)) + [source] * len(texts)
+    return readers.Dataset(part.name, part.texts + texts, part.labels + labels, part.label_names, sources=sources)
 
