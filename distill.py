@@ -8,7 +8,8 @@ and its classifier. Training then pulls it towards the teacher on three signals 
 + beta  * KL divergence between the softened class distributions (temperature T, times T^2)
 + gamma * a distance between each student layer's output and the teacher layer it came from.
 One of the original write-ups trained on the hidden-state term alone and got a student that
-predicts one class for everything: the labels are part of the default.
+predicts one class for everything: the labels are part of the default. With an ensemble teacher
+(EnsembleTeacher: several teachers, e.g. seeds) the soft term learns their mean distribution.
 """
 
 import copy
@@ -125,6 +126,42 @@ def teacher_forward(teacher, input_ids, attention_mask, token_type_ids=None):
     # The teacher is a fixed target: no dropout noise, no graph, no gradients.
     teacher.eval()
     return teacher(input_ids, attention_mask, token_type_ids)
+
+
+class EnsembleTeacher(torch.nn.Module):
+    """
+    Several teachers answering as one (an ensemble teacher): the soft term of the loss learns the mean
+    of their softened distributions, p_bar = (1/K) sum_k softmax(z_k / T), or per label the mean yes
+    probability sigmoid(z_k / T) of a multi-label task. The student copies the first teacher's layers,
+    so the hidden-state term follows the first teacher alone: the others' layers are not what it
+    started from. The teachers must answer the same questions (the same labels in the same order).
+    """
+
+    def __init__(self, teachers, T: float):
+        super().__init__()
+        self.teachers, self.T = torch.nn.ModuleList(teachers), T
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        outs = [t(input_ids, attention_mask, token_type_ids) for t in self.teachers]
+        multilabel = self.teachers[0].config.problem_type == "multi_label_classification"
+        return outs[0]._replace(logits=ensemble_logits([o.logits for o in outs], self.T, multilabel))
+
+
+def ensemble_logits(logits, T: float, multilabel: bool):
+    """
+    Logits z_bar whose distribution at temperature T is the mean of the K teachers' distributions at T,
+    so that soft_kl and soft_binary_kl take an ensemble as they take one teacher:
+      classes:   z_bar = T * log p_bar,                    p_bar = mean_k softmax(z_k / T)
+      per label: z_bar = T * (log p_bar - log(1 - p_bar)), p_bar = mean_k sigmoid(z_k / T)
+    Both computed from log-probabilities (logsumexp), so a confident teacher does not overflow.
+    """
+    z = torch.stack([x.float() for x in logits]) / T  # (K, B, C) or (K, B, L)
+    log_k = torch.log(torch.tensor(float(len(logits))))
+    if multilabel:
+        log_yes = torch.logsumexp(F.logsigmoid(z), dim=0) - log_k  # log p_bar
+        log_no = torch.logsumexp(F.logsigmoid(-z), dim=0) - log_k  # log (1 - p_bar)
+        return T * (log_yes - log_no)
+    return T * (torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - log_k)
 
 
 def soft_kl(student_logits, teacher_logits, T: float):

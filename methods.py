@@ -3,7 +3,8 @@ The model each method trains, built before its first step:
 
     teacher   the pretrained encoder with a new classification head (pretrained.from_pretrained)
     distill   a student made of some of a teacher run's layers (distill.make_student); with
-              --layers auto, the layers the teacher needs most, measured on validation first
+              --layers auto, the layers the teacher needs most, measured on validation first;
+              with --ensemble, trained towards several teachers at once (distill.EnsembleTeacher)
     lora      adapters on a pretrained model, or on a trained run (--base), the rest frozen
     pretrain  the pretrained encoder with BERT's masked-LM head (the checkpoint's, or a fresh one),
               for continued pretraining on the training texts (mlm.py); its run folder is then a
@@ -71,7 +72,7 @@ def load_parent(s: Settings, flag, folder, manifest):
     """A trained run this one builds on (--teacher, --base), checked to share the split and to hold
     a full fp32 model."""
     info = parent_run(flag, folder)
-    what = {"teacher": "teacher", "base": "base run"}[flag]
+    what = {"teacher": "teacher", "ensemble": "teacher", "base": "base run"}[flag]
     if info.get("quantized"):
         raise TrainError(f"{folder}: an int8 export (eval.py export); expected a run with fp32 weights as the {what}")
     if runs.is_lora_run(folder):
@@ -103,7 +104,27 @@ def build_student(s: Settings, manifest, val_part, device, run_dir, results):
         else:
             importance = rank_teacher_layers(s, teacher, val_part, device, results)
     results["teacher_layers"] = distill.parse_layers(s.layers, n, importance)
-    return distill.make_student(teacher, results["teacher_layers"]), Path(s.teacher), teacher
+    student = distill.make_student(teacher, results["teacher_layers"])
+    if s.ensemble:
+        teacher = distill.EnsembleTeacher([teacher, *load_ensemble(s, teacher, manifest, results)], s.temperature)
+    return student, Path(s.teacher), teacher
+
+
+def load_ensemble(s: Settings, teacher, manifest, results):
+    """--ensemble: the other teachers, each checked like --teacher and to answer the same questions."""
+    others, names = [], teacher.config.id2label
+    for folder in [f.strip() for f in s.ensemble.split(",") if f.strip()]:
+        if Path(folder).resolve() == Path(s.teacher).resolve():
+            raise TrainError(f"--ensemble {folder}: that is --teacher itself; expected other teacher runs (its other seeds)")
+        other = load_parent(s, "ensemble", folder, manifest).requires_grad_(False)
+        if other.config.id2label != names or other.config.problem_type != teacher.config.problem_type:
+            raise TrainError(f"--ensemble {folder}: answers {list(other.config.id2label.values())}, --teacher "
+                             f"{list(names.values())}; expected teachers of the same labels")
+        others.append(other)
+    if not others:
+        raise TrainError(f"--ensemble {s.ensemble!r}: no run folder named; expected comma-separated teacher runs")
+    results["ensemble_sha256"] = ",".join(files.sha256_file(runs.weights_file(f.strip())) for f in s.ensemble.split(",") if f.strip())
+    return others
 
 
 def rank_teacher_layers(s: Settings, teacher, val_part, device, results):

@@ -109,7 +109,7 @@ def check_same_inputs(run_dir: Path, before, now: dict):
     """After loading, on --resume: the files behind the settings are those the run started on (their
     hashes in run.json): the data, the split manifest, a LoRA base, a distillation teacher."""
     what = {"data_sha256": "the data", "split_sha256": "the split manifest", "base_sha256": "the base model's weights",
-            "teacher_sha256": "the teacher's weights"}
+            "teacher_sha256": "the teacher's weights", "ensemble_sha256": "the weights of the ensemble's other teachers"}
     for key, name in what.items():
         old = before.results.get(key)
         if old and now.get(key) and now[key] != old:

@@ -129,6 +129,8 @@ class TrainingSettings:
     class_weights: bool = setting(False, "inverse-frequency class weights in the loss (multi-label: each label's "
                                          "positives weighted by negatives per positive)", negatable=True)
     seed: int = setting(0, "seed for initialisation, dropout and batch order")
+    select_label: str | None = setting(None, "multi-label: the label whose validation macro-F1 picks the best epoch "
+                                             "(e.g. hate)", unset="the mean over the labels")
     eval_batch_size: int = setting(64, "validation batch size", may_change=True)
     target_precision: float | None = setting(None, "two classes or multi-label: choose the threshold of class 1 (of each "
                                                    "label) on validation as the lowest reaching this precision",
@@ -148,6 +150,9 @@ class DistillSettings:
     """a student from a teacher run's layers, trained towards the teacher"""
 
     teacher: str | None = setting(None, "the teacher's run folder")
+    ensemble: str | None = setting(None, "more teacher run folders, comma-separated, averaged with --teacher into one "
+                                         "ensemble teacher for the soft term (e.g. its other seeds); the student copies "
+                                         "--teacher's layers and matches its hidden states", unset="--teacher alone")
     layers: str = setting("odd", "teacher layers the student keeps: odd, even, bottom (first half), top (second half), "
                                  "auto (the half that matters most to the teacher, measured on validation; auto:K keeps "
                                  "K) or a list like 1,2,12")
@@ -319,6 +324,9 @@ def same_setting(name, old, new):
     the LoRA modules with the pooler that the run itself added (methods.build_lora, a base without one)."""
     if old == new:
         return True
+    if name == "ensemble" and isinstance(old, str) and isinstance(new, str):  # folder by folder
+        olds, news = old.split(","), new.split(",")
+        return len(olds) == len(news) and all(same_setting("teacher", a, b) for a, b in zip(olds, news))
     if name == "lora_trainable" and isinstance(new, str):
         return old == ",".join([m for m in new.split(",") if m] + ["pooler"])
     if isinstance(old, str) and isinstance(new, str) and Path(old).exists() and Path(new).exists():
@@ -438,7 +446,7 @@ def build_parser(description=None):
                    "macro-F1), and int8 exports of the teacher, that student and its LoRA")
     for method in ("teacher", "distill", "lora"):
         p.add_argument(f"--{method}-lr", type=float, help=f"learning rate of the {method} run")
-    add_group(p, "distillation", DistillSettings, skip=("teacher",))  # `all` trains the teacher itself
+    add_group(p, "distillation", DistillSettings, skip=("teacher", "ensemble"))  # `all` trains the teacher itself
     add_group(p, "LoRA", LoraSettings, skip=("base",))
     add_common(p)
     return parser

@@ -126,6 +126,9 @@ def setup(s: Settings, run_dir: Path, work: Path) -> Training:
     np.random.seed(s.seed)
     torch.manual_seed(s.seed)
     dataset, parts, manifest = load_data(s, run_dir)
+    if s.select_label and (not dataset.multilabel or s.select_label not in dataset.label_names):
+        raise TrainError(f"--select-label {s.select_label}: expected one of the labels of a multi-label task "
+                         f"({', '.join(dataset.label_names) if dataset.multilabel else 'this one has one class per text'})")
     results = {}
     net, tokenizer_dir, teacher = build_model(s, dataset, manifest, parts["validation"], device, work, results)
     if s.max_length > net.config.max_position_embeddings:
@@ -302,15 +305,18 @@ def end_epoch(t: Training, epoch: int, seconds: float):
     state["loss_sum"], state["loss_count"] = 0.0, 0
     if not t.main:
         return
+    per_label = {f"val_{name}_macro_f1": m["macro_f1"] for name, m in val.get("labels", {}).items()}
     runs.log(t.dir, "epoch", {"epoch": epoch + 1, "step": state["step"], "train_loss": state["epoch_loss"],
-                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "epoch_seconds": seconds,
-                              "wall_seconds": t.wall_seconds()})
-    better = val["macro_f1"] > state["best_f1"] or state["best_epoch"] is None  # the first epoch always counts
+                              "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], **per_label,
+                              "epoch_seconds": seconds, "wall_seconds": t.wall_seconds()})
+    score = val["labels"][s.select_label]["macro_f1"] if s.select_label else val["macro_f1"]  # what picks the best
+    better = score > state["best_f1"] or state["best_epoch"] is None  # the first epoch always counts
     if better:
-        state["best_f1"], state["best_epoch"] = val["macro_f1"], epoch + 1
+        state["best_f1"], state["best_epoch"] = score, epoch + 1
         runs.save_model(t.net, t.dir, t.tokenizer_dir, t.results.get("base_model") if s.method == "lora" else None)
+    picked = f", {s.select_label} macro-F1 {score:.4f}" if s.select_label else ""
     print(f"{s.method} epoch {epoch + 1}/{s.epochs}: mean loss {state['epoch_loss']:.4f}, validation accuracy "
-          f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{' (best, saved)' if better else ''}, {seconds:.0f}s")
+          f"{val['accuracy']:.4f} macro-F1 {val['macro_f1']:.4f}{picked}{' (best, saved)' if better else ''}, {seconds:.0f}s")
     save_checkpoint(t)
 
 

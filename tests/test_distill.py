@@ -229,3 +229,45 @@ def test_soft_binary_kl_masks_and_vanishes_when_student_equals_teacher():
     pt, ps = torch.sigmoid(torch.tensor(0.5)), torch.sigmoid(torch.tensor(0.0))
     kl = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
     assert D.soft_binary_kl(s2, t, 2.0, mask).item() == pytest.approx((kl * 4 / 3).item(), abs=1e-6)
+
+
+def test_ensemble_logits_soften_to_the_mean_of_the_teachers_distributions():
+    # Two classes, by hand: the ensemble's softmax at T is the mean of each teacher's softmax at T.
+    a, b, T = [2.0, -1.0], [-3.0, 0.5], 2.0
+
+    def softmax(z):
+        e = [math.exp(x / T) for x in z]
+        return [x / sum(e) for x in e]
+
+    want = [(p + q) / 2 for p, q in zip(softmax(a), softmax(b))]
+    z = D.ensemble_logits([torch.tensor([a]), torch.tensor([b])], T, multilabel=False)
+    assert torch.softmax(z / T, -1)[0].tolist() == pytest.approx(want, rel=1e-6)
+    # Per label: the mean yes-probability of sigmoid(z / T), each label on its own.
+    ya, yb = [4.0, -2.0], [0.0, -6.0]
+    want = [(1 / (1 + math.exp(-x / T)) + 1 / (1 + math.exp(-y / T))) / 2 for x, y in zip(ya, yb)]
+    z = D.ensemble_logits([torch.tensor([ya]), torch.tensor([yb])], T, multilabel=True)
+    assert torch.sigmoid(z / T)[0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_an_ensemble_of_one_teacher_is_that_teacher_and_of_two_differs_from_either():
+    z = torch.tensor([[30.0, -30.0, 0.1], [1.0, 2.0, 3.0]])  # confident logits do not overflow
+    one = D.ensemble_logits([z], 2.0, multilabel=True)
+    assert torch.allclose(one, z, atol=1e-4)
+    one = D.ensemble_logits([z], 2.0, multilabel=False)
+    assert torch.allclose(torch.softmax(one / 2, -1), torch.softmax(z / 2, -1), atol=1e-6)
+    two = D.ensemble_logits([z, -z], 2.0, multilabel=True)
+    assert torch.allclose(two, torch.zeros_like(z), atol=1e-4)  # two opposite teachers: no opinion
+
+
+def test_ensemble_teacher_keeps_the_first_teachers_hidden_states(teacher):
+    other = D.make_student(teacher, [1, 2, 3, 4, 5, 6])
+    with torch.no_grad():
+        other.classifier.weight.mul_(-1)
+    ids = torch.tensor([[2, 11, 17, 3]])
+    mask = torch.ones_like(ids)
+    both = D.EnsembleTeacher([teacher, other], T=2.0).eval()
+    with torch.no_grad():
+        out, first, second = both(ids, mask), teacher(ids, mask), other(ids, mask)
+    assert all(torch.equal(h, g) for h, g in zip(out.hidden_states, first.hidden_states))
+    want = (torch.softmax(first.logits / 2, -1) + torch.softmax(second.logits / 2, -1)) / 2
+    assert torch.allclose(torch.softmax(out.logits / 2, -1), want, atol=1e-6)

@@ -123,3 +123,24 @@ def test_set_dropout_reaches_every_dropout_of_the_model():
     net.train()
     ids = torch.randint(5, 900, (2, 6))
     assert torch.equal(net(ids).logits, net(ids).logits)  # no dropout left: training mode is deterministic
+
+
+def test_distill_from_an_ensemble_of_teachers(toy, teacher_run, tmp_path, capsys):
+    other = tmp_path / "teacher-s1"  # the same teacher, another seed, on the same split
+    run("teacher", "--model", TINY, "--seed", 1, "--split", teacher_run.parent / "split.json",
+        *common(toy, other, "--epochs", 1, "--lr", 3e-3))
+    out = tmp_path / "student"
+    run("distill", "--teacher", teacher_run, "--ensemble", other, "--split", teacher_run.parent / "split.json",
+        *common(toy, out, "--epochs", 1, "--lr", 3e-3))
+    info = R.read_info(out)
+    assert info.settings["ensemble"] == str(other) and info["teacher_layers"] == [1, 3]
+    assert info["ensemble_sha256"] == methods.files.sha256_file(R.weights_file(other))
+    with pytest.raises(SystemExit) as e:  # the teacher itself is no second opinion
+        run("distill", "--teacher", teacher_run, "--ensemble", teacher_run, *common(toy, tmp_path / "bad"))
+    assert "that is --teacher itself" in str(e.value)
+    run("teacher", "--model", TINY, "--split", tmp_path / "other.json", "--split-seed", 7,
+        *common(toy, tmp_path / "elsewhere", "--epochs", 1))
+    with pytest.raises(SystemExit) as e:  # another split's teacher is refused
+        run("distill", "--teacher", teacher_run, "--ensemble", tmp_path / "elsewhere", *common(toy, tmp_path / "bad2"))
+    assert "the teacher was trained on another split" in str(e.value)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()

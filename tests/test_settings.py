@@ -126,7 +126,7 @@ FLAT_KEYS = ["method", "preset", "data", "data_mirror", "three_class", "multilab
 
 def test_run_json_settings_stay_one_flat_dict_with_the_same_keys():
     flat = dataclasses.asdict(settings.Settings())
-    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate", "target_recall", "calibrate", "perturb"])  # keys added since, beside the old
+    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate", "target_recall", "calibrate", "perturb", "ensemble", "select_label"])  # keys added since, beside the old
     assert not any(isinstance(v, dict) for v in flat.values())
     # The defaults a run.json records are the values of before (16, not 16.0: the model key compares text).
     assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5 and flat["fast"] is True
@@ -153,7 +153,7 @@ def test_the_help_is_built_from_the_docs_and_the_defaults():
     parser = settings.build_parser()
     args = parser.parse_args(["all"])
     for name, f in fields.items():
-        if f.metadata.get("cli", True) and name not in ("teacher", "base", "mask_rate"):  # `all` does not pretrain
+        if f.metadata.get("cli", True) and name not in ("teacher", "ensemble", "base", "mask_rate"):  # `all` does not pretrain, nor take teachers
             assert getattr(args, name) is None, name  # not given: the preset or the default decides
             if f.default is not None and not isinstance(f.default, bool):
                 assert settings.shown(f.default) in settings.help_text(f), name

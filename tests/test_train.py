@@ -172,9 +172,10 @@ def test_auto_records_its_probe_and_a_resumed_run_keeps_its_precision(toy, tmp_p
     assert R.read_info(tmp_path / "r")["precision_chosen"] == "bf16"
 
 
-def test_two_label_teacher_student_and_lora(toy2, tmp_path):
+def test_two_label_teacher_student_and_lora(toy, toy2, tmp_path):
     teacher = tmp_path / "teacher"
-    run("teacher", "--model", TINY, "--label-column", "toxic,hate", *common(toy2, teacher, "--epochs", 4, "--lr", 3e-3))
+    run("teacher", "--model", TINY, "--label-column", "toxic,hate", "--select-label", "hate",
+        *common(toy2, teacher, "--epochs", 4, "--lr", 3e-3))
     config = json.loads((teacher / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification" and config["id2label"] == {"0": "toxic", "1": "hate"}
     info = R.read_info(teacher)
@@ -183,6 +184,17 @@ def test_two_label_teacher_student_and_lora(toy2, tmp_path):
     assert info["test"]["labels"]["hate"]["macro_f1"] > 0.8  # "vermin" gives it away
     e = epochs(teacher)
     assert e[-1]["train_loss"] < e[0]["train_loss"] * 0.6 and e[-1]["val_macro_f1"] > 0.9
+    # --select-label hate: the epoch kept is the one of the best hate macro-F1 on validation, not of the mean
+    hate = [r["val_hate_macro_f1"] for r in e]
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["best_val_macro_f1"] == max(hate) and summary["best_epoch"] == hate.index(max(hate)) + 1
+    assert all(r["val_macro_f1"] == pytest.approx((r["val_hate_macro_f1"] + r["val_toxic_macro_f1"]) / 2) for r in e)
+    for flags, words in ((("--label-column", "toxic,hate", "--select-label", "spam"), "expected one of the labels"),
+                         (("--select-label", "hate", "--split", tmp_path / "toy-split.json"), "one class per text")):
+        with pytest.raises(SystemExit) as bad:
+            run("teacher", "--model", TINY, *flags, *common(toy2 if "spam" in flags else toy, tmp_path / "bad", "--epochs", 1))
+        assert "--select-label" in str(bad.value) and words in str(bad.value)
+    assert not (tmp_path / "bad").exists()
     student = tmp_path / "odd"
     run("distill", "--teacher", teacher, "--layers", "odd", *common(toy2, student, "--epochs", 2, "--lr", 3e-3))
     assert json.loads((student / "config.json").read_text())["problem_type"] == "multi_label_classification"
