@@ -126,7 +126,8 @@ FLAT_KEYS = ["method", "preset", "data", "data_mirror", "three_class", "multilab
 
 def test_run_json_settings_stay_one_flat_dict_with_the_same_keys():
     flat = dataclasses.asdict(settings.Settings())
-    assert sorted(flat) == sorted(FLAT_KEYS + ["fast", "mask_rate", "target_recall", "calibrate", "perturb", "ensemble", "select_label"])  # keys added since, beside the old
+    added = ["fast", "mask_rate", "target_recall", "calibrate", "perturb", "ensemble", "select_label"]  # since, beside the old
+    assert sorted(flat) == sorted(FLAT_KEYS + added)
     assert not any(isinstance(v, dict) for v in flat.values())
     # The defaults a run.json records are the values of before (16, not 16.0: the model key compares text).
     assert flat["lora_alpha"] == 16 and isinstance(flat["lora_alpha"], int) and flat["lr"] == 5e-5 and flat["fast"] is True
