@@ -87,7 +87,8 @@ def model_card(info, summary=None, name="model"):
     made = {"teacher": f"full fine-tuning of `{s.get('model')}`",
             "distill": f"a student with layers {info.get('teacher_layers')} of the teacher `{s.get('teacher')}`, "
                        f"distilled (α={fmt_num(s.get('alpha'), '.3g')} CE, β={fmt_num(s.get('beta'), '.3g')} KL at "
-                       f"T={s.get('temperature')}, γ={fmt_num(s.get('gamma'), '.3g')} {s.get('hidden_loss')} hidden-state loss)",
+                       f"T={s.get('temperature')}, γ={fmt_num(s.get('gamma'), '.3g')} {s.get('hidden_loss')} hidden-state loss)"
+                       + (f"; the KL towards the mean of it and `{s['ensemble']}` (an ensemble teacher)" if s.get("ensemble") else ""),
             "lora": f"LoRA r={s.get('lora_r')}, alpha={s.get('lora_alpha')} on {s.get('lora_targets')} of "
                     f"`{s.get('base') or s.get('model')}`"}.get(s.get("method"), str(s.get("method")))
     if info.get("quantized"):
@@ -105,7 +106,8 @@ def model_card(info, summary=None, name="model"):
              f"| training | {settings} |",
              f"| parameters | {info.get('params_total', 0):,} in all, {info.get('params_trainable', 0):,} trained |"]
     if summary:
-        lines.append(f"| best epoch | {summary.get('best_epoch')} (validation macro-F1 "
+        judged = f"{s['select_label']} macro-F1" if s.get("select_label") else "macro-F1"  # --select-label
+        lines.append(f"| best epoch | {summary.get('best_epoch')} (validation {judged} "
                      f"{fmt_num(summary.get('best_val_macro_f1'))}); {fmt_seconds(summary.get('wall_seconds'))} of training |")
     test = info.get("test")
     if test and "labels" in test:  # two questions: a row per label, at its threshold

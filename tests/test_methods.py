@@ -135,6 +135,7 @@ def test_distill_from_an_ensemble_of_teachers(toy, teacher_run, tmp_path, capsys
     info = R.read_info(out)
     assert info.settings["ensemble"] == str(other) and info["teacher_layers"] == [1, 3]
     assert info["ensemble_sha256"] == methods.files.sha256_file(R.weights_file(other))
+    assert f"the mean of it and `{other}` (an ensemble teacher)" in (out / "README.md").read_text()  # the model card
     with pytest.raises(SystemExit) as e:  # the teacher itself is no second opinion
         run("distill", "--teacher", teacher_run, "--ensemble", teacher_run, *common(toy, tmp_path / "bad"))
     assert "that is --teacher itself" in str(e.value)

@@ -188,6 +188,7 @@ def test_two_label_teacher_student_and_lora(toy, toy2, tmp_path):
     hate = [r["val_hate_macro_f1"] for r in e]
     summary = json.loads((teacher / "summary.json").read_text())
     assert summary["best_val_macro_f1"] == max(hate) and summary["best_epoch"] == hate.index(max(hate)) + 1
+    assert "(validation hate macro-F1 " in (teacher / "README.md").read_text()  # the model card says what chose
     assert all(r["val_macro_f1"] == pytest.approx((r["val_hate_macro_f1"] + r["val_toxic_macro_f1"]) / 2) for r in e)
     for flags, words in ((("--label-column", "toxic,hate", "--select-label", "spam"), "expected one of the labels"),
                          (("--select-label", "hate", "--split", tmp_path / "toy-split.json"), "one class per text")):
