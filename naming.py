@@ -90,16 +90,25 @@ def group_runs(infos, names, notes=None):
     # Two arms of one method (say teachers at two learning rates, or in fp32 and bf16) get the settings
     # that tell them apart.
     # The first three such settings, or all of them where three leave two labels alike.
+    # A folder is shown by its name (runs/unseen/davidson/mlm: mlm) unless that leaves two labels alike.
     base = [g["label"] for g in groups]
-    for most in (3, None):
+    for most, short in ((3, True), (3, False), (None, True), (None, False)):
         labels = []
         for g, label in zip(groups, base, strict=True):
             same = [h["key"] for h, other in zip(groups, base, strict=True) if other == label]
             keys = sorted(k for k in set().union(*same) if len({json.dumps(s.get(k), default=str) for s in same}) > 1)
-            labels.append(label + (" (" + ", ".join(f"{k}={g['key'].get(k)}" for k in keys[:most]) + ")" if keys else ""))
+            shown = ", ".join(f"{k}={shown_value(g['key'].get(k), short)}" for k in keys[:most])
+            labels.append(label + (f" ({shown})" if keys else ""))
         if len(set(labels)) == len(labels):
             break
     return [{**{k: v for k, v in g.items() if k != "key"}, "label": label} for g, label in zip(groups, labels, strict=True)]
+
+
+def shown_value(value, short=True):
+    """A setting's value in a label: a path (or a comma-separated list of them) by its last part."""
+    if short and isinstance(value, str) and "/" in value:
+        return ",".join(Path(part).name for part in value.split(","))
+    return value
 
 
 def run_names(run_dirs):

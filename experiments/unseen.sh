@@ -34,7 +34,7 @@ for src in davidson hate_speech18; do
 done
 mkdir -p "$out/beyond"
 choices=$out/beyond/choices.md
-: > "$choices"
+printf '# Levers chosen on validation\n\nWritten by experiments/unseen.sh (experiments/choose_on_validation.py).\n\n' > "$choices"
 runs=()
 for src in davidson hate_speech18; do
   r=$out/$src

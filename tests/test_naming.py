@@ -76,3 +76,11 @@ def test_labels_stay_unique_when_three_settings_do_not_tell_the_arms_apart():
     assert len(set(labels)) == 4 and "perturb=0.3" in labels[1]  # the fourth differing setting is shown too
     # A setting added later, at 0 (changes nothing), groups an older run without it with a new one.
     assert N.model_key({**base, "perturb": 0.0}) == N.model_key(base) != N.model_key({**base, "perturb": 0.3})
+
+
+def test_a_folder_in_a_label_is_shown_by_its_name_unless_two_would_read_alike():
+    base = {"method": "distill", "data": "davidson", "layers": "odd", "teacher_layers": [1, 3], "seed": 0}
+    infos = [base, {**base, "ensemble": "runs/x/teacher-s1,runs/x/teacher-s2"}]
+    assert [g["label"] for g in N.group_runs(infos, list("ab"))] == ["odd (ensemble=None)", "odd (ensemble=teacher-s1,teacher-s2)"]
+    infos = [{**base, "model": "runs/a/mlm"}, {**base, "model": "runs/b/mlm"}]
+    assert [g["label"] for g in N.group_runs(infos, list("ab"))] == ["odd (model=runs/a/mlm)", "odd (model=runs/b/mlm)"]
