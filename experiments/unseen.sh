@@ -30,6 +30,8 @@ for src in davidson hate_speech18; do
   train teacher "$r/mlm-teacher" --data $src --multilabel --model "$r/mlm"
   train teacher "$r/lr-5e-5" --data $src --multilabel --lr 5e-5           # the schedule: learning rate,
   train teacher "$r/lr-2e-4" --data $src --multilabel --lr 2e-4
+  train teacher "$r/warmup-0" --data $src --multilabel --warmup 0          # warmup (the preset's: 0.1),
+  train teacher "$r/warmup-0.3" --data $src --multilabel --warmup 0.3
   train teacher "$r/epochs3-hate" --data $src --multilabel --epochs 3 --select-label hate  # epochs (the best on hate)
 done
 mkdir -p "$out/beyond"
@@ -41,7 +43,7 @@ for src in davidson hate_speech18; do
   perturb=$($py experiments/choose_on_validation.py --lever "perturbation rate" --table "$choices" \
     "$r/teacher" "$r"/perturb-{0.1,0.3,0.6})
   schedule=$($py experiments/choose_on_validation.py --lever "schedule" --table "$choices" \
-    "$r/teacher" "$r/lr-5e-5" "$r/lr-2e-4" "$r/epochs3-hate")
+    "$r/teacher" "$r/lr-5e-5" "$r/lr-2e-4" "$r/warmup-0" "$r/warmup-0.3" "$r/epochs3-hate")
   runs+=("$r/teacher" "$r/teacher-s1" "$r/teacher-s2" "$r/odd" "$r/odd-ensemble" "$r/mlm-teacher")
   for chosen in "$perturb" "$schedule"; do                               # the baseline chosen: nothing to add
     [ "$chosen" = "$r/teacher" ] || runs+=("$chosen")
