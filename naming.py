@@ -14,6 +14,9 @@ from runs import RunError, as_info, read_info
 EXECUTION_SETTINGS = {"seed", "out", "split", "teacher", "base", "data_mirror", "preset", "progress", "resume",
                       "overwrite", "threads", "device", "checkpoint_every", "log_every", "eval_batch_size", "fast"}
 
+# Settings added in later versions, with the value that makes the model an older run made without them.
+ADDED_LATER = {"perturb": 0.0, "calibrate": True}
+
 
 def teacher_depth(info):
     """Layers of the teacher a student was cut from, or None when its run folder is not at hand."""
@@ -63,8 +66,14 @@ def model_key(info):
     info = as_info(info)
     key = {k: v for k, v in info.settings.items() if k not in EXECUTION_SETTINGS and v is not None}
     key.pop("bf16", None)
-    if not key.get("perturb"):  # added later: at 0 it changes nothing, and older runs, without it, group with new ones
-        key.pop("perturb", None)
+    # Settings added later: at their defaults they make the same model as older runs made without them,
+    # so those group with new ones (calibration changes no weight and no decision; the mask rate is
+    # pretraining's alone).
+    for name, default in ADDED_LATER.items():
+        if key.get(name, default) == default:
+            key.pop(name, None)
+    if info.get("method") != "pretrain":
+        key.pop("mask_rate", None)
     key["precision"] = info.get("precision_chosen") or ("bf16" if info.get("bf16") else "fp32")
     if info.get("base"):
         key.pop("model", None)  # the base run's folder: differs seed by seed

@@ -76,6 +76,11 @@ def test_labels_stay_unique_when_three_settings_do_not_tell_the_arms_apart():
     assert len(set(labels)) == 4 and "perturb=0.3" in labels[1]  # the fourth differing setting is shown too
     # A setting added later, at 0 (changes nothing), groups an older run without it with a new one.
     assert N.model_key({**base, "perturb": 0.0}) == N.model_key(base) != N.model_key({**base, "perturb": 0.3})
+    # So does calibration at its default (it changes no weight), and the mask rate of a run that does not pretrain.
+    assert N.model_key({**base, "calibrate": True, "mask_rate": 0.15}) == N.model_key(base)
+    assert N.model_key({**base, "calibrate": False}) != N.model_key(base)
+    pretrain = {**base, "method": "pretrain"}
+    assert N.model_key({**pretrain, "mask_rate": 0.3}) != N.model_key({**pretrain, "mask_rate": 0.15})
 
 
 def test_a_folder_in_a_label_is_shown_by_its_name_unless_two_would_read_alike():
