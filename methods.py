@@ -113,7 +113,8 @@ def build_student(s: Settings, manifest, val_part, device, run_dir, results):
 def load_ensemble(s: Settings, teacher, manifest, results):
     """--ensemble: the other teachers, each checked like --teacher and to answer the same questions."""
     others, names = [], teacher.config.id2label
-    for folder in [f.strip() for f in s.ensemble.split(",") if f.strip()]:
+    folders = [f.strip() for f in s.ensemble.split(",") if f.strip()]
+    for folder in folders:
         if Path(folder).resolve() == Path(s.teacher).resolve():
             raise TrainError(f"--ensemble {folder}: that is --teacher itself; expected other teacher runs (its other seeds)")
         other = load_parent(s, "ensemble", folder, manifest).requires_grad_(False)
@@ -123,7 +124,7 @@ def load_ensemble(s: Settings, teacher, manifest, results):
         others.append(other)
     if not others:
         raise TrainError(f"--ensemble {s.ensemble!r}: no run folder named; expected comma-separated teacher runs")
-    results["ensemble_sha256"] = ",".join(files.sha256_file(runs.weights_file(f.strip())) for f in s.ensemble.split(",") if f.strip())
+    results["ensemble_sha256"] = ",".join(files.sha256_file(runs.weights_file(f)) for f in folders)
     return others
 
 

@@ -419,15 +419,21 @@ def find_manifest(run_dir, info):
 
 def load_test_split(run_dir, info):
     """(test Dataset, manifest path, manifest): the held-out part of the run's data, as its manifest says."""
+    return load_split_part(run_dir, info, "test")
+
+
+def load_split_part(run_dir, info, name):
+    """(Dataset, manifest path, manifest): one part ('train', 'validation' or 'test') of the run's data,
+    as its manifest says, whole."""
     path = find_manifest(run_dir, info)
     manifest = splits.load_manifest(path)
     if manifest["manifest_sha256"] != info["split_sha256"]:
         raise RunError(f"{path}: sha256 {manifest['manifest_sha256'][:12]}…, but {run_dir} was trained on split "
                        f"{info['split_sha256'][:12]}…; expected the run's own manifest")
-    # max_train / max_val only ever limited training and validation: the test part is always whole. A CSV
+    # max_train / max_val only ever limited what training saw: a part read here is whole. A CSV
     # split by a group column (its manifest's options say which) keeps its groups: the report's clusters.
     group_column = (manifest.get("options") or {}).get("group_column")
-    return splits.apply_split(load_run_data(info, group_column=group_column), manifest)["test"], path, manifest
+    return splits.apply_split(load_run_data(info, group_column=group_column), manifest)[name], path, manifest
 
 
 def subset_for_quick_runs(part, limit, seed):

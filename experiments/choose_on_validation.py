@@ -20,26 +20,20 @@ import numpy as np  # noqa: E402
 
 import metrics  # noqa: E402
 import runs  # noqa: E402
-import splits  # noqa: E402
 from classifier import Classifier  # noqa: E402
 from naming import EXECUTION_SETTINGS  # noqa: E402
 
 
-def validation_part(run_dir, info):
-    """The run's validation texts (its manifest's, whole: --max-val only limited what training watched)."""
-    manifest = splits.load_manifest(runs.find_manifest(run_dir, info))
-    return splits.apply_split(runs.load_run_data(info), manifest)["validation"]
-
-
 def score(run_dir, label):
-    """(macro-F1, precision, recall) of `label` on the run's validation split, at its own threshold."""
+    """(macro-F1, precision, recall, texts, run info) of `label` on the run's validation split (whole:
+    --max-val only limited what training watched), at the run's own threshold."""
     clf = Classifier.from_run(run_dir)
     if not clf.multilabel or label not in clf.labels:
         sys.exit(f"error: {run_dir}: answers {clf.labels}; expected a multi-label run with the label {label!r}")
-    part = validation_part(run_dir, clf.info)
+    part, _, _ = runs.load_split_part(run_dir, clf.info, "validation")
     j = clf.labels.index(label)
     m = metrics.label_metrics(np.asarray(part.labels)[:, j], clf.predict_proba(part.texts)[:, j], clf.thresholds[label])
-    return m["macro_f1"], m["precision"], m["recall"], clf.info
+    return m["macro_f1"], m["precision"], m["recall"], len(part), clf.info
 
 
 def main(argv=None):
@@ -51,14 +45,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     rows, shas = [], set()
     for run_dir in a.runs:
-        f1, precision, recall, info = score(run_dir, a.label)
+        f1, precision, recall, n, info = score(run_dir, a.label)
         shas.add(info["split_sha256"])
         rows.append((run_dir, f1, precision, recall, info))
     if len(shas) > 1:
         sys.exit(f"error: {', '.join(a.runs)}: trained on {len(shas)} different splits; expected one")
     best = max(rows, key=lambda r: r[1])  # the first of equals: the baseline wins a tie
     base = rows[0][4].settings
-    lines = [f"{a.lever}, chosen on {a.label} macro-F1 of the validation split ({len(validation_part(a.runs[0], rows[0][4])):,} "
+    lines = [f"{a.lever}, chosen on {a.label} macro-F1 of the validation split ({n:,} "
              f"texts) — {Path(a.runs[0]).parent.name}:", "",
              f"| run | differs from the baseline | validation {a.label} macro-F1 | precision | recall | chosen |",
              "| --- | --- | --- | --- | --- | --- |"]
