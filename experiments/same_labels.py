@@ -7,7 +7,9 @@ machines.
 
     python experiments/same_labels.py runs/precision-bf16-report runs/precision-report
 
-Prints a markdown table on stdout. The two reports must have scored the same test texts.
+Prints a markdown table on stdout. The two reports must have scored the same test texts. A report of
+two-question runs keeps each label's predictions in a folder of its own (report/toxic, report/hate):
+compare those.
 """
 
 import argparse
@@ -26,6 +28,8 @@ from tables import markdown_table  # noqa: E402
 def read(path):
     """(test indices, probabilities (N, C), threshold or None) of one predictions file."""
     d = json.loads(path.read_text())
+    if not d["test_indices"]:
+        raise SystemExit(f"{path}: no test texts (expected the predictions of a report)")
     return d["test_indices"], np.asarray(d["probabilities"], dtype=np.float64), d.get("threshold")
 
 

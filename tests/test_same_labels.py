@@ -40,9 +40,14 @@ def test_counts_the_labels_each_report_gives_at_the_runs_threshold(tmp_path):
 
 def test_without_a_threshold_the_most_probable_class_decides(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    write(a, "m", [[0.2, 0.3, 0.5]], None)
-    write(b, "m", [[0.2, 0.5, 0.3]], None)
-    assert "| m | 1 | 0.00% | 1 | 0.2000 |" in run(a, b).stdout
+    # two classes: at any threshold up to 0.45 both would be toxic; the most probable class differs
+    write(a, "m", [[0.55, 0.45]], None)
+    write(b, "m", [[0.45, 0.55]], None)
+    # three classes: the most probable one
+    write(a, "c", [[0.2, 0.3, 0.5]], None)
+    write(b, "c", [[0.2, 0.5, 0.3]], None)
+    out = run(a, b).stdout
+    assert "| m | 1 | 0.00% | 1 | 0.1000 |" in out and "| c | 1 | 0.00% | 1 | 0.2000 |" in out
 
 
 @pytest.mark.parametrize("case", ["other texts", "no common run", "not a folder"])
