@@ -145,9 +145,8 @@ def measure_export(run_dir, int8_dir, *, batch_size=64, latency_n=50):
     # The size of a deployable fp32 model: a LoRA run's file holds only the adapter.
     net = runs.plain_model(runs.load_run(run_dir, merge=False)[0])
     fp32["size_bytes"] = sum(v.numel() * v.element_size() for v in net.state_dict().values())
-    same = metrics.decisions(p32, fp32.get("threshold")) == metrics.decisions(p8, int8.get("threshold"))  # at each one's threshold
-    result = {"fp32": fp32, "int8": int8, "agreement": float(same.mean()),
-              "max_abs_prob_diff": float(np.abs(p32 - p8).max()), "n": len(test)}
+    same, max_diff = metrics.same_decisions(p32, fp32.get("threshold"), p8, int8.get("threshold"))
+    result = {"fp32": fp32, "int8": int8, "agreement": float(same.mean()), "max_abs_prob_diff": max_diff, "n": len(test)}
     lines = [[name, fmt_bytes(r["size_bytes"]), f"{r['sentences_per_s']:.0f}", f"{r['latency_p50_ms']:.1f}",
               fmt_num(r["accuracy"]), fmt_num(r["macro_f1"])] for name, r in (("fp32", fp32), ("int8", int8))]
     table = markdown_table(["model", "weights", "sentences/s", "latency p50 (ms)", "accuracy", "macro-F1"], lines)

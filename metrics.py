@@ -4,7 +4,8 @@ degenerate cases (a model that never predicts a class) are said, not hidden.
 
 Read top to bottom:
   1. scores of one set of predictions: confusion matrix, precision/recall/F1, macro-F1, ROC-AUC, and
-     the decisions they are made of (argmax, or a threshold on class 1);
+     the decisions they are made of (argmax, or a threshold on class 1), and how alike two scorings
+     of one model decide;
   2. statistics over runs and test examples: mean ± std over seeds, the scores of every bootstrap
      resample at once (the resampling itself: bootstrap.py), McNemar's exact test, Holm's adjustment
      for many comparisons, and a sentence per comparison that claims no more than its interval allows;
@@ -75,6 +76,13 @@ def decisions(probs, threshold=None):
     if threshold is None or probs.shape[1] != 2:
         return probs.argmax(1)
     return (probs[:, 1] >= threshold).astype(np.int64)
+
+
+def same_decisions(probs_a, threshold_a, probs_b, threshold_b):
+    """One model scored two ways (fp32 and int8, bf16 and fp32): ((N,) True where both decide alike, each
+    at its own threshold, and the largest difference in a probability)."""
+    same = decisions(probs_a, threshold_a) == decisions(probs_b, threshold_b)
+    return same, float(np.abs(np.asarray(probs_a) - np.asarray(probs_b)).max())
 
 
 def metrics(labels, preds, num_classes, pos_scores=None):

@@ -39,8 +39,8 @@ def compare(a_path, b_path):
     ib, pb, tb = read(b_path)
     if ia != ib:
         raise SystemExit(f"{a_path} and {b_path}: not the same test texts (test_indices differ)")
-    same = metrics.decisions(pa, ta) == metrics.decisions(pb, tb)
-    return len(ia), int(same.sum()), float(np.abs(pa - pb).max())
+    same, max_diff = metrics.same_decisions(pa, ta, pb, tb)
+    return len(ia), int(same.sum()), max_diff
 
 
 def main(argv=None):
